@@ -1,0 +1,30 @@
+"""`x2vlm-shards`: the corpus command line. Each subcommand lives in its own module and
+registers itself through `add_subcommand(subparsers)`; `main` only dispatches."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import demo_command
+
+SUBCOMMANDS = (demo_command,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="x2vlm-shards",
+        description="Build, check and look at the WebDataset tar shards that X2-VLM pre-training reads.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_subcommand(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

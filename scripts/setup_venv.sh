@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Creates .venv in the checkout and installs the pinned packages into it.
+# A second run is a no-op unless a requirements file or setup.py changed.
+#   --system   also install the Debian packages the tests need (only as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+venv="$root/.venv"
+with_system=0
+[ "${1:-}" = "--system" ] && with_system=1
+
+say() { printf '[setup] %s\n' "$*"; }
+
+install_system_packages() {
+    local wanted missing=()
+    wanted=$(grep -vE '^\s*(#|$)' system-packages.txt || true)
+    for pkg in $wanted; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        say "missing system packages (${missing[*]}); not root, so not installing them: tests that need them will say so"
+        return 0
+    fi
+    say "installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+[ $with_system -eq 1 ] && install_system_packages
+
+stamp_value=$(cat requirements.txt requirements-simd.txt setup.py | sha256sum | cut -c1-16)
+stamp_file="$venv/.x2vlm-installed"
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
+    exit 0
+fi
+
+start=$(date +%s)
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+say "installing pinned packages (first time: a few minutes)"
+"${pip[@]}" install -r requirements.txt
+# pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last.
+"${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
+"${pip[@]}" install --no-deps --force-reinstall -r requirements-simd.txt
+"${pip[@]}" install --no-deps -e .
+"$venv/bin/python" scripts/check_pillow_simd.py
+echo "$stamp_value" > "$stamp_file"
+say "environment ready in $(( $(date +%s) - start )) s"

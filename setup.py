@@ -1,0 +1,15 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="x2vlm-pretrain",
+    version="0.1.0",
+    description="Distributed pre-training of multi-grained vision-language models (X2-VLM / X-VLM)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["training", "training.*", "data_pipeline", "data_pipeline.*", "launch", "launch.*"]),
+    package_data={"": ["*.yaml", "*.json"]},
+    entry_points={
+        "console_scripts": [
+            "x2vlm-shards=data_pipeline.shards.cli:main",
+        ],
+    },
+)
