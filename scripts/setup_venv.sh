@@ -42,12 +42,14 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+# Machines whose pip.conf lists local package folders make pip warn once per absent package.
+quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 say "installing pinned packages (first time: a few minutes)"
-"${pip[@]}" install -r requirements.txt
+quiet_pip install -r requirements.txt
 # pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last.
 "${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
-"${pip[@]}" install --no-deps --force-reinstall -r requirements-simd.txt
-"${pip[@]}" install --no-deps -e .
+quiet_pip install --no-deps --force-reinstall -r requirements-simd.txt
+quiet_pip install --no-deps -e .
 "$venv/bin/python" scripts/check_pillow_simd.py
 echo "$stamp_value" > "$stamp_file"
 say "environment ready in $(( $(date +%s) - start )) s"
