@@ -1,0 +1,127 @@
+"""Training metrics: a console line, TensorBoard events and a JSONL file, written by rank 0.
+
+Throughput figures: samples/s over the logging window, the step time split into waiting for
+data and computing, TFLOP/s from the measured FLOPs of one step, and MFU where the device's
+dense bf16 peak is known."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 matrix peaks in TFLOP/s (vendor data sheets), matched against the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
+               "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+
+
+def device_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, peak in PEAK_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+class Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.samples = 0
+        self.data_seconds = 0.0
+        self.compute_seconds = 0.0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float) -> None:
+        self.steps += 1
+        self.samples += samples
+        self.data_seconds += data_seconds
+        self.compute_seconds += compute_seconds
+        for key, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, flops_per_step: float | None = None,
+                 world_size: int = 1):
+        self.enabled = enabled
+        self.flops_per_step = flops_per_step
+        self.world_size = world_size
+        self.peak = device_peak_tflops()
+        self.window = Window()
+        self.jsonl = None
+        self.tb = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(output_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def record(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float) -> None:
+        self.window.add(values, samples, data_seconds, compute_seconds)
+
+    def flush(self, step: int, extra: dict | None = None) -> dict:
+        """Writes the window's means at STEP and starts a new window; returns what was written."""
+        window = self.window
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        row = {"step": step, **window.means()}
+        if window.steps:
+            step_time = (window.data_seconds + window.compute_seconds) / window.steps
+            row.update({
+                "samples_per_s": window.samples * self.world_size / elapsed,
+                "step_s": step_time,
+                "data_wait_s": window.data_seconds / window.steps,
+                "compute_s": window.compute_seconds / window.steps,
+            })
+            if self.flops_per_step:
+                tflops = self.flops_per_step / max(step_time, 1e-9) / 1e12
+                row["tflops_per_gpu"] = tflops
+                if self.peak:
+                    row["mfu"] = tflops / self.peak
+        row.update(extra or {})
+        self.write(row, "train")
+        window.reset()
+        return row
+
+    def write(self, row: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"kind": prefix, "time": time.time(), **row}, sort_keys=True) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+            self.tb.flush()
+        print(self.console_line(row, prefix), file=sys.stdout, flush=True)
+
+    @staticmethod
+    def console_line(row: dict, prefix: str) -> str:
+        parts = [f"[{prefix}] step {row['step']}"]
+        for key, value in row.items():
+            if key == "step" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
