@@ -59,6 +59,8 @@ class LoggingSection:
     every_steps: int = 10
     tensorboard: bool = True
     progress_bar: typing.Optional[bool] = None
+    # One JSONL file per rank with the sample keys of every step (for coverage audits).
+    trained_keys: bool = False
 
 
 @dataclass
@@ -78,10 +80,13 @@ class RunConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
     guard: GuardSection = field(default_factory=GuardSection)
     source: str = "<inline>"
+    # Folder of each section's file, for the paths inside it (shard patterns, weights).
+    reference_dirs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("reference_dirs")
         return data
 
     def fingerprint(self) -> str:
@@ -121,7 +126,7 @@ def _build(cls, data, where: str, source: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "reference_dirs")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
@@ -189,7 +194,7 @@ def _load_file(path: Path, what: str) -> dict:
     return loaded
 
 
-def resolve_reference(value, base: Path, key: str, source: str) -> tuple[dict, str]:
+def resolve_reference(value, base: Path, key: str, source: str) -> tuple[dict, str | Path]:
     """An inline mapping, or a path to YAML / JSON (relative to the run file, else to the cwd)."""
     if isinstance(value, dict):
         return value, f"{source}:{key}"
@@ -198,7 +203,7 @@ def resolve_reference(value, base: Path, key: str, source: str) -> tuple[dict, s
     candidates = [Path(value)] if Path(value).is_absolute() else [base / value, Path(value)]
     for candidate in candidates:
         if candidate.is_file():
-            return _load_file(candidate, f"{source}: '{key}'"), str(candidate)
+            return _load_file(candidate, f"{source}: '{key}'"), candidate
     raise ConfigError(f"{source}: '{key}' names {value}, which exists neither beside the run file nor under the working directory")
 
 
@@ -212,12 +217,15 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     nested = [o for o in overrides if o not in top_level]
     raw = apply_overrides(raw, top_level, source)
     base = path.parent
+    reference_dirs = {}
     for key in REFERENCED_SECTIONS:
         if key not in raw:
             raise ConfigError(f"{source}: missing key '{key}'")
-        raw[key], _ = resolve_reference(raw[key], base, key, source)
+        raw[key], origin = resolve_reference(raw[key], base, key, source)
+        reference_dirs[key] = Path(origin).parent if isinstance(origin, Path) else base
     config = _build(RunConfig, apply_overrides(raw, nested, source), "", source)
     config.source = source
+    config.reference_dirs = reference_dirs
     validate(config)
     return config
 

@@ -1,0 +1,60 @@
+"""Process-group set-up for every way a rank is started: the `deepspeed` launcher (which sets
+RANK, WORLD_SIZE, LOCAL_RANK), srun tasks (which set only SLURM_*), or a single process."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def rank_env_from_slurm(environ: dict) -> dict:
+    """RANK / WORLD_SIZE / LOCAL_RANK from srun's task variables, where the launcher set none.
+
+    DeepSpeed's `--launcher slurm` starts ranks through srun, which sets SLURM_PROCID but not
+    RANK; without RANK, `deepspeed.init_distributed` falls back to MPI discovery."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ:
+        return {}
+    mapped = {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": environ.get("SLURM_NTASKS", environ.get("SLURM_NPROCS", "1")),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+    }
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in environ]
+    if missing:
+        raise RuntimeError(f"started by srun without {' and '.join(missing)}: the batch script must export them "
+                           f"(launch/slurm_env.py prints them for the allocation)")
+    return mapped
+
+
+def init(backend: str | None = None) -> tuple[int, int, torch.device]:
+    """Initialises the process group through DeepSpeed; returns (rank, world size, device)."""
+    import deepspeed
+
+    os.environ.update(rank_env_from_slurm(dict(os.environ)))
+    if "RANK" not in os.environ:  # a plain `python -m training.pretrain`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    deepspeed.init_distributed(dist_backend=backend or ("nccl" if use_cuda else "gloo"), auto_mpi_discovery=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """True where any rank is True, so that every rank takes the same branch."""
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]

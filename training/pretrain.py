@@ -1,0 +1,253 @@
+"""X²-VLM pre-training with DeepSpeed ZeRO.
+
+  deepspeed --num_gpus N training/pretrain.py --config RUN.yaml [--set key=value ...]
+  python -m training.pretrain --config RUN.yaml          (one process)
+
+Each step takes an image-text batch, a region batch and (at its ratio) a video batch, sums
+their weighted losses and makes one optimizer step. Checkpoints are written every
+`checkpoint.every_steps` steps and when SIGUSR1 / SIGTERM arrives; `--resume auto` (the
+default) continues from the newest complete checkpoint, exactly where the data stream,
+the random generators and the optimizer stood.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training import distributed, rng_state
+from training.checkpoint import CheckpointManager
+from training.config import ConfigError, RunConfig, deepspeed_config, load_run_config
+from training.metrics import MetricsLogger
+from training.signals import REQUEUE_EXIT_CODE, PreemptionHandler
+
+NONFINITE_EXIT_CODE = 3
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="x2vlm-pretrain",
+        description="X²-VLM pre-training with DeepSpeed ZeRO. Run under the `deepspeed` launcher for several "
+                    "ranks, or as a plain process for one.",
+        epilog=f"Exit codes: 0 done; {REQUEUE_EXIT_CODE} checkpointed after a pre-emption signal (requeue the "
+               f"job); {NONFINITE_EXIT_CODE} too many non-finite losses in a row; 2 configuration error.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="run config YAML (see configs/runs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' (newest complete checkpoint, the default), 'none', or a checkpoint folder")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return parser.parse_args(argv)
+
+
+def move_batch(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
+    """Tensors to the device (floating ones in the compute dtype); other entries stay on the host."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point():
+                value = value.to(float_dtype)
+            moved[key] = value
+    return moved
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, resume: str | None):
+        self.config = config
+        self.rank, self.world_size, self.device = distributed.init()
+        self.output_dir = Path(config.run.output_dir)
+        self.is_main = self.rank == 0
+        self.dtype = compute_dtype(config.optim.precision)
+        self.fingerprint = config.fingerprint()
+
+        from data_pipeline.mixer import MixedLoader
+        from data_pipeline.spec import parse_data_spec
+        from training.model import create_model
+
+        self.data_spec = parse_data_spec(config.data, root=config.reference_dirs.get("data"))
+        # Every rank builds identical initial weights; ZeRO-3 partitions each rank's own copy.
+        rng_state.seed_everything(config.run.seed)
+        model = create_model(config.model, load_pretrained=False)
+        pretrained = model.load_pretrained_towers()
+        loaded_names = {name for names in pretrained.values() for name in names}
+        from training.optim import build_scheduler, parameter_groups
+
+        groups = parameter_groups(
+            model.named_parameters(), config.optim.lr, config.optim.weight_decay,
+            # Parameters the pre-trained towers did not provide learn faster, as X²-VLM trains;
+            # with no pre-trained towers every parameter is new and none is favoured.
+            is_new=lambda name: bool(loaded_names) and name not in loaded_names,
+            new_lr_scale=config.optim.new_param_lr_scale)
+        optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                      fused=self.device.type == "cuda")
+        scheduler = build_scheduler(optimizer, config.optim.warmup_steps, config.run.max_steps,
+                                    config.optim.schedule, config.optim.min_lr_ratio)
+
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", self.rank, self.world_size,
+                                             distributed.barrier, config.checkpoint.keep_last, config.checkpoint.keep_every)
+        self.resume_from = self.checkpoints.resolve(resume or config.checkpoint.resume)
+        if self.resume_from and self.resume_from.fingerprint != self.fingerprint and not config.checkpoint.allow_config_change:
+            raise ConfigError(
+                f"{config.source}: the checkpoint {self.resume_from.path} was written with a different model, data or "
+                f"optim config (fingerprint {self.resume_from.fingerprint}, now {self.fingerprint}); set "
+                f"checkpoint.allow_config_change=true to resume anyway")
+        universal = bool(self.resume_from) and self.resume_from.world_size != self.world_size
+        ds_config = deepspeed_config(config, micro_batch_size=self.data_spec.micro_batch_size())
+        if universal:
+            ds_config["checkpoint"] = {"load_universal": True}
+
+        import deepspeed
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size)
+        self.step = 0
+        if self.resume_from:
+            self._resume(universal)
+        else:
+            rng_state.seed_everything(config.run.seed + self.rank)
+
+        self.signals = PreemptionHandler(config.guard.signals).install()
+        self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
+                                     world_size=self.world_size)
+        self.keys_log = None
+        if config.logging.trained_keys:
+            (self.output_dir / "trained_keys").mkdir(parents=True, exist_ok=True)
+            self.keys_log = open(self.output_dir / "trained_keys" / f"rank{self.rank:05d}.jsonl", "a", buffering=1)
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+
+    def _resume(self, universal: bool) -> None:
+        info = self.resume_from
+        own, states = self.checkpoints.load(self.engine, info, universal)
+        if own is not None:
+            self.loader.load_state_dict(own["data"])
+            rng_state.restore(own["rng"])
+        else:
+            self.loader.load_resharded([s["data"] for s in states])
+            rng_state.seed_everything(self.config.run.seed + self.rank + 1000 * info.step)
+        self.step = info.step
+        if self.is_main:
+            how = f"universal, from {info.world_size} ranks to {self.world_size}" if universal else "same world size"
+            print(f"[resume] step {info.step} from {info.path} ({how})", flush=True)
+
+    def save(self) -> None:
+        state = {"step": self.step, "data": self.loader.state_dict(), "rng": rng_state.capture(),
+                 "nonfinite_total": self.nonfinite_total}
+        path = self.checkpoints.save(self.engine, self.step, state, self.fingerprint)
+        if self.is_main:
+            print(f"[checkpoint] step {self.step} -> {path}", flush=True)
+
+    def train_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-steps; returns the loss figures."""
+        figures: dict[str, float] = {}
+        data_seconds = compute_seconds = 0.0
+        samples = 0
+        skipped = False
+        for _ in range(self.config.optim.grad_accum):
+            t0 = time.perf_counter()
+            batches = next(self.loader)
+            t1 = time.perf_counter()
+            if self.keys_log is not None:
+                self.keys_log.write(json_line(self.step, batches))
+            inputs = {kind: move_batch(batch, self.device, self.dtype) for kind, batch in batches.items()}
+            samples += sum(len(batch.get("keys", ())) for batch in batches.values())
+            out = self.engine(**inputs)
+            loss = out["loss"]
+            nonfinite, = distributed.all_reduce_flags([not bool(torch.isfinite(loss.detach()).item())], self.device)
+            if nonfinite:
+                skipped = True
+            else:
+                self.engine.backward(loss)
+                self.engine.step()
+            compute_seconds += time.perf_counter() - t1
+            data_seconds += t1 - t0
+            figures["loss"] = figures.get("loss", 0.0) + float(loss.detach()) / self.config.optim.grad_accum
+            for kind, terms in out["losses"].items():
+                for term, value in terms.items():
+                    key = f"{kind}/{term}"
+                    figures[key] = figures.get(key, 0.0) + float(value.detach()) / self.config.optim.grad_accum
+        if skipped:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.is_main:
+                print(f"[guard] step {self.step + 1}: non-finite loss, update skipped "
+                      f"({self.nonfinite_in_a_row} in a row)", file=sys.stderr, flush=True)
+            if self.nonfinite_in_a_row >= self.config.guard.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row (guard.max_consecutive_nonfinite="
+                    f"{self.config.guard.max_consecutive_nonfinite}); last figures {figures}")
+        else:
+            self.nonfinite_in_a_row = 0
+        figures["lr"] = self.scheduler.get_last_lr()[0]
+        self.metrics.record(figures, samples, data_seconds, compute_seconds)
+        return figures
+
+    def run(self) -> int:
+        config = self.config
+        while self.step < config.run.max_steps:
+            self.train_step()
+            self.step += 1
+            stop, = distributed.all_reduce_flags([self.signals.requested], self.device)
+            if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
+                self.metrics.flush(self.step, {"nonfinite_skipped": self.nonfinite_total})
+            if stop or self.step % config.checkpoint.every_steps == 0 or self.step == config.run.max_steps:
+                self.save()
+            if stop:
+                if self.is_main:
+                    print(f"[signal] checkpointed at step {self.step}; exiting with {REQUEUE_EXIT_CODE} to requeue",
+                          flush=True)
+                return REQUEUE_EXIT_CODE
+        if self.is_main:
+            print(f"[done] {self.step} steps; data: {self.loader.stats()}", flush=True)
+        return 0
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.loader.close()
+        if self.keys_log:
+            self.keys_log.close()
+
+
+def json_line(step: int, batches: dict) -> str:
+    import json
+    return json.dumps({"step": step + 1, "keys": {kind: list(b.get("keys", ())) for kind, b in batches.items()}}) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        return 2
+    trainer = None
+    try:
+        trainer = Trainer(config, args.resume)
+        return trainer.run()
+    except ConfigError as error:
+        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        return NONFINITE_EXIT_CODE
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
