@@ -105,9 +105,12 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.prefix is None:
+    prefix_given = args.prefix is not None
+    if not prefix_given:
         args.prefix = args.output.resolve().name
     problem = _usage_problem(args)
+    if problem and problem.startswith("--prefix") and not prefix_given:
+        problem += " (the default prefix is the --output directory's name; pass --prefix)"
     if problem:
         return _fail(problem)
     formats = args.format * len(args.annotations) if len(args.format) == 1 else args.format

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         if len(tiles) == args.samples:
             break
+    if not tiles:
+        print(f"x2vlm-shards show: error: the shards of {args.spec} hold no sample", file=sys.stderr)
+        return 1
     columns = min(args.columns, len(tiles))
     rows = -(-len(tiles) // columns)
     width, height = tiles[0].size
