@@ -46,6 +46,8 @@ def test_user_mistakes_are_clear_errors_naming_what_is_wrong(capsys, demo_corpus
         assert code == 2 and f"media root is not a directory: {root}" in err
     code, err = run_build(capsys, "--format", "vg-regions", "--annotations", coco, "--media-root", images, "--output", out)
     assert code == 2 and f"{coco}: is not a vg-regions file" in err
+    code, err = run_build(capsys, "--format", "jsonl", "--annotations", coco, "--media-root", images, "--output", out)
+    assert code == 2 and f"{coco}: no line is a JSON object, so it is not a jsonl file" in err
     code, err = run_build(capsys, "--format", "coco-captions", "--format", "jsonl", "--format", "csv",
                           "--annotations", coco, "--media-root", images, "--output", out)
     assert code == 2 and "give --format once or once per --annotations (1 files, 3 formats)" in err

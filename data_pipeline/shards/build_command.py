@@ -125,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
                 "max_image_side": args.max_image_side, "jpeg_quality": args.jpeg_quality,
                 "refcoco_splits": args.refcoco_split, "media_root": str(args.media_root.resolve())}
     annotations = [{"format": i.format, "sha256": file_digest(i.path)} for i in inputs]
-    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return _fail(f"cannot create --output {args.output}: {error.strerror}")
     state = BuildState(args.output, fingerprint({**settings, "annotations": annotations, "version": project_version()}))
     try:
         state.open(args.resume, args.prefix)

@@ -7,13 +7,11 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from .records import MediaError
+
 # Stored formats and their member extension; anything else is rejected, since the loader
 # decodes only these.
 MEMBER_EXTENSION = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-
-
-class MediaError(Exception):
-    """A media file that cannot become a sample; the message is the rejection reason."""
 
 
 @dataclass

@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+class MediaError(Exception):
+    """A media file that cannot become a sample; the message is the rejection reason."""
+
+
 class AnnotationError(Exception):
     """An annotation file that cannot be read as its format at all: the user's mistake, not a bad sample."""
 

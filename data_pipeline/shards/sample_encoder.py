@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import MediaError, store_image
-from .records import Rejection, Sample
+from .images import store_image
+from .records import MediaError, Rejection, Sample
 from .validate import clean_captions, clean_regions
 from .videos import probe_video
 

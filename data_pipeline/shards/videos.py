@@ -8,7 +8,7 @@ from pathlib import Path
 
 import av
 
-from .images import MediaError
+from .records import MediaError
 
 
 @dataclass

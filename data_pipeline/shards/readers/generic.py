@@ -20,8 +20,10 @@ VIDEO_FIELDS = ("video", "path", "file_name", "filename", "filepath")
 CAPTION_FIELDS = ("captions", "caption", "text", "title")
 
 
-def _line_records(path: Path, kind: str, path_fields: tuple[str, ...]) -> Iterator[Record | Rejection]:
+def _line_records(path: Path, fmt: str, kind: str, path_fields: tuple[str, ...]) -> Iterator[Record | Rejection]:
+    lines = objects = 0
     for number, entry in json_lines(path):
+        lines += 1
         origin = f"{path}:{number}"
         if isinstance(entry, json.JSONDecodeError):
             yield Rejection(f"line is not valid JSON ({entry.msg})", "record", origin)
@@ -29,6 +31,7 @@ def _line_records(path: Path, kind: str, path_fields: tuple[str, ...]) -> Iterat
         if not isinstance(entry, dict):
             yield Rejection("line is not a JSON object", "record", origin)
             continue
+        objects += 1
         media = first_key(entry, path_fields)
         if not isinstance(media, str) or not media:
             yield Rejection(f"no {kind} path (one of the keys {', '.join(path_fields)})", "record", origin)
@@ -46,14 +49,17 @@ def _line_records(path: Path, kind: str, path_fields: tuple[str, ...]) -> Iterat
                 continue
             record.start, record.end = clip["start"], clip["end"]
         yield record
+    if lines and not objects:
+        # Not one bad line but the wrong file: a mistake to stop at, not thousands of rejections.
+        raise AnnotationError(path, f"no line is a JSON object, so it is not a {fmt} file")
 
 
 def read_jsonl(path: Path, **_) -> Iterator[Record | Rejection]:
-    return _line_records(path, "image", IMAGE_FIELDS)
+    return _line_records(path, "jsonl", "image", IMAGE_FIELDS)
 
 
 def read_video_jsonl(path: Path, **_) -> Iterator[Record | Rejection]:
-    return _line_records(path, "video", VIDEO_FIELDS)
+    return _line_records(path, "video-jsonl", "video", VIDEO_FIELDS)
 
 
 def read_csv(path: Path, **_) -> Iterator[Record | Rejection]:
@@ -66,10 +72,13 @@ def read_csv(path: Path, **_) -> Iterator[Record | Rejection]:
         if media_column is None or caption_column is None:
             raise AnnotationError(path, f"a csv file needs a header row naming an image column ({', '.join(IMAGE_FIELDS)}) "
                                         f"and a caption column ({', '.join(CAPTION_FIELDS)}); the header is {header}")
-        for row in reader:
-            origin = f"{path}:{reader.line_num}"
-            media = row.get(media_column)
-            if not media:
-                yield Rejection(f"empty {media_column} column", "record", origin)
-                continue
-            yield Record(media, "image", origin, [Text(row.get(caption_column) or "", origin)])
+        try:
+            for row in reader:
+                origin = f"{path}:{reader.line_num}"
+                media = row.get(media_column)
+                if not media:
+                    yield Rejection(f"empty {media_column} column", "record", origin)
+                    continue
+                yield Record(media, "image", origin, [Text(row.get(caption_column) or "", origin)])
+        except csv.Error as error:
+            raise AnnotationError(path, f"is not a readable csv file (line {reader.line_num}: {error})") from None
