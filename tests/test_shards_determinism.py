@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def test_one_and_two_workers_write_identical_shards(reference, many_images, tmp_
     assert len(digests) == SAMPLES // PER_SHARD
     assert digests == shard_digests(reference)
     assert (tmp_path / "rejected.jsonl").read_bytes() == (reference / "rejected.jsonl").read_bytes()
+    with tarfile.open(tmp_path / "many-000000.tar") as tar:
+        # No build time, owner or umask leaks into the bytes.
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()} == {(0, 0, 0, "", "", 0o444)}
     ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path, reference))
     assert ours["shards"] == theirs["shards"] and ours["totals"]["samples"] == SAMPLES - 1
 
