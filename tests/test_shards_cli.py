@@ -110,6 +110,21 @@ def test_inspect_counts_what_the_sources_hold(capsys, small_build, demo_corpus):
     assert "no shard matches" in capsys.readouterr().err
 
 
+def test_inspect_and_verify_take_several_builds_and_count_per_source(capsys, small_build, demo_corpus):
+    videos = small_build.parent / "videos"
+    lines = (demo_corpus / "annotations/videos_eval.jsonl").read_text().splitlines()
+    assert build(videos, [("video-jsonl", demo_corpus / "annotations/videos_eval.jsonl")], demo_corpus / "videos",
+                 "--prefix", "vid") == 0
+    spec = str(small_build.parent / "{out,videos}")
+    assert main(["verify", spec]) == 0
+    assert "5 of 5 shards good" in capsys.readouterr().out
+    assert main(["inspect", spec, "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)
+    video_counts = {"samples": len(lines), "captions": sum(len(json.loads(l)["captions"]) for l in lines), "regions": 0}
+    assert totals["sources"]["vid"] == video_counts and set(totals["sources"]) == {"ev", "vid"}
+    assert totals["samples"] == totals["sources"]["ev"]["samples"] + len(lines)
+
+
 def test_show_draws_each_box_where_it_lies(capsys, small_build, tmp_path):
     grid = tmp_path / "grid.png"
     assert main(["show", str(small_build), "--out", str(grid), "--samples", "3", "--columns", "3", "--tile", "200"]) == 0

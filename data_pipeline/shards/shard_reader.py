@@ -16,15 +16,16 @@ class SpecError(Exception):
 
 
 def expand_spec(spec: str) -> list[Path]:
-    """Shard paths of SPEC: a directory (its *.tar), a brace pattern, or a glob."""
-    if Path(spec).is_dir():
-        paths = sorted(Path(spec).glob("*.tar"))
-        if not paths:
-            raise SpecError(f"no *.tar shards in directory {spec}")
-        return paths
+    """Shard paths of SPEC: brace patterns expanded, then each part a directory (its *.tar),
+    a glob, or a shard path."""
     paths = []
     for pattern in braceexpand(spec):
-        if glob.has_magic(pattern):
+        if Path(pattern).is_dir():
+            found = sorted(Path(pattern).glob("*.tar"))
+            if not found:
+                raise SpecError(f"no *.tar shards in directory {pattern}")
+            paths += found
+        elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
                 raise SpecError(f"no shard matches {pattern}")

@@ -7,6 +7,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from braceexpand import braceexpand
+
 from .manifest import load_manifest
 from .shard_reader import SpecError, expand_spec, iter_samples, media_member
 from .tar_writer import file_sha256
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         manifests[directory] = {s["name"]: s for s in manifest["shards"]} if manifest else None
         if manifest is None:
             print(f"no manifest.json in {directory}: checking the shards' structure only")
-        elif Path(args.spec).is_dir():
+        elif any(Path(part) == directory for part in braceexpand(args.spec)):
+            # A directory SPEC claims the whole build: every listed shard must be there.
             for name in manifests[directory]:
                 if not (directory / name).is_file():
                     problems[str(directory / name)] = "listed in manifest.json but missing"
