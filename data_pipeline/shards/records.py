@@ -1,4 +1,5 @@
-"""What readers yield and what the build passes between its stages."""
+"""What readers yield and what the build passes between its stages. Slotted: a plan holds
+one `Sample` per media file of the corpus in memory."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -15,13 +16,13 @@ class AnnotationError(Exception):
         super().__init__(f"{path}: {message}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Text:
     text: str
     origin: str  # "file:line" or "file#index": where to look when it is rejected
 
 
-@dataclass
+@dataclass(slots=True)
 class Region:
     box: list  # [x, y, w, h] in pixels of the original image, as the annotation gives it
     captions: list[Text]
@@ -29,7 +30,7 @@ class Region:
     origin: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One annotation entry for one media file; records for the same file merge into a sample."""
     media: str  # path relative to the media root
@@ -42,7 +43,7 @@ class Record:
     end: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """A planned sample: every record of one media file merged, keyed for the shards."""
     key: str
@@ -56,7 +57,7 @@ class Sample:
     end: float | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Rejection:
     reason: str
     item: str  # "record", "sample", "caption" or "region"
