@@ -216,20 +216,21 @@ def test_max_image_side_resizes_and_rescales_boxes_exactly(tmp_path, demo_corpus
     assert resized >= len(expected) // 2
 
 
-def test_png_keeps_its_format_whether_passed_through_or_resized(tmp_path, demo_corpus):
-    # (The venv's pillow-simd is built without libwebp, so WebP cannot be exercised here.)
+@pytest.mark.parametrize("fmt, member", [("PNG", "png"), ("WEBP", "webp")])
+def test_png_and_webp_keep_their_format_whether_passed_through_or_resized(tmp_path, demo_corpus, fmt, member):
     media = tmp_path / "media"
     media.mkdir()
+    name = f"wide.{member}"
     with Image.open(demo_corpus / "images/1.jpg") as image:
         image.load()
-        image.resize((300, 200)).save(media / "wide.png", format="PNG")
-    (tmp_path / "a.jsonl").write_text(json.dumps({"image": "wide.png", "caption": "wide"}) + "\n")
+        image.resize((300, 200)).save(media / name, format=fmt)
+    (tmp_path / "a.jsonl").write_text(json.dumps({"image": name, "caption": "wide"}) + "\n")
     for max_side, size in ((None, (300, 200)), ("120", (120, 80))):
         out = tmp_path / f"out-{max_side}"
         extra = ("--max-image-side", max_side) if max_side else ()
         assert build(out, [("jsonl", tmp_path / "a.jsonl")], media, "--prefix", "x", *extra) == 0
         [sample] = read_back(out)
         assert "jpg" not in sample and sample["json"]["width"] == size[0]
-        with Image.open(io.BytesIO(sample["png"])) as image:
-            assert (image.format, image.size) == ("PNG", size)
-        assert (sample["png"] == (media / "wide.png").read_bytes()) == (max_side is None)
+        with Image.open(io.BytesIO(sample[member])) as image:
+            assert (image.format, image.size) == (fmt, size)
+        assert (sample[member] == (media / name).read_bytes()) == (max_side is None)
