@@ -27,4 +27,4 @@ def create_model(config: ModelConfig | dict | str | Path, load_pretrained: bool 
     return model
 
 
-__all__ = ["ConfigError", "ModelConfig", "TextEncoding", "VisionEncoding", "X2VLM", "create_model", "load_model_config"]
+__all__ = ["CONFIG_DIR", "ConfigError", "ModelConfig", "TextEncoding", "VisionEncoding", "X2VLM", "create_model", "load_model_config"]

@@ -38,6 +38,7 @@ def transformers_config(config: TextConfig, num_layers: int) -> PretrainedConfig
         layer_norm_eps=config.layer_norm_eps,
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.dropout,
+        use_cache=False,
     )
     hf_config._attn_implementation = "sdpa"
     return hf_config

@@ -30,9 +30,6 @@ class VisionTower(nn.Module):
         )
         self.width = self.trunk.num_features
         self.num_prefix_tokens = getattr(self.trunk, "num_prefix_tokens", 0)
-        # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
-        # token with it and pools afterwards, which is what makes region pooling consistent.
-        self.token_norm = getattr(self.trunk, "fc_norm", None) or nn.Identity()
         stride = self.trunk.feature_info[-1]["reduction"]
         self.grid_size = config.image_size // stride
         self.num_patches = self.grid_size**2
@@ -43,7 +40,12 @@ class VisionTower(nn.Module):
         return features[:, self.num_prefix_tokens:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.token_norm(self._patch_tokens(self.trunk.forward_features(images)))
+        patches = self._patch_tokens(self.trunk.forward_features(images))
+        # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
+        # token with it and pools afterwards, which is what makes region pooling consistent.
+        fc_norm = getattr(self.trunk, "fc_norm", None)
+        if fc_norm is not None:
+            patches = fc_norm(patches)
         return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
 
     def set_grad_checkpointing(self, enable: bool) -> None:
