@@ -78,3 +78,51 @@ def test_itc_over_two_gloo_ranks_equals_single_process_on_concatenated_batch(tmp
     for name, expected in expected_grads.items():
         averaged = sum(result["grads"][name] for result in results) / WORLD
         torch.testing.assert_close(averaged, expected, rtol=1e-10, atol=1e-12)
+
+
+def _pad_texts(batch: dict, length: int) -> dict:
+    padded = dict(batch)
+    for key, fill in (("text_ids", 0), ("text_mask", 0), ("mlm_ids", 0), ("mlm_labels", -100)):
+        value = batch[key]
+        padded[key] = torch.cat([value, torch.full((value.shape[0], length - value.shape[1]), fill)], dim=1)
+    return padded
+
+
+def _model_batches(rank: int):
+    from tiny_batches import image_batch, region_batch
+
+    # Rank 1 has shorter texts and more regions: the gathers must pad and crop.
+    return image_batch(seed=rank, length=8 - 2 * rank), region_batch(seed=10 + rank, images=1 + rank)
+
+
+def _model_rank_main(rank: int, port: int, out_dir: str) -> None:
+    from training.model import create_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    image, region = _model_batches(rank)
+    out = model(image=image, region=region)
+    out["loss"].backward()
+    finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    torch.save({"losses": out["losses"], "finite": finite}, f"{out_dir}/model{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batches(tmp_path):
+    from training.model import create_model
+
+    mp.spawn(_model_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [torch.load(tmp_path / f"model{r}.pt") for r in range(WORLD)]
+    assert all(r["finite"] for r in results)
+    assert all(torch.isfinite(v) for r in results for terms in r["losses"].values() for v in terms.values())
+
+    # The image ITC of both ranks is the single-process ITC of the concatenated batch.
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    batches = [_model_batches(r)[0] for r in range(WORLD)]
+    joined = {k: torch.cat([_pad_texts(b, 8)[k] for b in batches]) for k in batches[0]}
+    with torch.no_grad():
+        expected = model(image=joined)["losses"]["image"]["itc"]
+    for result in results:
+        torch.testing.assert_close(result["losses"]["image"]["itc"], expected, rtol=1e-5, atol=1e-5)

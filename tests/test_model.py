@@ -198,3 +198,16 @@ def test_evaluation_interface():
     torch.testing.assert_close(text.features.norm(dim=-1), torch.ones(5))
     assert ((score > 0) & (score < 1)).all()
     assert boxes.shape == (5, 4) and ((boxes > 0) & (boxes < 1)).all()
+
+
+def test_roberta_text_tower_swaps_in():
+    config = {
+        "vision": {"name": "beitv2_base_patch16_224", "image_size": 64, "timm_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
+        "text": {"kind": "roberta", "vocab_size": 3000, "hidden_size": 32, "num_layers": 3, "fusion_start": 2, "num_heads": 2,
+                 "intermediate_size": 64, "max_position_embeddings": 130, "pad_token_id": 1},
+        "embed_dim": 16,
+    }
+    model = create_model(config)
+    assert type(model.text).__name__ == "RobertaModel"
+    out = model(image=image_batch(length=8))
+    assert torch.isfinite(out["loss"])
