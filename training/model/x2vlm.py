@@ -195,6 +195,13 @@ class X2VLM(nn.Module):
         return {"itc": itc, "itm": itm, "mlm": mlm}, {"vision": vision.features, "text": text.features}, text
 
     def _matching_loss(self, vision, text, keys, vision_candidates, text_candidates, candidate_keys, temperature):
+        """Each local pair, its vision with a hard-negative text and its text with a hard-negative
+        vision, through the fusion layers and the ITM head (labels 1, 0, 0).
+
+        With global negatives the candidates are every rank's token sequences, gathered with
+        gradient: the negative's own encoder learns from it too, at the price of an all-gather
+        of the tokens forward and an all-reduce of their gradient backward.
+        """
         settings = self.config.losses
         with torch.no_grad():
             positives = pair_positives(keys, candidate_keys, settings.same_image_positive, settings.same_text_positive)
@@ -214,7 +221,7 @@ class X2VLM(nn.Module):
 
         fused = self.fuse(vision_tokens, vision_mask, text_hidden, text_mask)
         logits = self.itm_head(fused[:, 0])
-        count = vision.tokens.shape[0]
-        labels = torch.cat([torch.ones(count, dtype=torch.long), torch.zeros(2 * count, dtype=torch.long)])
-        weights = torch.cat([torch.ones(count, dtype=torch.bool, device=logits.device), vision_valid, text_valid])
-        return matching_loss(logits, labels.to(logits.device), weights)
+        count, device = vision.tokens.shape[0], logits.device
+        labels = (torch.arange(3 * count, device=device) < count).long()
+        weights = torch.cat([torch.ones(count, dtype=torch.bool, device=device), vision_valid, text_valid])
+        return matching_loss(logits, labels, weights)
