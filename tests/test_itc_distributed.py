@@ -105,7 +105,9 @@ def _model_rank_main(rank: int, port: int, out_dir: str) -> None:
     out = model(image=image, region=region)
     out["loss"].backward()
     finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    torch.save({"losses": out["losses"], "finite": finite}, f"{out_dir}/model{rank}.pt")
+    model.config.losses.itm_negatives = "local"
+    local = model(image=image, region=region)["losses"]
+    torch.save({"losses": out["losses"], "local_negatives": local, "finite": finite}, f"{out_dir}/model{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -115,7 +117,8 @@ def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batch
     mp.spawn(_model_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"model{r}.pt") for r in range(WORLD)]
     assert all(r["finite"] for r in results)
-    assert all(torch.isfinite(v) for r in results for terms in r["losses"].values() for v in terms.values())
+    for kind in ("losses", "local_negatives"):
+        assert all(torch.isfinite(v) for r in results for terms in r[kind].values() for v in terms.values())
 
     # The image ITC of both ranks is the single-process ITC of the concatenated batch.
     torch.manual_seed(0)
@@ -126,3 +129,4 @@ def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batch
         expected = model(image=joined)["losses"]["image"]["itc"]
     for result in results:
         torch.testing.assert_close(result["losses"]["image"]["itc"], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result["local_negatives"]["image"]["itc"], expected, rtol=1e-5, atol=1e-5)
