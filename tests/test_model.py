@@ -158,6 +158,14 @@ def test_bf16_autocast_forward_and_backward_are_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_bf16_weights_take_fp32_pixels_and_give_fp32_losses():
+    model = create_model("tiny").to(torch.bfloat16)
+    out = _all_kinds(model)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for terms in out["losses"].values() for v in terms.values())
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(3)
     plain = create_model("tiny")

@@ -40,6 +40,8 @@ class VisionTower(nn.Module):
         return features[:, self.num_prefix_tokens:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Engines that keep the weights in bf16 (DeepSpeed bf16) receive fp32 pixels from the loader.
+        images = images.to(self.trunk.patch_embed.proj.weight.dtype)
         patches = self._patch_tokens(self.trunk.forward_features(images))
         # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
         # token with it and pools afterwards, which is what makes region pooling consistent.
