@@ -49,12 +49,15 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # Machines whose pip.conf lists local package folders make pip warn once per absent package.
 quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-say "installing pinned packages (first time: a few minutes)"
+say "installing the pinned packages into .venv (from nothing: a few minutes)"
 quiet_pip install -r requirements.txt
-# pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last.
-"${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
-# No wheel cache: a wheel built before the WebP headers were installed would lack WebP.
-quiet_pip install --no-deps --force-reinstall --no-cache-dir -r requirements-simd.txt
+# pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last, and is
+# redone whenever plain pillow came back or the SIMD build is missing.
+if "${pip[@]}" show pillow >/dev/null 2>&1 || ! "$venv/bin/python" scripts/check_pillow_simd.py >/dev/null 2>&1; then
+    "${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
+    # No wheel cache: a wheel built before the WebP headers were installed would lack WebP.
+    quiet_pip install --no-deps --force-reinstall --no-cache-dir -r requirements-simd.txt
+fi
 quiet_pip install --no-deps -e .
 "$venv/bin/python" scripts/check_pillow_simd.py
 echo "$stamp_value" > "$stamp_file"
