@@ -66,3 +66,11 @@ def test_text_fusion_and_mlm_head_start_from_a_local_bert_directory(tmp_path):
     assert torch.equal(model.mlm_head.transform.dense.weight, source["cls.predictions.transform.dense.weight"])
     assert torch.equal(model.mlm_head.bias, source["cls.predictions.bias"])
     assert model.mlm_head.decoder.weight is model.text.embeddings.word_embeddings.weight
+
+    # Everything of text, fusion and the MLM head came from BERT except the cross-attention;
+    # vision, projections and heads stayed random (no vision checkpoint was named).
+    loaded = model.pretrained_parameter_names(report)
+    params = {name for name, _ in model.named_parameters()}
+    expected = {n for n in params if n.startswith(("text.", "fusion.", "mlm_head.")) and ".crossattention." not in n}
+    assert loaded == expected
+    assert not any(n.startswith(("vision.", "itm_head.", "bbox_head.", "text_proj.", "temperature.")) for n in loaded)

@@ -99,6 +99,18 @@ class X2VLM(nn.Module):
             report.update(text_report)
         return report
 
+    def pretrained_parameter_names(self, report: dict[str, list[str]]) -> set[str]:
+        """Names of the parameters that ``load_pretrained_towers`` filled (its REPORT lists what
+        stayed random per part); the optimizer gives the others a larger learning rate."""
+        loaded = set()
+        for part in ("vision", "text", "fusion", "mlm_head"):
+            missing = report.get(f"{part}_missing")
+            if missing is None:
+                continue
+            random_names = {f"{part}.{name}" for name in missing}
+            loaded |= {name for name, _ in self.named_parameters() if name.startswith(f"{part}.")} - random_names
+        return loaded
+
     def set_activation_checkpointing(self, enable: bool) -> None:
         self.vision.set_grad_checkpointing(enable)
         if enable:
