@@ -100,6 +100,8 @@ class RegionTransform:
             "boxes": np.array(boxes, dtype=np.float32),
             "patch_mask": np.stack(masks),
             "key": meta.key,
+            # What was drawn, for logs and checks; not batched.
+            "crop": crop,
             "flipped": flip,
             "texts": texts,
         }
