@@ -39,7 +39,10 @@ def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int,
 
 class CorpusStream:
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
-                 worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict]):
+                 worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict],
+                 passes: int | None = None):
+        """`passes=None` streams forever (training); a number stops after that many epochs
+        and yields the last, partial batch (evaluation, audits)."""
         slots = world_size * num_workers
         if len(urls) < slots:
             raise ValueError(
@@ -49,6 +52,7 @@ class CorpusStream:
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
         self.slot, self.slots = rank * num_workers + worker, slots
         self.transform = transform
+        self.passes = passes
         self.collate = COLLATE[corpus.kind]
         self.counters = Counters()
         self.epoch = 0
@@ -93,6 +97,8 @@ class CorpusStream:
             self.epoch += 1
             self.cursor = (0, 0)
             self.buffer = self._new_buffer(self.epoch)
+            if self.passes is not None and self.epoch >= self.passes:
+                return
 
     def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
         """(batch, stream state right after it), forever. Bad samples are counted, not batched."""
@@ -118,6 +124,11 @@ class CorpusStream:
                 pending = []
                 self.batches += 1
                 yield batch, self.state_dict()
+        if pending:
+            batch = self.collate(pending)
+            batch["epochs"] = [s["epoch"] for s in pending]
+            self.batches += 1
+            yield batch, self.state_dict()
 
     def state_dict(self) -> dict:
         return {

@@ -7,6 +7,7 @@ import random
 import numpy as np
 from transformers import AutoTokenizer
 
+from ..sample_meta import BadSample
 from ..spec import TextSpec
 from .cleaning import BadText, clean_caption
 from .masking import IGNORE_INDEX, MaskingSpec, mask_tokens
@@ -38,10 +39,13 @@ class TextEncoder:
         self.masking = MaskingSpec(spec.mask_prob, spec.max_masks, spec.span_prob, spec.span_max, spec.whole_word)
 
     def encode(self, caption: str, rng: random.Random) -> dict[str, np.ndarray]:
-        text = clean_caption(caption, self.spec.max_words)
+        try:
+            text = clean_caption(caption, self.spec.max_words)
+        except BadText as exn:
+            raise BadSample("bad_text", str(exn)) from None
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.spec.max_tokens - 2]
         if not ids:
-            raise BadText(f"caption has no tokens: {caption!r}")
+            raise BadSample("bad_text", f"caption has no tokens: {caption!r}")
         tokens = self.tokenizer.convert_ids_to_tokens(ids)
         word_start = [True] + [self.is_word_start(tok, i) for i, tok in enumerate(tokens)] + [True]
         ids = [self.cls_id] + ids + [self.sep_id]
