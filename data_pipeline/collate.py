@@ -1,4 +1,5 @@
-"""Per-kind batching of transformed samples into the tensors the model reads.
+"""Per-kind batching of transformed samples into the tensors the model reads. Images
+arrive as uint8 and leave normalised (CLIP mean and std) as float32.
 
 Region batches are ragged on purpose: B images carry R >= B region texts, each pointing
 at its image through `image_index`; nothing is padded with duplicated pairs, which would
@@ -9,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .image_decode import normalise
+
 TEXT_FIELDS = ("text_ids", "text_mask", "mlm_ids", "mlm_labels")
 
 
@@ -17,19 +20,19 @@ def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_image_text(samples: list[dict]) -> dict:
-    return {"images": torch.stack([s["image"] for s in samples]), **_stack_text(samples),
+    return {"images": normalise(torch.stack([s["image"] for s in samples])), **_stack_text(samples),
             "keys": [s["key"] for s in samples]}
 
 
 def collate_video_text(samples: list[dict]) -> dict:
-    return {"frames": torch.stack([s["frames"] for s in samples]), **_stack_text(samples),
+    return {"frames": normalise(torch.stack([s["frames"] for s in samples])), **_stack_text(samples),
             "keys": [s["key"] for s in samples]}
 
 
 def collate_region(samples: list[dict]) -> dict:
     counts = [len(s["text_ids"]) for s in samples]
     image_index = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
-    batch = {"images": torch.stack([s["image"] for s in samples]), "image_index": image_index}
+    batch = {"images": normalise(torch.stack([s["image"] for s in samples])), "image_index": image_index}
     for name in TEXT_FIELDS:
         batch[name] = torch.from_numpy(np.concatenate([s[name] for s in samples]))
     batch["boxes"] = torch.from_numpy(np.concatenate([s["boxes"] for s in samples]))

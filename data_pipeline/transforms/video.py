@@ -7,7 +7,7 @@ import random
 import torch
 from PIL import Image
 
-from ..image_decode import to_normalised_tensor
+from ..image_decode import to_uint8_tensor
 from ..sample_meta import VIDEO_EXTENSIONS, BadSample, media_of, parse_meta
 from ..text import TextEncoder
 from ..video_decode import decode_clip
@@ -53,5 +53,5 @@ class VideoTextTransform:
             frame = Image.fromarray(array).resize(size, Image.BICUBIC, box=(x, y, x + w, y + h))
             if flip:
                 frame = frame.transpose(Image.FLIP_LEFT_RIGHT)
-            frames.append(to_normalised_tensor(apply_plan(frame, plan)))
+            frames.append(to_uint8_tensor(apply_plan(frame, plan)))
         return {"frames": torch.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
