@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.demo_corpus.drawing import encode_mp4
-from data_pipeline.image_decode import crop_resize, open_image
+from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD, crop_resize, open_image
 from data_pipeline.spec import KIND_OPTION_DEFAULTS, TextSpec
 from data_pipeline.text import TextEncoder
 from data_pipeline.transforms import ImageTextTransform, RegionTransform, VideoTextTransform
@@ -233,3 +233,26 @@ def test_jpeg_draft_decoding_matches_full_decoding():
     probe = open_image(data)
     probe.draft("RGB", (int(640 * 64 / 480) + 1, int(480 * 64 / 400) + 1))
     assert probe.size[0] < 640
+
+
+def test_collate_normalises_and_keeps_region_texts_ragged():
+    from data_pipeline.collate import collate_image_text, collate_region
+
+    def texts(n):
+        return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
+
+    white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
+    black = torch.zeros((3, 2, 2), dtype=torch.uint8)
+    batch = collate_image_text([{"image": white, **{k: v[0] for k, v in texts(1).items()}, "key": "w"},
+                                {"image": black, **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
+    assert batch["images"].dtype == torch.float32 and batch["keys"] == ["w", "b"]
+    for c in range(3):
+        assert torch.allclose(batch["images"][0, c], torch.tensor((1 - CLIP_MEAN[c]) / CLIP_STD[c]))
+        assert torch.allclose(batch["images"][1, c], torch.tensor(-CLIP_MEAN[c] / CLIP_STD[c]))
+    regions = [{"image": white, **texts(n), "boxes": np.zeros((n, 4), np.float32),
+                "patch_mask": np.ones((n, 17), bool), "key": f"r{n}"} for n in (3, 1, 2)]
+    batch = collate_region(regions)
+    assert batch["images"].shape == (3, 3, 2, 2)
+    assert batch["image_index"].tolist() == [0, 0, 0, 1, 2, 2]
+    assert batch["positive_groups"].tolist() == [0, 0, 0, 1, 2, 2]
+    assert batch["text_ids"].shape == (6, 4) and batch["boxes"].shape == (6, 4) and batch["patch_mask"].shape == (6, 17)
