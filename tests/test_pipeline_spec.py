@@ -66,7 +66,7 @@ def test_yaml_root_anchors_relative_paths(tmp_path):
 
 def test_demo_config_is_valid():
     spec = load_data_spec(REPO / "configs" / "data" / "demo.yaml")
-    assert sorted(c.kind for c in spec.corpora) == ["image_text", "image_text", "region", "video_text"]
+    assert sorted(c.kind for c in spec.corpora) == ["image_text", "region", "region", "video_text"]
 
 
 def test_expand_shards(tmp_path):
