@@ -197,7 +197,7 @@ def parse_data_spec(raw: Any, root: Path | None = None) -> DataSpec:
         span_max=_take(text_raw, "span_max", "text", int, 3, check=lambda v: None if v >= 2 else "must be >= 2"),
         whole_word=_take(text_raw, "whole_word", "text", bool, True),
     )
-    if root is not None and not os.path.isabs(text.tokenizer) and not os.path.isdir(text.tokenizer):
+    if root is not None and not os.path.isabs(text.tokenizer):
         text.tokenizer = str(root / text.tokenizer)
 
     loader_raw = _take(raw, "loader", "", dict, {})

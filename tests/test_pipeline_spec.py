@@ -58,6 +58,7 @@ def test_yaml_root_anchors_relative_paths(tmp_path):
         {"name": "a", "kind": "image_text", "shards": ["s/a-{0..1}.tar", "pipe:cat x.tar", "/abs/b.tar"]}])}))
     spec = load_data_spec(path)
     assert spec.corpora[0].shards == [str(tmp_path / "conf" / ".." / "s/a-{0..1}.tar"), "pipe:cat x.tar", "/abs/b.tar"]
+    assert spec.text.tokenizer == str(tmp_path / "conf" / ".." / "tok")
     bad = tmp_path / "bad.yaml"
     bad.write_text("corpora: [")
     with pytest.raises(SpecError, match="not valid YAML"):
