@@ -256,3 +256,14 @@ def test_collate_normalises_and_keeps_region_texts_ragged():
     assert batch["image_index"].tolist() == [0, 0, 0, 1, 2, 2]
     assert batch["positive_groups"].tolist() == [0, 0, 0, 1, 2, 2]
     assert batch["text_ids"].shape == (6, 4) and batch["boxes"].shape == (6, 4) and batch["patch_mask"].shape == (6, 17)
+
+
+def test_evaluation_mode_is_plain_resize(text):
+    image = red_left_blue_right()
+    sample = image_sample("e_1", image, ["a red square to the left of a blue square"])
+    transform = ImageTextTransform(64, KIND_OPTION_DEFAULTS["image_text"], text, training=False)
+    outs = [transform(sample, random.Random(seed)) for seed in range(6)]
+    for out in outs[1:]:
+        assert torch.equal(out["image"], outs[0]["image"])
+    pixels = hwc(outs[0]["image"])
+    assert redness(pixels[:, :30]) > 150 and redness(pixels[:, 34:]) < -150  # whole image, unflipped
