@@ -11,6 +11,8 @@ setup(
         "console_scripts": [
             "x2vlm-shards=data_pipeline.shards.cli:main",
             "x2vlm-convert=training.model.convert:main",
+            "x2vlm-pretrain=training.pretrain:main",
+            "x2vlm-export=training.export:main",
         ],
     },
 )
