@@ -107,7 +107,7 @@ class CorpusLoader:
                 f"corpus {self.corpus.name}: state was saved with {len(state['workers'])} workers, this loader has "
                 f"{self.workers}; resuming needs the same worker count and world size, because a partly "
                 f"read epoch is recorded per worker (its shards, buffer and position) and cannot be "
-                f"re-partitioned without re-reading or losing samples")
+                f"re-partitioned from one rank's state alone; use load_resharded with every rank's state")
         self.close()
         self.batches = state["batches"]
         self.states = copy.deepcopy(state["workers"])

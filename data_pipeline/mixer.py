@@ -111,9 +111,9 @@ class MixedLoader:
             raise ValueError(
                 f"data loader state was saved with world_size {state['world_size']} and num_workers "
                 f"{state['num_workers']}; this run has {self.world_size} and {self.num_workers}. Resuming "
-                f"mid-epoch needs both unchanged: each (rank, worker) holds its own share of the epoch's "
-                f"shards, shuffle buffer and position, which cannot be re-partitioned without re-reading or "
-                f"losing samples.")
+                f"mid-epoch from one rank's state needs both unchanged: each (rank, worker) holds its own share "
+                f"of the epoch's shards, shuffle buffer and position, which cannot be re-partitioned from one "
+                f"rank's state alone; use load_resharded with the states of every rank of the old run.")
         if state["rank"] != self.rank:
             raise ValueError(f"data loader state belongs to rank {state['rank']}, this is rank {self.rank}")
         if state["seed"] != self.spec.seed:

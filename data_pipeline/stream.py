@@ -11,6 +11,10 @@ The stream never ends: after its last shard a worker drains its buffer and begin
 epoch e + 1 with a fresh shard shuffle. Its state (epoch, shard cursor, buffer RNG and
 the locations of the buffered samples, counters) is a few kilobytes, and restoring it
 re-reads only the shards the buffer points at, without decoding what it skips.
+
+After a change of world size or worker count (reshard.py) a slot first reads a plan: for
+each epoch then in progress, the units of reading (shard tails, whole shards, single
+samples) dealt to it; the plan is part of its state until read, then whole epochs go on.
 """
 from __future__ import annotations
 
