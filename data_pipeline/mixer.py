@@ -131,7 +131,7 @@ class MixedLoader:
     def load_resharded(self, states: list[dict]) -> None:
         """Continues a run whose world size or worker count may have changed.
 
-        `states` are the `state_dict()` of every rank of the old run, rank 0 first. Across
+        `states` are the `state_dict()` of every rank of the old run, in any order. Across
         the new ranks and workers, every sample of the epochs in progress that the old run
         had not yet yielded is yielded exactly once, and none it had yielded is yielded again
         (see reshard.py); then whole epochs go on under the new partition. With the same world
@@ -141,13 +141,14 @@ class MixedLoader:
         for state in states:
             if state.get("version") != STATE_VERSION:
                 raise ValueError(f"data loader state version {state.get('version')}, expected {STATE_VERSION}")
+        states = sorted(states, key=lambda state: state["rank"])
         old_world = states[0]["world_size"]
         ranks = [state["rank"] for state in states]
         if ranks != list(range(old_world)) or any(s["world_size"] != old_world for s in states):
             missing = sorted(set(range(old_world)) - set(ranks))
             raise ValueError(
                 f"load_resharded needs the states of ranks 0..{old_world - 1} of the old run (world_size "
-                f"{old_world}), in rank order, one each; got ranks {ranks}"
+                f"{old_world}), one each; got ranks {ranks}"
                 + (f" (missing {missing})" if missing else "")
                 + f" with world sizes {sorted({s['world_size'] for s in states})}")
         for field in ("seed", "num_workers", "step"):
