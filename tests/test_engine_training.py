@@ -141,3 +141,45 @@ def test_configuration_mistakes_stop_before_training(tmp_path, shards):
         assert codes == [2] * world, (args, output)
         assert message in output, (args, output)
         assert not (tmp_path / "a/out/checkpoints").exists()
+
+
+def trained_keys(out_dir: Path, corpus: str, up_to_step: int | None = None) -> list[tuple[str, int]]:
+    """(key, epoch) of every sample of CORPUS trained, over all ranks' key logs."""
+    found = []
+    for log in sorted((out_dir / "trained_keys").glob("rank*.jsonl")):
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if up_to_step is not None and row["step"] > up_to_step:
+                continue
+            for kind, batch in row.items():
+                if kind != "step" and batch["corpus"] == corpus:
+                    found += list(zip(batch["keys"], batch["epochs"]))
+    return found
+
+
+@pytest.mark.parametrize("new_world", [1, 3])
+def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tmp_path, shards, new_world):
+    data = data_config(shards, kinds=("image_text",))
+    config = write_run_config(tmp_path / "old", shards, max_steps=10, data=data, checkpoint={"every_steps": 10},
+                              logging={"every_steps": 1, "trained_keys": True})
+    codes, output = run_ranks(config, 2, "--resume", "none")
+    assert codes == [0, 0], output
+    before = trained_keys(tmp_path / "old/out", "images")
+    assert len(before) == 10 * 2 * 4
+
+    codes, output = run_ranks(config, new_world, "--set", "run.max_steps=25")
+    assert codes == [0] * new_world, output
+    assert f"[resume] step 10 from" in output and f"universal, from 2 ranks to {new_world}" in output
+    after = trained_keys(tmp_path / "old/out", "images")[len(before):]
+    assert len(after) == 15 * new_world * 4
+
+    all_keys = {key for key, _ in before + after}
+    assert len(all_keys) == 60  # the demo corpus's train images
+    in_progress = {epoch for _, epoch in before}
+    assert len(in_progress) >= 1 and max(in_progress) < max(epoch for _, epoch in after)
+    for epoch in sorted(in_progress):
+        seen = [key for key, e in before + after if e == epoch]
+        assert sorted(seen) == sorted(all_keys), f"epoch {epoch}: {len(seen)} samples, {len(set(seen))} distinct"
+    # The run goes on from the resumed model: the loss of step 11 follows from step 10's weights.
+    losses = losses_by_step(tmp_path / "old/out")
+    assert sorted(losses) == list(range(1, 26))

@@ -281,7 +281,9 @@ class Trainer:
 
 def json_line(step: int, batches: dict) -> str:
     import json
-    return json.dumps({"step": step + 1, "keys": {kind: list(b.get("keys", ())) for kind, b in batches.items()}}) + "\n"
+    return json.dumps({"step": step + 1, **{kind: {"corpus": batch.get("corpus"), "keys": list(batch.get("keys", ())),
+                                                  "epochs": list(batch.get("epochs", ()))}
+                                           for kind, batch in batches.items()}}) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
