@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NODES = ("node1", "node2")
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED")
 REQUIRED_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo",
                      "ip", "nsenter", "unshare", "mount", "hostname")
 
@@ -198,20 +200,20 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
     def wait_job(self, job_id: str, condition, timeout: float, what: str) -> dict:
-        """Polls the job until condition(job dict) holds; the error shows the job and the logs."""
+        """Polls the job until condition(job dict) holds; fails at once when the job ended
+        otherwise, or at the timeout. The error shows the job's output and the daemons' logs."""
         deadline = time.monotonic() + timeout
         while True:
             info = self.job(job_id)
             if condition(info):
                 return info
-            if time.monotonic() > deadline:
+            if info["JobState"] in FINAL_STATES or time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id}: {what} not reached within {timeout:.0f} s; now "
                                      f"{info.get('JobState')}\n{self.job_output(job_id)}\n{self.logs()}")
             time.sleep(0.3)
 
     def wait_finished(self, job_id: str, timeout: float) -> dict:
-        return self.wait_job(job_id, lambda j: j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                                 "NODE_FAIL", "OUT_OF_MEMORY"), timeout, "the end")
+        return self.wait_job(job_id, lambda j: j["JobState"] in FINAL_STATES, timeout, "the end")
 
     def signal(self, job_id: str, name: str) -> None:
         """Sends a signal to the job's steps, the ranks (not to the batch shell), as Slurm's

@@ -6,6 +6,9 @@ distributed start, signal handling and requeue exit code but steps in a fraction
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,14 +24,16 @@ CPU_OPTIONS = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-
 START_TIMEOUT = 240
 
 
-def submit(cluster, run_dir: Path, config: dict, overrides: list[str] = (), env: dict | None = None) -> str:
+def submit(cluster, run_dir: Path, config: dict, overrides: list[str] = (), sbatch_options: list[str] = (),
+           env: dict | None = None) -> str:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "standin.yaml"
     config_path.write_text(yaml.safe_dump(config))
     job_env = {"X2VLM_TRAIN_SCRIPT": STANDIN, "X2VLM_LOG_DIR": str(run_dir / "logs"), "DS_ACCELERATOR": "cpu",
                "PYTHONUNBUFFERED": "1", **(env or {})}
     return cluster.sbatch(TEMPLATE, [str(config_path), *overrides],
-                          [*CPU_OPTIONS, f"--chdir={REPO}", f"--output={run_dir}/logs/%x-%j.out"], job_env)
+                          [*CPU_OPTIONS, *sbatch_options, f"--chdir={REPO}", f"--output={run_dir}/logs/%x-%j.out"],
+                          job_env)
 
 
 def standin_config(run_dir: Path, max_steps: int, step_seconds: float) -> dict:
@@ -67,15 +72,21 @@ def test_two_ranks_on_two_hosts_join_one_gloo_group(slurm_cluster, tmp_path):
     assert "--set run.max_steps=5 --resume auto" in log
 
 
-def test_usr1_part_way_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("signal_name, options", [
+    ("USR1", {}),  # the template's default
+    # A cluster that reserves USR1: the sbatch option and the trainer's handler move together.
+    ("USR2", {"sbatch": ["--signal=USR2@60"], "env": {"X2VLM_PREEMPT_SIGNAL": "USR2"}}),
+])
+def test_signal_part_way_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, signal_name, options):
     max_steps = 16
-    job = submit(slurm_cluster, tmp_path, standin_config(tmp_path, max_steps, step_seconds=0.5))
+    job = submit(slurm_cluster, tmp_path, standin_config(tmp_path, max_steps, step_seconds=0.5),
+                 sbatch_options=options.get("sbatch", ()), env=options.get("env"))
     deadline = time.monotonic() + START_TIMEOUT
     while len(logged_steps(tmp_path)) < 3:
         assert time.monotonic() < deadline, f"no steps within {START_TIMEOUT} s\n{slurm_cluster.job_output(job)}"
         assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), slurm_cluster.job_output(job)
         time.sleep(0.2)
-    slurm_cluster.signal(job, "USR1")
+    slurm_cluster.signal(job, signal_name)
 
     info = slurm_cluster.wait_job(job, lambda j: j["Restarts"] == "1" and j["JobState"] == "PENDING", 60,
                                   "requeued by the batch script")
@@ -93,7 +104,7 @@ def test_usr1_part_way_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path)
     for rank, (first, second) in runs.items():
         host = ("node1", "node2")[rank]
         # Each rank received the signal itself: srun delivered it to every task.
-        assert first == {**first, "host": host, "restart_count": 0, "signal": "SIGUSR1", "exit_code": 85,
+        assert first == {**first, "host": host, "restart_count": 0, "signal": f"SIG{signal_name}", "exit_code": 85,
                          "last_step": stopped_at}
         assert second == {**second, "host": host, "restart_count": 1, "signal": None, "exit_code": 0,
                           "first_step": stopped_at + 1, "last_step": max_steps, "rank_sum": 3.0}
@@ -117,3 +128,20 @@ def test_bad_submission_fails_fast_naming_the_input(slurm_cluster, tmp_path, arg
     info = slurm_cluster.wait_finished(job, 60)
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0")
     assert message in slurm_cluster.job_output(job)
+
+
+def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
+    """The README's one-node command: `deepspeed --num_gpus N SCRIPT --config ...`, two ranks."""
+    config = tmp_path / "standin.yaml"
+    config.write_text(yaml.safe_dump(standin_config(tmp_path, max_steps=3, step_seconds=0.1)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), STANDIN,
+                             "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [record for (record,) in attempts(tmp_path).values()]
+    assert [(r["rank"], r["local_rank"], r["world_size"], r["rank_sum"], r["last_step"]) for r in records] == [
+        (0, 0, 2, 3.0, 3), (1, 1, 2, 3.0, 3)]
+    assert logged_steps(tmp_path) == [{"step": s, "value": 3.0 * s} for s in range(1, 4)]
