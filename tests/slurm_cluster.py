@@ -55,7 +55,7 @@ def _free_subnet() -> str:
     raise RuntimeError("no free 10.213.N.0/24 subnet for the test cluster")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -123,7 +123,7 @@ class SlurmCluster:
         self.conf.write_text(f"""\
 ClusterName=x2vlmtest
 SlurmctldHost=ctl({self.subnet}.1)
-SlurmctldPort={_free_port()}
+SlurmctldPort={free_port()}
 SlurmdPort=6818
 AuthType=auth/munge
 CredType=cred/munge
@@ -215,6 +215,13 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
     def wait_finished(self, job_id: str, timeout: float) -> dict:
         return self.wait_job(job_id, lambda j: j["JobState"] in FINAL_STATES, timeout, "the end")
 
+    def release_requeued(self, job_id: str) -> None:
+        """Lets a requeued job start now: Slurm holds one back for about two minutes (BeginTime).
+        A start within the second of the requeue would meet the old run's revoked credential,
+        hence the pause."""
+        time.sleep(2)
+        self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+
     def signal(self, job_id: str, name: str) -> None:
         """Sends a signal to the job's steps, the ranks (not to the batch shell), as Slurm's
         --signal does before the time limit."""
@@ -254,6 +261,8 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         for netns in self.namespaces:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         self.namespaces.clear()
+        for i in range(1, len(NODES) + 1):  # a veth whose peer never reached its namespace
+            subprocess.run(["ip", "link", "del", f"{self.tag}h{i}"], capture_output=True)
         if self.bridge:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
             self.bridge = None

@@ -2,6 +2,8 @@
 fallback against the real test cluster's scontrol."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from launch import slurm_env
@@ -99,3 +101,14 @@ def test_unresolvable_first_host_uses_its_node_addr_from_scontrol(slurm_cluster,
     assert slurm_env.allocation_from_env(environ).master_addr == slurm_cluster.address("node1")
     with pytest.raises(SlurmEnvError, match="'node7' does not resolve.*Node node7 not found"):
         slurm_env.master_addr("node7")
+
+
+def test_the_cluster_is_skipped_only_for_a_named_reason(monkeypatch):
+    from slurm_cluster import unavailable_reason
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    reason = unavailable_reason()
+    if os.geteuid() == 0:
+        assert reason.startswith("missing programs munged, slurmctld, slurmd,")
+    else:
+        assert reason.startswith("needs root")

@@ -7,38 +7,59 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from slurm_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "launch" / "slurm" / "pretrain.sbatch"
 STANDIN = "tests/slurm_standin_rank.py"
+VENV = Path(sys.executable).parent.parent  # the environment running the tests, deepspeed included
 # The template asks for GPU nodes; the test cluster has two CPUs per node and no GPU.
 CPU_OPTIONS = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
 # The first DeepSpeed start on a machine compiles a small op; later starts take seconds.
 START_TIMEOUT = 240
 
 
-def submit(cluster, run_dir: Path, config: dict, overrides: list[str] = (), sbatch_options: list[str] = (),
-           env: dict | None = None) -> str:
+def submit(cluster, run_dir: Path, config_path: Path, overrides: list[str] = (), train_script: str = STANDIN,
+           sbatch_options: list[str] = (), env: dict | None = None) -> str:
+    """Submits the real template for `config_path` on the CPU cluster; logs and hostfile go
+    to run_dir/logs. Returns the job id."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "standin.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    job_env = {"X2VLM_TRAIN_SCRIPT": STANDIN, "X2VLM_LOG_DIR": str(run_dir / "logs"), "DS_ACCELERATOR": "cpu",
-               "PYTHONUNBUFFERED": "1", **(env or {})}
+    job_env = {"X2VLM_TRAIN_SCRIPT": train_script, "X2VLM_VENV": str(VENV), "X2VLM_LOG_DIR": str(run_dir / "logs"),
+               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
     return cluster.sbatch(TEMPLATE, [str(config_path), *overrides],
                           [*CPU_OPTIONS, *sbatch_options, f"--chdir={REPO}", f"--output={run_dir}/logs/%x-%j.out"],
                           job_env)
 
 
-def standin_config(run_dir: Path, max_steps: int, step_seconds: float) -> dict:
-    return {"run": {"output_dir": str(run_dir), "max_steps": max_steps}, "standin": {"step_seconds": step_seconds},
-            "guard": {"signals": ["SIGUSR1", "SIGTERM"]}}
+def preempt_and_finish(cluster, job: str, signal_name: str, started, timeout: float = START_TIMEOUT) -> dict:
+    """Once started() is true, sends the signal to the job's ranks as Slurm would before a time
+    limit, waits for the batch script's requeue, lets the job start again at once and waits
+    for its end. Returns the final `scontrol show job` fields."""
+    deadline = time.monotonic() + timeout
+    while not started():
+        assert time.monotonic() < deadline, f"job {job} did not start within {timeout} s\n{cluster.job_output(job)}"
+        assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), cluster.job_output(job)
+        time.sleep(0.2)
+    cluster.signal(job, signal_name)
+    cluster.wait_job(job, lambda j: j["Restarts"] == "1" and j["JobState"] == "PENDING", 60,
+                     "requeued by the batch script")
+    cluster.release_requeued(job)
+    return cluster.wait_finished(job, timeout)
+
+
+def write_standin_config(run_dir: Path, max_steps: int, step_seconds: float) -> Path:
+    path = run_dir / "standin.yaml"
+    path.write_text(yaml.safe_dump({"run": {"output_dir": str(run_dir), "max_steps": max_steps},
+                                    "standin": {"step_seconds": step_seconds},
+                                    "guard": {"signals": ["SIGUSR1", "SIGTERM"]}}))
+    return path
 
 
 def attempts(run_dir: Path) -> dict[int, list[dict]]:
@@ -53,7 +74,7 @@ def logged_steps(run_dir: Path) -> list[dict]:
 
 def test_two_ranks_on_two_hosts_join_one_gloo_group(slurm_cluster, tmp_path):
     # The config says 50 steps; the override on the sbatch line must win.
-    job = submit(slurm_cluster, tmp_path, standin_config(tmp_path, max_steps=50, step_seconds=0.1),
+    job = submit(slurm_cluster, tmp_path, write_standin_config(tmp_path, max_steps=50, step_seconds=0.1),
                  overrides=["run.max_steps=5"])
     info = slurm_cluster.wait_finished(job, START_TIMEOUT)
     log = slurm_cluster.job_output(job)
@@ -79,22 +100,9 @@ def test_two_ranks_on_two_hosts_join_one_gloo_group(slurm_cluster, tmp_path):
 ])
 def test_signal_part_way_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path, signal_name, options):
     max_steps = 16
-    job = submit(slurm_cluster, tmp_path, standin_config(tmp_path, max_steps, step_seconds=0.5),
+    job = submit(slurm_cluster, tmp_path, write_standin_config(tmp_path, max_steps, step_seconds=0.5),
                  sbatch_options=options.get("sbatch", ()), env=options.get("env"))
-    deadline = time.monotonic() + START_TIMEOUT
-    while len(logged_steps(tmp_path)) < 3:
-        assert time.monotonic() < deadline, f"no steps within {START_TIMEOUT} s\n{slurm_cluster.job_output(job)}"
-        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), slurm_cluster.job_output(job)
-        time.sleep(0.2)
-    slurm_cluster.signal(job, signal_name)
-
-    info = slurm_cluster.wait_job(job, lambda j: j["Restarts"] == "1" and j["JobState"] == "PENDING", 60,
-                                  "requeued by the batch script")
-    # Slurm holds a requeued job back for about two minutes (BeginTime); the test lifts that.
-    # A start within the second of the requeue would meet the old job's revoked credential.
-    time.sleep(2)
-    slurm_cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
-    info = slurm_cluster.wait_finished(job, START_TIMEOUT)
+    info = preempt_and_finish(slurm_cluster, job, signal_name, started=lambda: len(logged_steps(tmp_path)) >= 3)
     log = slurm_cluster.job_output(job)
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
 
@@ -120,11 +128,11 @@ def test_signal_part_way_checkpoints_requeues_and_resumes(slurm_cluster, tmp_pat
     (["standin.yaml", "optim.lr"], "override 'optim.lr' is not KEY=VALUE"),
 ])
 def test_bad_submission_fails_fast_naming_the_input(slurm_cluster, tmp_path, args, message):
-    (tmp_path / "standin.yaml").write_text(yaml.safe_dump(standin_config(tmp_path, 1, 0.1)))
+    write_standin_config(tmp_path, 1, 0.1)
     (tmp_path / "logs").mkdir()
     job = slurm_cluster.sbatch(TEMPLATE, args, [*CPU_OPTIONS, f"--chdir={tmp_path}",
                                                 f"--output={tmp_path}/logs/%x-%j.out"],
-                               {"X2VLM_REPO_DIR": str(tmp_path), "X2VLM_VENV": str(REPO / ".venv")})
+                               {"X2VLM_REPO_DIR": str(tmp_path), "X2VLM_VENV": str(VENV)})
     info = slurm_cluster.wait_finished(job, 60)
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0")
     assert message in slurm_cluster.job_output(job)
@@ -132,12 +140,9 @@ def test_bad_submission_fails_fast_naming_the_input(slurm_cluster, tmp_path, arg
 
 def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
     """The README's one-node command: `deepspeed --num_gpus N SCRIPT --config ...`, two ranks."""
-    config = tmp_path / "standin.yaml"
-    config.write_text(yaml.safe_dump(standin_config(tmp_path, max_steps=3, step_seconds=0.1)))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    config = write_standin_config(tmp_path, max_steps=3, step_seconds=0.1)
+    port = free_port()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
     result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), STANDIN,
                              "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
