@@ -9,5 +9,5 @@ demo:
 	bash scripts/demo.sh
 
 test:
-	bash scripts/setup_venv.sh --system
+	bash scripts/setup_venv.sh --with-test-packages
 	bash scripts/run_tests.sh $(PYTEST_ARGS)

@@ -4,6 +4,10 @@ import pathlib
 import sys
 
 import PIL
+from PIL import features
+
+# Formats the shard builder and the loader decode; each needs its library at build time.
+REQUIRED_CODECS = ("jpg", "zlib", "webp")
 
 
 def main() -> int:
@@ -23,7 +27,12 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"[setup] PIL {PIL.__version__} is the pillow-simd build ({imported_from.parent})")
+    missing = [codec for codec in REQUIRED_CODECS if not features.check(codec)]
+    if missing:
+        print(f"[setup] pillow-simd {simd_version} was built without {', '.join(missing)} support; install the "
+              f"headers in system-packages.txt and rerun scripts/setup_venv.sh", file=sys.stderr)
+        return 1
+    print(f"[setup] PIL {PIL.__version__} is the pillow-simd build ({imported_from.parent}), with {', '.join(REQUIRED_CODECS)}")
     return 0
 
 

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Creates .venv in the checkout and installs the pinned packages into it.
 # A second run is a no-op unless a requirements file or setup.py changed.
-#   --system   also install the Debian packages the tests need (only as root)
+# As root it first installs the Debian packages pillow-simd builds against (system-packages.txt).
+#   --with-test-packages   also install the Debian packages the tests need (system-packages-test.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 venv="$root/.venv"
-with_system=0
-[ "${1:-}" = "--system" ] && with_system=1
+with_test_packages=0
+[ "${1:-}" = "--with-test-packages" ] && with_test_packages=1
 
 say() { printf '[setup] %s\n' "$*"; }
 
 install_system_packages() {
     local wanted missing=()
-    wanted=$(grep -vE '^\s*(#|$)' system-packages.txt || true)
+    wanted=$(grep -hvE '^\s*(#|$)' "$@" || true)
     for pkg in $wanted; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
@@ -28,9 +29,13 @@ install_system_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-[ $with_system -eq 1 ] && install_system_packages
+if [ $with_test_packages -eq 1 ]; then
+    install_system_packages system-packages.txt system-packages-test.txt
+else
+    install_system_packages system-packages.txt
+fi
 
-stamp_value=$(cat requirements.txt requirements-simd.txt setup.py | sha256sum | cut -c1-16)
+stamp_value=$(cat requirements.txt requirements-simd.txt setup.py system-packages.txt | sha256sum | cut -c1-16)
 stamp_file="$venv/.x2vlm-installed"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
     exit 0
@@ -44,11 +49,15 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # Machines whose pip.conf lists local package folders make pip warn once per absent package.
 quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-say "installing pinned packages (first time: a few minutes)"
+say "installing the pinned packages into .venv (from nothing: a few minutes)"
 quiet_pip install -r requirements.txt
-# pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last.
-"${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
-quiet_pip install --no-deps --force-reinstall -r requirements-simd.txt
+# pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last, and is
+# redone whenever plain pillow came back or the SIMD build is missing.
+if "${pip[@]}" show pillow >/dev/null 2>&1 || ! "$venv/bin/python" scripts/check_pillow_simd.py >/dev/null 2>&1; then
+    "${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
+    # No wheel cache: a wheel built before the WebP headers were installed would lack WebP.
+    quiet_pip install --no-deps --force-reinstall --no-cache-dir -r requirements-simd.txt
+fi
 quiet_pip install --no-deps -e .
 "$venv/bin/python" scripts/check_pillow_simd.py
 echo "$stamp_value" > "$stamp_file"

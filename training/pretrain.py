@@ -82,8 +82,7 @@ class Trainer:
         # Every rank builds identical initial weights; ZeRO-3 partitions each rank's own copy.
         rng_state.seed_everything(config.run.seed)
         model = create_model(config.model, load_pretrained=False)
-        pretrained = model.load_pretrained_towers()
-        loaded_names = {name for names in pretrained.values() for name in names}
+        loaded_names = model.pretrained_parameter_names(model.load_pretrained_towers())
         from training.optim import build_scheduler, parameter_groups
 
         groups = parameter_groups(

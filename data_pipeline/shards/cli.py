@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo_command
+from . import build_command, demo_command, inspect_command, show_command, verify_command
 
-SUBCOMMANDS = (demo_command,)
+SUBCOMMANDS = (build_command, inspect_command, verify_command, show_command, demo_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the manifest records the exact command
     return args.run(args) or 0
 
 

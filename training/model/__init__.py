@@ -1,0 +1,30 @@
+"""The X²-VLM model. ``create_model`` is the one way to build it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.model.config import ConfigError, ModelConfig, load_model_config, model_config_from_dict
+from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def create_model(config: ModelConfig | dict | str | Path, load_pretrained: bool = True) -> X2VLM:
+    """Builds X²-VLM from a config object, a dict, a YAML path or a name in configs/model/.
+
+    ``load_pretrained`` loads the local vision / text weights the config names.
+    """
+    if isinstance(config, dict):
+        config = model_config_from_dict(config)
+    elif not isinstance(config, ModelConfig):
+        path = Path(config)
+        if not path.suffix and not path.exists():
+            path = CONFIG_DIR / f"{path}.yaml"
+        config = load_model_config(path)
+    model = X2VLM(config)
+    if load_pretrained:
+        model.load_pretrained_towers()
+    return model
+
+
+__all__ = ["CONFIG_DIR", "ConfigError", "ModelConfig", "TextEncoding", "VisionEncoding", "X2VLM", "create_model", "load_model_config"]

@@ -1,0 +1,46 @@
+"""Per-kind batching of transformed samples into the tensors the model reads. Images
+arrive as uint8 and leave normalised (CLIP mean and std) as float32.
+
+Region batches are ragged on purpose: B images carry R >= B region texts, each pointing
+at its image through `image_index`; nothing is padded with duplicated pairs, which would
+put copies of a positive among the negatives of the contrastive loss.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .image_decode import normalise
+
+TEXT_FIELDS = ("text_ids", "text_mask", "mlm_ids", "mlm_labels")
+
+
+def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.stack([s[name] for s in samples])) for name in TEXT_FIELDS}
+
+
+def collate_image_text(samples: list[dict]) -> dict:
+    return {"images": normalise(torch.stack([s["image"] for s in samples])), **_stack_text(samples),
+            "keys": [s["key"] for s in samples]}
+
+
+def collate_video_text(samples: list[dict]) -> dict:
+    return {"frames": normalise(torch.stack([s["frames"] for s in samples])), **_stack_text(samples),
+            "keys": [s["key"] for s in samples]}
+
+
+def collate_region(samples: list[dict]) -> dict:
+    counts = [len(s["text_ids"]) for s in samples]
+    image_index = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
+    batch = {"images": normalise(torch.stack([s["image"] for s in samples])), "image_index": image_index}
+    for name in TEXT_FIELDS:
+        batch[name] = torch.from_numpy(np.concatenate([s[name] for s in samples]))
+    batch["boxes"] = torch.from_numpy(np.concatenate([s["boxes"] for s in samples]))
+    batch["patch_mask"] = torch.from_numpy(np.concatenate([s["patch_mask"] for s in samples]))
+    # Texts of one image are positives of each other, never negatives.
+    batch["positive_groups"] = image_index.clone()
+    batch["keys"] = [s["key"] for s in samples]
+    return batch
+
+
+COLLATE = {"image_text": collate_image_text, "region": collate_region, "video_text": collate_video_text}

@@ -1,0 +1,117 @@
+"""One corpus as a torch DataLoader whose position can be saved and restored exactly.
+
+Each worker's batches carry that worker's stream state; the loader keeps the state that
+came with the last batch it handed out from each worker. The DataLoader takes batches
+from its workers in strict rotation (the streams never end, so no worker drops out), so
+batch b of the corpus comes from logical worker b % num_workers; a restored loader
+renumbers its physical workers so that the first one resumes the logical worker whose
+turn it is.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .counters import Counters
+from .shard_list import expand_shards
+from .spec import CorpusSpec, DataSpec
+from .stream import CorpusStream
+from .text import TextEncoder
+from .transforms import ImageTextTransform, RegionTransform, VideoTextTransform
+
+
+def build_transform(corpus: CorpusSpec, spec: DataSpec):
+    text = TextEncoder(spec.text)
+    if corpus.kind == "image_text":
+        return ImageTextTransform(spec.image_res, corpus.options, text, spec.training)
+    if corpus.kind == "region":
+        return RegionTransform(spec.image_res, spec.patch_size, corpus.options, text)
+    return VideoTextTransform(spec.image_res, corpus.options, text, spec.training)
+
+
+class CorpusDataset(IterableDataset):
+    def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
+                 resume_states: list[dict | None], worker_offset: int):
+        self.corpus, self.urls, self.spec = corpus, urls, spec
+        self.rank, self.world_size = rank, world_size
+        self.resume_states = resume_states
+        self.worker_offset = worker_offset
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical, count = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (physical + self.worker_offset) % count
+        stream = CorpusStream(self.corpus, self.urls, self.spec, self.rank, self.world_size, logical, count,
+                              build_transform(self.corpus, self.spec))
+        state = self.resume_states[logical]
+        if state is not None:
+            stream.load_state_dict(state)
+        for batch, state in stream.batches_with_state():
+            batch["_worker"], batch["_state"] = logical, state
+            yield batch
+
+
+def _as_is(batch):
+    return batch
+
+
+class CorpusLoader:
+    def __init__(self, corpus: CorpusSpec, spec: DataSpec, rank: int, world_size: int, num_workers: int):
+        self.corpus, self.spec = corpus, spec
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.workers = max(1, num_workers)
+        self.urls = expand_shards(corpus.shards, where=f"corpus {corpus.name}: shards")
+        if len(self.urls) < world_size * self.workers:
+            raise ValueError(
+                f"corpus {corpus.name}: {len(self.urls)} shards for {world_size} ranks x {self.workers} workers; "
+                f"every worker needs at least one shard per epoch (write more, smaller shards or use fewer workers)")
+        self.batches = 0
+        self.states: list[dict | None] = [None] * self.workers
+        self._loader = None
+        self._iterator = None
+
+    def _start(self) -> None:
+        dataset = CorpusDataset(self.corpus, self.urls, self.spec, self.rank, self.world_size,
+                                copy.deepcopy(self.states), self.batches % self.workers)
+        options = {}
+        if self.num_workers > 0:
+            options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork"}
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is, **options)
+        self._iterator = iter(self._loader)
+
+    def next_batch(self) -> dict:
+        if self._iterator is None:
+            self._start()
+        batch = next(self._iterator)
+        worker = batch.pop("_worker")
+        if worker != self.batches % self.workers:
+            raise RuntimeError(f"corpus {self.corpus.name}: batch {self.batches} came from worker {worker}, "
+                               f"expected {self.batches % self.workers}")
+        self.states[worker] = batch.pop("_state")
+        self.batches += 1
+        return batch
+
+    def skipped(self) -> dict[str, int]:
+        """Samples and shards skipped so far, by reason, summed over this rank's workers."""
+        return Counters.total([s["counters"] for s in self.states if s is not None])
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "workers": copy.deepcopy(self.states)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["workers"]) != self.workers:
+            raise ValueError(
+                f"corpus {self.corpus.name}: state was saved with {len(state['workers'])} workers, this loader has "
+                f"{self.workers}; resuming needs the same worker count and world size, because a partly "
+                f"read epoch is recorded per worker (its shards, buffer and position) and cannot be "
+                f"re-partitioned without re-reading or losing samples")
+        self.close()
+        self.batches = state["batches"]
+        self.states = copy.deepcopy(state["workers"])
+
+    def close(self) -> None:
+        # Dropping the iterator shuts its worker processes down.
+        self._iterator = None
+        self._loader = None

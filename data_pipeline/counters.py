@@ -1,0 +1,23 @@
+"""Counts of skipped samples and shard trouble, by reason, for one corpus."""
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Counters:
+    def __init__(self, counts: dict[str, int] | None = None):
+        self.counts: Counter = Counter(counts or {})
+
+    def add(self, reason: str, n: int = 1) -> None:
+        self.counts[reason] += n
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    @staticmethod
+    def total(snapshots: list[dict[str, int]]) -> dict[str, int]:
+        """Sums the latest snapshots of several workers."""
+        total: Counter = Counter()
+        for snapshot in snapshots:
+            total.update(snapshot)
+        return dict(sorted(total.items()))

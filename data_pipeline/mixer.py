@@ -1,0 +1,133 @@
+"""The training loader: every step gets one batch of each configured kind.
+
+A kind with ratio r < 1 appears on the steps where floor((step + 1) * r) moves on, so a
+video ratio of 0.5 gives a video batch every other step on every rank alike. Within a
+kind the corpus is drawn by weight from the mixer's own RNG, seeded by (seed, rank).
+Every rank therefore yields the same number of batches of each kind per step, however
+unevenly its shards are sized: corpus streams never end (see stream.py), and an epoch of
+training is a number of steps, the same on every rank.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections import Counter
+
+from .corpus_loader import CorpusLoader
+from .shuffle import rng_state, set_rng_state
+from .spec import DataSpec
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class MixedLoader:
+    def __init__(self, spec: DataSpec, rank: int | None = None, world_size: int | None = None,
+                 num_workers: int | None = None, log_every: int = 1000):
+        if rank is None or world_size is None:
+            rank, world_size = _distributed_rank_and_size()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.spec = spec
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = spec.loader.num_workers if num_workers is None else num_workers
+        self.loaders = {c.name: CorpusLoader(c, spec, rank, world_size, self.num_workers) for c in spec.corpora}
+        self.rng = random.Random(f"{spec.seed}/mixer/{rank}")
+        self.step = 0
+        self.drawn: Counter = Counter()
+        self.log_every = log_every
+
+    def __iter__(self):
+        return self
+
+    def kinds_at(self, step: int) -> list[str]:
+        return [kind for kind in self.spec.kinds()
+                if math.floor((step + 1) * self.spec.kind_ratio[kind]) > math.floor(step * self.spec.kind_ratio[kind])]
+
+    def __next__(self) -> dict[str, dict]:
+        out = {}
+        for kind in self.kinds_at(self.step):
+            corpora = self.spec.corpora_of(kind)
+            corpus = corpora[0] if len(corpora) == 1 else self.rng.choices(corpora, [c.weight for c in corpora])[0]
+            batch = self.loaders[corpus.name].next_batch()
+            batch["corpus"] = corpus.name
+            self.drawn[corpus.name] += 1
+            out[kind] = batch
+        self.step += 1
+        if self.log_every and self.step % self.log_every == 0:
+            log.info("data after %d steps: %s", self.step, self.stats())
+        return out
+
+    def proportions(self) -> dict[str, dict[str, float]]:
+        """Realised share of each corpus among the batches of its kind so far."""
+        shares = {}
+        for kind in self.spec.kinds():
+            names = [c.name for c in self.spec.corpora_of(kind)]
+            total = sum(self.drawn[n] for n in names)
+            shares[kind] = {n: (self.drawn[n] / total if total else 0.0) for n in names}
+        return shares
+
+    def stats(self) -> dict:
+        """For the trainer's log: realised proportions, batches drawn, and skipped samples
+        and shards per corpus and reason (this rank)."""
+        return {
+            "step": self.step,
+            "proportions": self.proportions(),
+            "batches": {name: self.drawn[name] for name in self.loaders},
+            "skipped": {name: loader.skipped() for name, loader in self.loaders.items()},
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "seed": self.spec.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "step": self.step,
+            "rng": rng_state(self.rng),
+            "drawn": dict(self.drawn),
+            "corpora": {name: loader.state_dict() for name, loader in self.loaders.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {state.get('version')}, expected {STATE_VERSION}")
+        if state["world_size"] != self.world_size or state["num_workers"] != self.num_workers:
+            raise ValueError(
+                f"data loader state was saved with world_size {state['world_size']} and num_workers "
+                f"{state['num_workers']}; this run has {self.world_size} and {self.num_workers}. Resuming "
+                f"mid-epoch needs both unchanged: each (rank, worker) holds its own share of the epoch's "
+                f"shards, shuffle buffer and position, which cannot be re-partitioned without re-reading or "
+                f"losing samples.")
+        if state["rank"] != self.rank:
+            raise ValueError(f"data loader state belongs to rank {state['rank']}, this is rank {self.rank}")
+        if state["seed"] != self.spec.seed:
+            raise ValueError(f"data loader state was saved with seed {state['seed']}, the spec has {self.spec.seed}")
+        missing = sorted(set(self.loaders) ^ set(state["corpora"]))
+        if missing:
+            raise ValueError(f"data loader state and spec disagree on corpus {missing[0]!r}; "
+                             f"the corpora must not change within a run")
+        self.step = state["step"]
+        set_rng_state(self.rng, state["rng"])
+        self.drawn = Counter(state["drawn"])
+        for name, loader in self.loaders.items():
+            loader.load_state_dict(state["corpora"][name])
+
+    def close(self) -> None:
+        for loader in self.loaders.values():
+            loader.close()

@@ -1,0 +1,178 @@
+"""One corpus as one (rank, worker) reads it: shards -> shuffle buffer -> transform -> batches.
+
+Which samples a worker sees, and in which order, is a pure function of
+(seed, corpus, epoch, rank, worker):
+  * epoch e's shard order is a shuffle seeded by (seed, corpus, e); the slot
+    rank * num_workers + worker takes every (world_size * num_workers)-th shard of it, so
+    each shard belongs to exactly one slot per epoch;
+  * the shuffle buffer's RNG is seeded by (seed, corpus, e, rank, worker);
+  * each sample's augmentation and masking RNG is seeded by (seed, corpus, e, key).
+The stream never ends: after its last shard a worker drains its buffer and begins
+epoch e + 1 with a fresh shard shuffle. Its state (epoch, shard cursor, buffer RNG and
+the locations of the buffered samples, counters) is a few kilobytes, and restoring it
+re-reads only the shards the buffer points at, without decoding what it skips.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from typing import Callable, Iterator
+
+from .collate import COLLATE
+from .counters import Counters
+from .sample_meta import BadSample
+from .shard_reader import read_shard
+from .shuffle import ShuffleBuffer
+from .spec import CorpusSpec, DataSpec
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[str]:
+    order = list(range(len(urls)))
+    random.Random(f"{seed}/{corpus}/shards/{epoch}").shuffle(order)
+    return [urls[i] for i in order[slot::slots]]
+
+
+class CorpusStream:
+    def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
+                 worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict],
+                 passes: int | None = None):
+        """`passes=None` streams forever (training); a number stops after that many epochs
+        and yields the last, partial batch (evaluation, audits)."""
+        slots = world_size * num_workers
+        if len(urls) < slots:
+            raise ValueError(
+                f"corpus {corpus.name}: {len(urls)} shards for {world_size} ranks x {num_workers} workers; every "
+                f"worker needs at least one shard per epoch (write more, smaller shards or use fewer workers)")
+        self.corpus, self.urls, self.spec = corpus, urls, spec
+        self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
+        self.slot, self.slots = rank * num_workers + worker, slots
+        self.transform = transform
+        self.passes = passes
+        self.collate = COLLATE[corpus.kind]
+        self.counters = Counters()
+        self.epoch = 0
+        self.cursor = (0, 0)  # (position in this epoch's shard list, next sample index in that shard)
+        self.batches = 0
+        self.buffer = self._new_buffer(0)
+
+    def _new_buffer(self, epoch: int) -> ShuffleBuffer:
+        seed = f"{self.spec.seed}/{self.corpus.name}/buffer/{epoch}/{self.rank}/{self.worker}"
+        return ShuffleBuffer(self.spec.loader.shuffle_buffer, random.Random(seed))
+
+    def shards(self, epoch: int) -> list[str]:
+        return epoch_shards(self.urls, self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
+
+    def _read(self, url: str, start: int):
+        loader = self.spec.loader
+        return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s)
+
+    def raw_samples(self) -> Iterator[tuple[int, dict]]:
+        """(epoch, raw sample) in shuffled order, forever."""
+        while True:
+            shards = self.shards(self.epoch)
+            full_pass = self.cursor == (0, 0) and not self.buffer.entries
+            produced = 0
+            pos, start = self.cursor
+            while pos < len(shards):
+                for index, raw in self._read(shards[pos], start):
+                    self.cursor = (pos, index + 1)
+                    out = self.buffer.push((pos, index), raw)
+                    if out is not None:
+                        produced += 1
+                        yield self.epoch, out[1]
+                pos, start = pos + 1, 0
+                self.cursor = (pos, 0)
+            for _, raw in self.buffer.drain():
+                produced += 1
+                yield self.epoch, raw
+            if full_pass and not produced:
+                raise RuntimeError(
+                    f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample in a whole "
+                    f"pass over its {len(shards)} shards (epoch {self.epoch}); see the shard_unreadable counter")
+            self.epoch += 1
+            self.cursor = (0, 0)
+            self.buffer = self._new_buffer(self.epoch)
+            if self.passes is not None and self.epoch >= self.passes:
+                return
+
+    def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
+        """(batch, stream state right after it), forever. Bad samples are counted, not batched."""
+        pending: list[dict] = []
+        for epoch, raw in self.raw_samples():
+            key = raw.get("__key__", "")
+            rng = random.Random(f"{self.spec.seed}/{self.corpus.name}/{epoch}/{key}")
+            try:
+                item = self.transform(raw, rng)
+            except BadSample as bad:
+                self.counters.add(bad.reason)
+                log.debug("corpus %s: skipped %s: %s", self.corpus.name, key, bad)
+                continue
+            except Exception as exn:  # an unforeseen failure of one sample must not stop the run
+                self.counters.add(f"error_{type(exn).__name__}")
+                log.warning("corpus %s: skipped %s: %s: %s", self.corpus.name, key, type(exn).__name__, exn)
+                continue
+            item["epoch"] = epoch
+            pending.append(item)
+            if len(pending) == self.corpus.batch_size:
+                batch = self.collate(pending)
+                batch["epochs"] = [s["epoch"] for s in pending]
+                pending = []
+                self.batches += 1
+                yield batch, self.state_dict()
+        if pending:
+            batch = self.collate(pending)
+            batch["epochs"] = [s["epoch"] for s in pending]
+            self.batches += 1
+            yield batch, self.state_dict()
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "slot": [self.rank, self.world_size, self.worker, self.num_workers],
+            "shards": len(self.urls),
+            "epoch": self.epoch,
+            "cursor": list(self.cursor),
+            "buffer": self.buffer.state_dict(),
+            "batches": self.batches,
+            "counters": self.counters.as_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        where = f"corpus {self.corpus.name}, rank {self.rank}, worker {self.worker}"
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{where}: stream state version {state.get('version')}, expected {STATE_VERSION}")
+        slot = [self.rank, self.world_size, self.worker, self.num_workers]
+        if state["slot"] != slot:
+            raise ValueError(f"{where}: state was saved for [rank, world_size, worker, num_workers] = "
+                             f"{state['slot']}, this stream is {slot}")
+        if state["shards"] != len(self.urls):
+            raise ValueError(f"{where}: state was saved with {state['shards']} shards, the corpus now has "
+                             f"{len(self.urls)}; the shard list must not change within a run")
+        self.epoch = state["epoch"]
+        self.cursor = tuple(state["cursor"])
+        self.batches = state["batches"]
+        self.counters = Counters(state["counters"])
+        self.buffer = self._new_buffer(self.epoch)
+        shards = self.shards(self.epoch)
+        self.buffer.load_state_dict(state["buffer"], lambda locations: self._fetch(shards, locations))
+
+    def _fetch(self, shards: list[str], locations: list[tuple[int, int]]) -> dict:
+        """Raw samples at the given (shard position, index) locations, reading each shard
+        only from its first wanted sample to its last."""
+        wanted: dict[int, set[int]] = defaultdict(set)
+        for pos, index in locations:
+            wanted[pos].add(index)
+        found = {}
+        for pos, indices in sorted(wanted.items()):
+            last = max(indices)
+            for index, raw in self._read(shards[pos], min(indices)):
+                if index in indices:
+                    found[(pos, index)] = raw
+                if index >= last:
+                    break
+        return found

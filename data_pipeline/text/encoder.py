@@ -1,0 +1,59 @@
+"""Text to the model's input fields: clean, tokenise to `[CLS] tokens [SEP]`, pad to
+`max_tokens`, and mask for MLM."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from ..sample_meta import BadSample
+from ..spec import TextSpec
+from .cleaning import BadText, clean_caption
+from .masking import IGNORE_INDEX, MaskingSpec, mask_tokens
+
+
+def word_start_rule(tokenizer):
+    """How to tell a word's first token, by the tokenizer's model: WordPiece marks
+    continuations with '##'; byte-level BPE (RoBERTa) and SentencePiece (XLM-R) mark
+    word starts with 'Ġ' / '▁'."""
+    model = type(tokenizer.backend_tokenizer.model).__name__
+    if model == "WordPiece":
+        return lambda token, i: not token.startswith("##")
+    return lambda token, i: i == 0 or token.startswith(("Ġ", "▁"))
+
+
+class TextEncoder:
+    def __init__(self, spec: TextSpec):
+        self.spec = spec
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+        t = self.tokenizer
+        if t.mask_token_id is None or t.pad_token_id is None:
+            raise ValueError(f"text.tokenizer: {spec.tokenizer} has no mask or pad token; MLM needs both")
+        self.cls_id = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
+        self.sep_id = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
+        self.pad_id, self.mask_id = t.pad_token_id, t.mask_token_id
+        special = set(t.all_special_ids)
+        self.random_ids = [i for i in range(len(t)) if i not in special]
+        self.is_word_start = word_start_rule(t)
+        self.masking = MaskingSpec(spec.mask_prob, spec.max_masks, spec.span_prob, spec.span_max, spec.whole_word)
+
+    def encode(self, caption: str, rng: random.Random) -> dict[str, np.ndarray]:
+        try:
+            text = clean_caption(caption, self.spec.max_words)
+        except BadText as exn:
+            raise BadSample("bad_text", str(exn)) from None
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.spec.max_tokens - 2]
+        if not ids:
+            raise BadSample("bad_text", f"caption has no tokens: {caption!r}")
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        word_start = [True] + [self.is_word_start(tok, i) for i, tok in enumerate(tokens)] + [True]
+        ids = [self.cls_id] + ids + [self.sep_id]
+        mlm_ids, labels = mask_tokens(ids, word_start, rng, self.masking, self.mask_id, self.random_ids)
+        pad = self.spec.max_tokens - len(ids)
+        return {
+            "text_ids": np.array(ids + [self.pad_id] * pad, dtype=np.int64),
+            "text_mask": np.array([1] * len(ids) + [0] * pad, dtype=np.int64),
+            "mlm_ids": np.array(mlm_ids + [self.pad_id] * pad, dtype=np.int64),
+            "mlm_labels": np.array(labels + [IGNORE_INDEX] * pad, dtype=np.int64),
+        }

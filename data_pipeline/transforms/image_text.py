@@ -1,0 +1,43 @@
+"""Image-text samples as X²-VLM pre-trains on them: RandomResizedCrop(res, scale 0.2-1,
+bicubic), text-aware horizontal flip, RandAugment(2, 7), CLIP normalisation; one caption
+drawn from the sample's captions, cleaned, tokenised and masked."""
+from __future__ import annotations
+
+import random
+
+from PIL import Image
+
+from ..image_decode import crop_resize, open_image, to_uint8_tensor
+from ..sample_meta import IMAGE_EXTENSIONS, BadSample, media_of, parse_meta
+from ..text import TextEncoder
+from .flip import decide_flip, flipped_texts
+from .geometry import random_resized_crop_box
+from .randaugment import FULL_OPS, apply_plan, sample_plan
+
+
+class ImageTextTransform:
+    def __init__(self, res: int, options: dict, text: TextEncoder, training: bool = True):
+        self.res = res
+        self.options = options
+        self.text = text
+        self.training = training
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict:
+        meta = parse_meta(sample)
+        if not meta.captions:
+            raise BadSample("no_caption")
+        caption = meta.captions[rng.randrange(len(meta.captions))]
+        image = open_image(media_of(sample, IMAGE_EXTENSIONS))
+        size = (self.res, self.res)
+        if not self.training:
+            out = crop_resize(image, (0, 0, image.width, image.height), size)
+            return {"image": to_uint8_tensor(out), **self.text.encode(caption, rng), "key": meta.key}
+        box = random_resized_crop_box(image.width, image.height, tuple(self.options["crop_scale"]), rng)
+        flip = decide_flip(rng, [caption], self.options["flip"])
+        out = crop_resize(image, box, size)
+        if flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+            caption = flipped_texts([caption], flip, self.options["flip"])[0]
+        if self.options["rand_augment"]:
+            out = apply_plan(out, sample_plan(rng, FULL_OPS))
+        return {"image": to_uint8_tensor(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}

@@ -1,0 +1,76 @@
+"""RandAugment(N=2, M=7) with X²-VLM's operation lists, on PIL images.
+
+X²-VLM draws N operations (with replacement) and applies each with probability 0.5 at
+magnitude M of 10: enhance factor 0.1 + 1.8 * M / 10, shear 0.3 * M / 10, translation
+10 * M / 10 pixels, rotation 30 * M / 10 degrees (the geometric ones with a random sign,
+filled with grey 128). A plan is drawn once and can be applied to several images, so all
+frames of a clip get the same augmentation.
+"""
+from __future__ import annotations
+
+import random
+
+from PIL import Image, ImageEnhance, ImageOps
+
+MAX_LEVEL = 10
+FILL = (128, 128, 128)
+
+FULL_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
+            "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+# Region crops keep their boxes, so only colour operations apply.
+COLOUR_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
+SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
+
+Plan = list[tuple[str, float]]
+
+
+def magnitude(op: str, level: int) -> float:
+    fraction = level / MAX_LEVEL
+    if op in ("Brightness", "Sharpness"):
+        return 0.1 + 1.8 * fraction
+    if op in ("ShearX", "ShearY"):
+        return 0.3 * fraction
+    if op in ("TranslateX", "TranslateY"):
+        return 10.0 * fraction
+    if op == "Rotate":
+        return 30.0 * fraction
+    return 0.0
+
+
+def sample_plan(rng: random.Random, ops: tuple[str, ...] = FULL_OPS, n: int = 2, level: int = 7) -> Plan:
+    plan = []
+    for _ in range(n):
+        op = ops[rng.randrange(len(ops))]
+        apply = rng.random() < 0.5
+        sign = -1.0 if rng.random() < 0.5 else 1.0
+        if apply and op != "Identity":
+            plan.append((op, magnitude(op, level) * (sign if op in SIGNED else 1.0)))
+    return plan
+
+
+def apply_op(image: Image.Image, op: str, value: float) -> Image.Image:
+    if op == "AutoContrast":
+        return ImageOps.autocontrast(image)
+    if op == "Equalize":
+        return ImageOps.equalize(image)
+    if op == "Brightness":
+        return ImageEnhance.Brightness(image).enhance(value)
+    if op == "Sharpness":
+        return ImageEnhance.Sharpness(image).enhance(value)
+    if op == "ShearX":
+        return image.transform(image.size, Image.AFFINE, (1, value, 0, 0, 1, 0), fillcolor=FILL)
+    if op == "ShearY":
+        return image.transform(image.size, Image.AFFINE, (1, 0, 0, value, 1, 0), fillcolor=FILL)
+    if op == "TranslateX":
+        return image.transform(image.size, Image.AFFINE, (1, 0, value, 0, 1, 0), fillcolor=FILL)
+    if op == "TranslateY":
+        return image.transform(image.size, Image.AFFINE, (1, 0, 0, 0, 1, value), fillcolor=FILL)
+    if op == "Rotate":
+        return image.rotate(value, fillcolor=FILL)
+    raise ValueError(f"unknown RandAugment operation {op!r}")
+
+
+def apply_plan(image: Image.Image, plan: Plan) -> Image.Image:
+    for op, value in plan:
+        image = apply_op(image, op, value)
+    return image

@@ -1,0 +1,107 @@
+"""Region samples as X²-VLM pre-trains on them.
+
+One region is picked; a random crop that contains it is taken, flipped (text-aware),
+resized to res x res and colour-augmented. The texts are the whole-image caption (as a
+full-image box) and the regions that lie more than `min_perc_in_image` inside the crop,
+clipped to it, up to `max_regions` texts. The picked region comes first among the
+regions (X²-VLM shuffles it in with the others and may drop it).
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from PIL import Image
+
+from ..image_decode import crop_resize, open_image, to_uint8_tensor
+from ..sample_meta import IMAGE_EXTENSIONS, BadSample, checked_box, media_of, parse_meta
+from ..text import TextEncoder
+from .flip import decide_flip, flipped_texts
+from .geometry import normalised_cxcywh, patch_mask
+from .randaugment import COLOUR_OPS, apply_plan, sample_plan
+
+
+def crop_containing(box, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+    """A random crop (x, y, w, h) of the image that contains `box` entirely."""
+    x, y, w, h = box
+    x0 = rng.randint(0, math.floor(x))
+    y0 = rng.randint(0, math.floor(y))
+    x1 = rng.randint(min(math.ceil(x + w), width), width)
+    y1 = rng.randint(min(math.ceil(y + h), height), height)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def box_in_output(box, crop, flip: bool, res: int, min_inside: float):
+    """The part of `box` inside `crop` in output pixels (after flip and resize), or None
+    when no more than `min_inside` of the box's area lies inside the crop."""
+    x, y, w, h = box
+    cx, cy, cw, ch = crop
+    ix0, iy0 = max(cx, x), max(cy, y)
+    ix1, iy1 = min(cx + cw, x + w), min(cy + ch, y + h)
+    if ix1 <= ix0 or iy1 <= iy0 or (ix1 - ix0) * (iy1 - iy0) / (w * h) <= min_inside:
+        return None
+    bx, by, bw, bh = ix0 - cx, iy0 - cy, ix1 - ix0, iy1 - iy0
+    if flip:
+        bx = cw - bx - bw
+    sx, sy = res / cw, res / ch
+    return bx * sx, by * sy, bw * sx, bh * sy
+
+
+class RegionTransform:
+    def __init__(self, res: int, patch_size: int, options: dict, text: TextEncoder):
+        self.res = res
+        self.patch_size = patch_size
+        self.options = options
+        self.text = text
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict:
+        meta = parse_meta(sample)
+        image = open_image(media_of(sample, IMAGE_EXTENSIONS))
+        width, height = image.size
+        regions = [(checked_box(r.box, width, height), r.texts) for r in meta.regions]
+        if not regions:
+            raise BadSample("no_region")
+        target = rng.randrange(len(regions))
+        crop = crop_containing(regions[target][0], width, height, rng)
+        mode = self.options["flip"]
+        all_texts = meta.captions + [t for _, texts in regions for t in texts]
+        flip = decide_flip(rng, all_texts, mode)
+
+        out = crop_resize(image, crop, (self.res, self.res))
+        if flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.options["rand_augment"]:
+            out = apply_plan(out, sample_plan(rng, COLOUR_OPS))
+
+        texts, boxes, masks = [], [], []
+        n_patches = (self.res // self.patch_size) ** 2
+        if meta.captions:
+            texts.append(meta.captions[rng.randrange(len(meta.captions))])
+            boxes.append([0.5, 0.5, 1.0, 1.0])
+            masks.append(np.ones(1 + n_patches, dtype=bool))
+        others = [i for i in range(len(regions)) if i != target]
+        rng.shuffle(others)
+        for i in [target] + others:
+            if len(texts) >= self.options["max_regions"]:
+                break
+            placed = box_in_output(regions[i][0], crop, flip, self.res, self.options["min_perc_in_image"])
+            if placed is None:
+                continue
+            region_texts = regions[i][1]
+            texts.append(region_texts[rng.randrange(len(region_texts))])
+            boxes.append(normalised_cxcywh(*placed, self.res))
+            masks.append(patch_mask(*placed, self.res, self.patch_size))
+        texts = flipped_texts(texts, flip, mode)
+        encoded = [self.text.encode(t, rng) for t in texts]
+        return {
+            "image": to_uint8_tensor(out),
+            **{name: np.stack([e[name] for e in encoded]) for name in encoded[0]},
+            "boxes": np.array(boxes, dtype=np.float32),
+            "patch_mask": np.stack(masks),
+            "key": meta.key,
+            # What was drawn, for logs and checks; not batched.
+            "crop": crop,
+            "flipped": flip,
+            "texts": texts,
+        }

@@ -1,0 +1,57 @@
+"""Video-text samples: `frames` frames by segment sampling, one random crop, flip and
+RandAugment plan shared by every frame of the clip, CLIP normalisation -> (F, 3, H, W)."""
+from __future__ import annotations
+
+import random
+
+import torch
+from PIL import Image
+
+from ..image_decode import to_uint8_tensor
+from ..sample_meta import VIDEO_EXTENSIONS, BadSample, media_of, parse_meta
+from ..text import TextEncoder
+from ..video_decode import decode_clip
+from .flip import decide_flip, flipped_texts
+from .geometry import random_resized_crop_box
+from .randaugment import FULL_OPS, apply_plan, sample_plan
+
+
+def _seconds(info: dict, key: str) -> float | None:
+    value = info.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class VideoTextTransform:
+    def __init__(self, res: int, options: dict, text: TextEncoder, training: bool = True):
+        self.res = res
+        self.options = options
+        self.text = text
+        self.training = training
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict:
+        meta = parse_meta(sample)
+        if not meta.captions:
+            raise BadSample("no_caption")
+        caption = meta.captions[rng.randrange(len(meta.captions))]
+        data = media_of(sample, VIDEO_EXTENSIONS)
+        clip = decode_clip(data, self.options["frames"], _seconds(meta.info, "start"), _seconds(meta.info, "end"),
+                           self.training, rng, self.options["decode_timeout_s"])
+        height, width = clip.shape[1:3]
+        size = (self.res, self.res)
+        flip, plan = False, []
+        if self.training:
+            box = random_resized_crop_box(width, height, tuple(self.options["crop_scale"]), rng)
+            flip = decide_flip(rng, [caption], self.options["flip"])
+            caption = flipped_texts([caption], flip, self.options["flip"])[0]
+            if self.options["rand_augment"]:
+                plan = sample_plan(rng, FULL_OPS)
+        else:
+            box = (0, 0, width, height)
+        x, y, w, h = box
+        frames = []
+        for array in clip:
+            frame = Image.fromarray(array).resize(size, Image.BICUBIC, box=(x, y, x + w, y + h))
+            if flip:
+                frame = frame.transpose(Image.FLIP_LEFT_RIGHT)
+            frames.append(to_uint8_tensor(apply_plan(frame, plan)))
+        return {"frames": torch.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}

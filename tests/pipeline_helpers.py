@@ -1,0 +1,119 @@
+"""Shards and a tokenizer for the data-pipeline tests, made from the demo corpus.
+
+Shards are written with webdataset's TarWriter in the agreed sample layout, the way the
+shard CLI writes them: `<prefix>_<id>` keys, `jpg` / `mp4`, a `json` with source, size,
+captions and regions, and a `txt` with the first caption.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from data_pipeline.spec import parse_data_spec
+from data_pipeline.text.demo_tokenizer import build_demo_tokenizer
+
+
+def split_sizes(total: int, shards: int) -> list[int]:
+    """Uneven shard sizes on purpose (the first shards get more), summing to `total`."""
+    base = [total // shards] * shards
+    for i in range(total - sum(base)):
+        base[i] += 1
+    # Move a few samples from the last shard to the first, so sizes really differ.
+    move = min(2, base[-1] - 1)
+    base[0] += move
+    base[-1] -= move
+    return base
+
+
+def write_shards(samples: list[dict], out: Path, prefix: str, shards: int) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths, start = [], 0
+    for index, size in enumerate(split_sizes(len(samples), shards)):
+        path = out / f"{prefix}-{index:06d}.tar"
+        with wds.TarWriter(str(path)) as writer:
+            for sample in samples[start:start + size]:
+                writer.write(sample)
+        paths.append(path)
+        start += size
+    return paths
+
+
+def image_sample(prefix: str, image_id, data: bytes, width: int, height: int, captions: list[str],
+                 regions: list[dict], source: str) -> dict:
+    meta = {"source": source, "width": width, "height": height, "captions": captions, "regions": regions,
+            "original": {"image_id": image_id}}
+    sample = {"__key__": f"{prefix}_{image_id}", "jpg": data, "json": json.dumps(meta).encode()}
+    if captions:
+        sample["txt"] = captions[0].encode()
+    return sample
+
+
+def coco_samples(demo: Path, split: str = "train") -> list[dict]:
+    coco = json.loads((demo / "annotations" / f"coco_captions_{split}.json").read_text())
+    captions: dict[int, list[str]] = {}
+    for a in coco["annotations"]:
+        captions.setdefault(a["image_id"], []).append(a["caption"])
+    return [image_sample("coco", im["id"], (demo / "images" / im["file_name"]).read_bytes(), im["width"],
+                         im["height"], captions[im["id"]], [], "coco")
+            for im in coco["images"]]
+
+
+def vg_samples(demo: Path, split: str = "train") -> list[dict]:
+    coco = json.loads((demo / "annotations" / f"coco_captions_{split}.json").read_text())
+    sizes = {im["id"]: (im["width"], im["height"], im["file_name"]) for im in coco["images"]}
+    captions: dict[int, list[str]] = {}
+    for a in coco["annotations"]:
+        captions.setdefault(a["image_id"], []).append(a["caption"])
+    out = []
+    for image in json.loads((demo / "annotations" / f"vg_regions_{split}.json").read_text()):
+        width, height, name = sizes[image["id"]]
+        regions = [{"box": [r["x"], r["y"], r["width"], r["height"]], "captions": [r["phrase"]], "label": None}
+                   for r in image["regions"]]
+        out.append(image_sample("vg", image["id"], (demo / "images" / name).read_bytes(), width, height,
+                                captions[image["id"]], regions, "vg"))
+    return out
+
+
+def video_samples(demo: Path, split: str = "train") -> list[dict]:
+    out = []
+    for line in (demo / "annotations" / f"videos_{split}.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        video_id = entry["video"].split(".")[0]
+        meta = {"source": "demo_videos", "width": 128, "height": 128, "captions": entry["captions"], "regions": [],
+                "duration": entry["duration"], "fps": entry["fps"], "start": entry.get("start"),
+                "end": entry.get("end"), "frames": entry["frames"], "original": {"video": entry["video"]}}
+        out.append({"__key__": f"webvid_{video_id}", "mp4": (demo / "videos" / entry["video"]).read_bytes(),
+                    "json": json.dumps(meta).encode(), "txt": entry["captions"][0].encode()})
+    return out
+
+
+def data_spec(tokenizer: Path, corpora: list[dict], **overrides):
+    raw = {"seed": 11, "image_res": 64, "patch_size": 16,
+           "text": {"tokenizer": str(tokenizer), "max_tokens": 24},
+           "loader": {"num_workers": 0, "shuffle_buffer": 8, "shard_retries": 1, "retry_delay_s": 0}}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    raw["corpora"] = corpora
+    return parse_data_spec(raw)
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_corpus, tmp_path_factory) -> Path:
+    return build_demo_tokenizer(demo_corpus, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_shards(demo_corpus, tmp_path_factory) -> dict[str, list[Path]]:
+    """coco (image-text, 6 uneven shards), vg (region, 4), webvid (video, 4)."""
+    out = tmp_path_factory.mktemp("pipeline_shards")
+    return {
+        "coco": write_shards(coco_samples(demo_corpus), out, "coco", 6),
+        "vg": write_shards(vg_samples(demo_corpus), out, "vg", 4),
+        "webvid": write_shards(video_samples(demo_corpus), out, "webvid", 4),
+    }

@@ -1,0 +1,163 @@
+"""Each loss against an independent, loop-by-loop computation on small inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.losses import (
+    PairKeys,
+    box_losses,
+    contrastive_loss,
+    masked_language_model_loss,
+    matching_loss,
+    pair_positives,
+    sample_hard_negatives,
+)
+
+
+def _log_softmax_row(values: list[float], j: int) -> float:
+    top = max(values)
+    return values[j] - top - math.log(sum(math.exp(v - top) for v in values))
+
+
+def naive_contrastive(vision: torch.Tensor, text: torch.Tensor, temperature: float, positives) -> float:
+    n = len(vision)
+    sim = [[float(vision[i] @ text[j]) / temperature for j in range(n)] for i in range(n)]
+    loss_v2t = loss_t2v = 0.0
+    for i in range(n):
+        v_pos = [j for j in range(n) if positives[i][j]]
+        loss_v2t -= sum(_log_softmax_row(sim[i], j) for j in v_pos) / len(v_pos)
+        column = [sim[k][i] for k in range(n)]
+        t_pos = [k for k in range(n) if positives[k][i]]
+        loss_t2v -= sum(_log_softmax_row(column, k) for k in t_pos) / len(t_pos)
+    return (loss_v2t / n + loss_t2v / n) / 2
+
+
+def test_contrastive_loss_matches_naive_with_single_and_multiple_positives():
+    torch.manual_seed(0)
+    vision = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    temperature = torch.tensor(0.07, dtype=torch.float64)
+    identity = torch.eye(5, dtype=torch.bool)
+    grouped = identity.clone()
+    grouped[0, 1] = grouped[1, 0] = grouped[3, 4] = grouped[4, 3] = True
+    for positives in (identity, grouped):
+        loss = contrastive_loss(vision, text, temperature, positives)
+        expected = naive_contrastive(vision, text, 0.07, positives.tolist())
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pair_positives_matches_the_rules_pair_by_pair():
+    text_ids = torch.tensor([[101, 7, 8, 0], [101, 7, 8, 9], [101, 7, 8, 5], [101, 4, 0, 0], [101, 4, 0, 0]])
+    text_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    image = torch.tensor([0, 0, 1, 2, 3])
+    groups = torch.tensor([-1, -1, 5, 5, -1])
+    keys = PairKeys.local(text_ids, text_mask, image, groups)
+    # Pretend the last two samples came from another rank.
+    keys.rank = torch.tensor([0, 0, 0, 1, 1])
+    for same_image in (False, True):
+        for same_text in (False, True):
+            result = pair_positives(keys, keys, same_image, same_text)
+            for i in range(5):
+                for j in range(5):
+                    same_rank = keys.rank[i] == keys.rank[j]
+                    texts_equal = (text_ids[i] * text_mask[i]).tolist() == (text_ids[j] * text_mask[j]).tolist()
+                    expected = bool(
+                        (same_rank and i == j)
+                        or (same_rank and groups[i] >= 0 and groups[i] == groups[j])
+                        or (same_image and same_rank and image[i] == image[j])
+                        or (same_text and texts_equal)
+                    )
+                    assert result[i, j].item() == expected, (i, j, same_image, same_text)
+    # Samples 0 and 1 share text after padding is ignored; 3 and 4 share image index on
+    # different ranks (not positive) and identical ids (positive only by text).
+    assert pair_positives(keys, keys, False, True)[0, 1]
+    assert not pair_positives(keys, keys, True, False)[3, 4]
+
+
+def test_hard_negatives_are_never_positives_and_follow_the_softmax():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 6) * 3
+    positives = torch.eye(6, dtype=torch.bool)
+    positives[0, 3] = positives[2, 5] = True
+    positives[4] = True  # nothing to draw from in row 4
+    draws = 4000
+    counts = torch.zeros(6, 6)
+    for _ in range(draws):
+        index, valid = sample_hard_negatives(logits, positives, generator)
+        counts[torch.arange(6), index] += 1
+        assert valid.tolist() == [True, True, True, True, False, True]
+        assert not positives[torch.arange(6), index][valid].any()
+    for row in (0, 1, 2, 3, 5):
+        allowed = [j for j in range(6) if not positives[row, j]]
+        weights = [math.exp(logits[row, j].item()) for j in allowed]
+        for j, w in zip(allowed, weights):
+            expected = w / sum(weights)
+            assert counts[row, j].item() / draws == pytest.approx(expected, abs=0.03)
+
+
+def test_hard_negatives_survive_extreme_similarities():
+    logits = torch.tensor([[1000.0, -1000.0, -2000.0], [5000.0, 0.0, 4000.0], [0.0, 0.0, 0.0]])
+    positives = torch.eye(3, dtype=torch.bool)
+    index, valid = sample_hard_negatives(logits, positives)
+    # Row 0: the only non-positive with any weight is column 1; row 1: column 0 dominates.
+    assert index[:2].tolist() == [1, 0] and index[2].item() in (0, 1)
+    assert valid.all()
+
+
+def test_matching_loss_matches_naive_weighted_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 2, dtype=torch.float64)
+    labels = torch.tensor([1, 1, 0, 0, 0, 0])
+    weights = torch.tensor([True, True, True, False, True, True])
+    total, count = 0.0, 0
+    for i in range(6):
+        if weights[i]:
+            total -= _log_softmax_row(logits[i].tolist(), labels[i].item())
+            count += 1
+    assert matching_loss(logits, labels, weights).item() == pytest.approx(total / count, rel=1e-6)
+
+
+def test_masked_language_model_loss_matches_naive():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 7).double()
+    hidden = torch.randn(2, 5, 4, dtype=torch.float64)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[0, 4], labels[1, 2] = 3, 6, 0
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(5):
+            if labels[b, t] != -100:
+                scores = head(hidden[b, t]).tolist()
+                total -= _log_softmax_row(scores, labels[b, t].item())
+                count += 1
+    assert masked_language_model_loss(head, hidden, labels).item() == pytest.approx(total / count, rel=1e-6)
+
+
+def _naive_giou(p, t) -> float:
+    def corners(b):
+        return b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+
+    ax0, ay0, ax1, ay1 = corners(p)
+    bx0, by0, bx1, by1 = corners(t)
+    iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
+    return inter / union - (hull - union) / hull
+
+
+def test_box_losses_match_naive_l1_and_giou():
+    predicted = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.6, 0.1, 0.1], [0.2, 0.2, 0.3, 0.3]], dtype=torch.float64)
+    target = torch.tensor([[0.55, 0.45, 0.3, 0.3], [0.8, 0.1, 0.2, 0.1], [0.2, 0.2, 0.3, 0.3]], dtype=torch.float64)
+    l1, giou = box_losses(predicted, target)
+    expected_l1 = sum(abs(a - b) for p, t in zip(predicted.tolist(), target.tolist()) for a, b in zip(p, t)) / 3
+    expected_giou = sum(1 - _naive_giou(p, t) for p, t in zip(predicted.tolist(), target.tolist())) / 3
+    assert l1.item() == pytest.approx(expected_l1, rel=1e-6)
+    assert giou.item() == pytest.approx(expected_giou, rel=1e-6)
+    # Identical boxes have GIoU 1; disjoint ones have GIoU below 0.
+    assert _naive_giou(predicted[2].tolist(), target[2].tolist()) == pytest.approx(1.0)
+    assert _naive_giou(predicted[1].tolist(), target[1].tolist()) < 0

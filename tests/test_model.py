@@ -1,0 +1,221 @@
+"""The X²-VLM model: sizes, visual concepts, forward/backward over every batch kind."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_batches import image_batch, region_batch, video_batch
+from training.model import create_model
+from training.model.fusion import QueryKeyValue
+from training.model.regions import region_tokens
+from training.model.video import FrameTemporalPooling
+
+
+def _count(name: str) -> int:
+    with torch.device("meta"):
+        model = create_model(name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_of_base_and_large():
+    base, large = _count("x2vlm_base"), _count("x2vlm_large")
+    print(f"\nX2-VLM base: {base:,} parameters ({base / 1e6:.2f}M); large: {large:,} ({large / 1e6:.2f}M)")
+    assert abs(base - 254.8e6) / 254.8e6 < 0.02
+    assert abs(large - 593e6) / 593e6 < 0.03
+
+
+def test_region_token_zero_is_the_masked_mean_of_its_patches():
+    image_tokens = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    image_index = torch.tensor([1, 0])
+    patch_mask = torch.tensor([[True, True, False, True, False], [True, False, False, False, True]])
+    tokens = region_tokens(image_tokens, image_index, patch_mask)
+    # Region 0 is on image 1 (tokens 10..19) over patches 1 and 3: rows [12, 13] and [16, 17].
+    assert tokens[0, 0].tolist() == [14.0, 15.0]
+    # Region 1 is on image 0 over patch 4 only: row [8, 9].
+    assert tokens[1, 0].tolist() == [8.0, 9.0]
+    assert torch.equal(tokens[0, 1:], image_tokens[1, 1:])
+    assert torch.equal(tokens[1, 1:], image_tokens[0, 1:])
+
+
+def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin():
+    from training.model.config import VisionConfig
+    from training.model.vision import VisionTower
+
+    towers = [
+        VisionConfig("beitv2_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}),
+        VisionConfig("vit_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}),
+        VisionConfig("swin_tiny_patch4_window7_224", 64, timm_kwargs={"embed_dim": 8, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4}),
+    ]
+    for config in towers:
+        tower = VisionTower(config).eval()
+        tokens = tower(torch.randn(2, 3, config.image_size, config.image_size))
+        assert tokens.shape == (2, 1 + tower.num_patches, tower.width), config.name
+        torch.testing.assert_close(tokens[:, 0], tokens[:, 1:].mean(dim=1))
+
+
+def test_attention_is_masked_softmax_attention():
+    torch.manual_seed(0)
+    attention = QueryKeyValue(width=4, key_value_width=6, num_heads=2, dropout=0.0)
+    hidden, context = torch.randn(1, 3, 4), torch.randn(1, 5, 6)
+    mask = torch.tensor([[True, False, True, True, False]])
+    with torch.no_grad():
+        out = attention(hidden, context, mask)
+        q, k, v = attention.query(hidden[0]), attention.key(context[0]), attention.value(context[0])
+    for head in range(2):
+        cols = slice(2 * head, 2 * head + 2)  # 2 dims per head
+        for i in range(3):
+            scores = [float(q[i, cols] @ k[j, cols]) / 2**0.5 if mask[0, j] else float("-inf") for j in range(5)]
+            weights = torch.tensor(scores).softmax(dim=0)
+            expected = sum(weights[j] * v[j, cols] for j in range(5))
+            torch.testing.assert_close(out[0, i, cols], expected)
+
+
+def test_region_patch_mask_limits_cross_attention_to_the_box():
+    model = create_model("tiny").eval()
+    batch = region_batch()
+    image_tokens = model.vision(batch["images"])
+    text = model.encode_text(batch["text_ids"], batch["text_mask"])
+    regions = model.encode_regions(image_tokens, batch["image_index"], batch["patch_mask"])
+    before = model.itm_score(regions, text)
+    outside = ~batch["patch_mask"][0]
+    changed = regions.tokens.clone()
+    changed[0, outside] += 5.0
+    regions.tokens = changed
+    after = model.itm_score(regions, text)
+    assert torch.equal(before, after)
+    changed[0, 1 + batch["patch_mask"][0, 1:].nonzero()[0]] += 5.0
+    assert not torch.equal(before[0], model.itm_score(regions, text)[0])
+
+
+def test_video_tokens_are_the_frame_mean_after_frame_positions():
+    pooling = FrameTemporalPooling(max_frames=4, width=2)
+    frames = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    out = pooling(frames)
+    position = pooling.frame_pos_embed.detach()
+    for b in range(2):
+        for t in range(2):
+            expected = sum(frames[b, f, t] + position[0, f, 0] for f in range(3)) / 3
+            torch.testing.assert_close(out[b, t], expected)
+    with pytest.raises(ValueError, match="at most 4"):
+        pooling(torch.zeros(1, 5, 2, 2))
+
+
+def test_itm_negatives_drawn_in_the_model_are_never_positives(monkeypatch):
+    import training.model.x2vlm as x2vlm
+
+    draws, sample = [], x2vlm.sample_hard_negatives
+
+    def recording(logits, positives, generator=None):
+        index, valid = sample(logits, positives, generator)
+        draws.append((positives, index, valid))
+        return index, valid
+
+    monkeypatch.setattr(x2vlm, "sample_hard_negatives", recording)
+    model = create_model("tiny")
+    batch = region_batch()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model(region=batch)
+    assert len(draws) == 10
+    for positives, index, valid in draws:
+        # Regions 0, 1 share image 0 and regions 2, 3, 4 share image 1: all of them positives.
+        assert positives.sum().item() == 2 * 2 + 3 * 3
+        assert valid.all()
+        assert not positives[torch.arange(len(index)), index].any()
+
+
+def _all_kinds(model):
+    torch.manual_seed(0)
+    return model(image=image_batch(0), region=region_batch(1), video=video_batch(2))
+
+
+def test_forward_over_all_kinds_weights_losses_and_reaches_every_parameter():
+    model = create_model("tiny")
+    model.config.losses.weights["region"]["giou"] = 2.0
+    model.config.losses.weights["video"]["mlm"] = 0.5
+    out = _all_kinds(model)
+    losses = out["losses"]
+    assert {k: sorted(v) for k, v in losses.items()} == {
+        "image": ["itc", "itm", "mlm"],
+        "region": ["bbox", "giou", "itc", "itm", "mlm"],
+        "video": ["itc", "itm", "mlm"],
+    }
+    expected = sum(v for terms in losses.values() for v in terms.values())
+    expected = expected + losses["region"]["giou"] - 0.5 * losses["video"]["mlm"]
+    torch.testing.assert_close(out["loss"], expected)
+    assert out["features"]["region"]["vision"].shape == (5, 16)
+    out["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert no_grad == []
+
+
+def test_bf16_autocast_forward_and_backward_are_finite():
+    model = create_model("tiny")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _all_kinds(model)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_weights_take_fp32_pixels_and_give_fp32_losses():
+    model = create_model("tiny").to(torch.bfloat16)
+    out = _all_kinds(model)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for terms in out["losses"].values() for v in terms.values())
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(3)
+    plain = create_model("tiny")
+    checkpointed = create_model("tiny")
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.set_activation_checkpointing(True)
+    results = []
+    for model in (plain, checkpointed):
+        out = _all_kinds(model)
+        out["loss"].backward()
+        results.append((out["loss"], {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], msg=name)
+
+
+def test_temperature_is_clamped_but_keeps_its_gradient():
+    model = create_model("tiny")
+    with torch.no_grad():
+        model.temperature.temp.fill_(0.9)
+    value = model.temperature()
+    assert value.item() == pytest.approx(0.5)
+    value.backward()
+    assert model.temperature.temp.grad.item() == 1.0
+
+
+def test_evaluation_interface():
+    model = create_model("tiny").eval()
+    batch = region_batch()
+    with torch.no_grad():
+        image = model.encode_image(batch["images"])
+        text = model.encode_text(batch["text_ids"], batch["text_mask"])
+        regions = model.encode_regions(image.tokens, batch["image_index"], batch["patch_mask"])
+        video = model.encode_video(video_batch()["frames"])
+        score = model.itm_score(regions, text)
+        boxes = model.predict_box(image.tokens[batch["image_index"]], text)
+    assert image.features.shape == (2, 16) and video.features.shape == (2, 16) and text.features.shape == (5, 16)
+    torch.testing.assert_close(text.features.norm(dim=-1), torch.ones(5))
+    assert ((score > 0) & (score < 1)).all()
+    assert boxes.shape == (5, 4) and ((boxes > 0) & (boxes < 1)).all()
+
+
+def test_roberta_text_tower_swaps_in():
+    config = {
+        "vision": {"name": "beitv2_base_patch16_224", "image_size": 64, "timm_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
+        "text": {"kind": "roberta", "vocab_size": 3000, "hidden_size": 32, "num_layers": 3, "fusion_start": 2, "num_heads": 2,
+                 "intermediate_size": 64, "max_position_embeddings": 130, "pad_token_id": 1},
+        "embed_dim": 16,
+    }
+    model = create_model(config)
+    assert type(model.text).__name__ == "RobertaModel"
+    out = model(image=image_batch(length=8))
+    assert torch.isfinite(out["loss"])

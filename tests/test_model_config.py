@@ -1,0 +1,61 @@
+"""Model configs are validated on load; errors name the key."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from training.model import CONFIG_DIR, ConfigError, load_model_config
+from training.model.config import model_config_from_dict
+
+
+def test_shipped_configs_load():
+    base = load_model_config(CONFIG_DIR / "x2vlm_base.yaml")
+    large = load_model_config(CONFIG_DIR / "x2vlm_large.yaml")
+    tiny = load_model_config(CONFIG_DIR / "tiny.yaml")
+    assert (base.text.num_layers, base.text.fusion_start, base.num_fusion_layers) == (18, 12, 6)
+    assert (large.vision.name, large.text.hidden_size) == ("beitv2_large_patch16_224", 1024)
+    assert tiny.losses.weights["region"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "bbox": 1.0, "giou": 1.0}
+
+
+def _tiny() -> dict:
+    return yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["text"].update(fusion_star=1), "text.fusion_star: unknown key"),
+        (lambda c: c["text"].update(fusion_start=3), "text.fusion_start: must lie between"),
+        (lambda c: c["text"].update(hidden_size="32"), "text.hidden_size: expected int, got str"),
+        (lambda c: c["text"].update(kind="gpt2"), "text.kind: must be bert, roberta or xlm-roberta"),
+        (lambda c: c.pop("vision"), "vision: missing required key"),
+        (lambda c: c.update(temperature=0.9), "temperature_min: need 0 < temperature_min"),
+        (lambda c: c["losses"].update(itm_negatives="everywhere"), "losses.itm_negatives: must be global or local"),
+        (lambda c: c["losses"].update(weights={"region": {"box": 1.0}}), "losses.weights.region.box: unknown loss term"),
+        (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: unknown batch kind"),
+        (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: expected a non-negative"),
+        (lambda c: c["vision"].update(image_size=True), "vision.image_size: expected int, got bool"),
+    ],
+)
+def test_invalid_config_names_the_key(edit, message):
+    config = _tiny()
+    edit(config)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        model_config_from_dict(config)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    config = _tiny()
+    config["embed_dim"] = 0
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=f"{path}: embed_dim: must be positive"):
+        load_model_config(path)
+
+
+def test_loss_weights_not_given_default_to_one():
+    config = _tiny()
+    config["losses"]["weights"] = {"video": {"mlm": 0.25}}
+    weights = model_config_from_dict(config).losses.weights
+    assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25}
+    assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0}

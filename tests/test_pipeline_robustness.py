@@ -1,0 +1,129 @@
+"""Bad input is skipped and counted, never fatal and never silent: planted bad samples,
+a truncated shard, a shard that cannot be opened, a video decoder that hangs."""
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+import time
+from collections import Counter
+
+import pytest
+
+from data_pipeline import video_decode
+from data_pipeline.corpus_loader import build_transform
+from data_pipeline.mixer import MixedLoader
+from data_pipeline.sample_meta import BadSample
+from data_pipeline.shard_list import expand_shards
+from data_pipeline.stream import CorpusStream
+from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, write_shards  # noqa: F401
+
+PLANTED = {  # key -> the reason it must be counted under
+    "bad_jpeg": "image_decode",
+    "bad_json": "bad_json",
+    "no_caption": "no_caption",
+    "punctuation_caption": "bad_text",
+    "no_media": "missing_media",
+}
+
+
+def planted_samples(good: list[dict]) -> list[dict]:
+    template = good[0]
+    meta = json.loads(template["json"])
+    return [
+        {"__key__": "bad_jpeg", "jpg": template["jpg"][: len(template["jpg"]) // 3], "json": template["json"]},
+        {"__key__": "bad_json", "jpg": template["jpg"], "json": b"{not json"},
+        {"__key__": "no_caption", "jpg": template["jpg"], "json": json.dumps({**meta, "captions": []}).encode()},
+        {"__key__": "punctuation_caption", "jpg": template["jpg"],
+         "json": json.dumps({**meta, "captions": ["?! ..."]}).encode()},
+        {"__key__": "no_media", "json": template["json"]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def planted_corpus(demo_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    good = coco_samples(demo_corpus)[:36]
+    bad = planted_samples(good)
+    # Bad samples spread among the good ones, 3 healthy shards.
+    mixed = good[:10] + bad[:2] + good[10:22] + bad[2:] + good[22:]
+    shards = write_shards(mixed, out, "planted", 3)
+    # A shard cut off in the middle of its 4th sample. The first 2 arrive; the 3rd is lost
+    # with the rest, because a sample is only known to be whole when the next one begins.
+    whole_path = write_shards(coco_samples(demo_corpus)[36:42], out / "whole", "cut", 1)[0]
+    with tarfile.open(whole_path) as tar:
+        fourth = [m for m in tar.getmembers() if m.name.startswith(coco_samples(demo_corpus)[39]["__key__"] + ".")]
+    cut_at = fourth[0].offset_data + 100
+    (out / "cut-000000.tar").write_bytes(whole_path.read_bytes()[:cut_at])
+    arrive_from_cut = {s["__key__"] for s in coco_samples(demo_corpus)[36:38]}
+    urls = [str(p) for p in shards] + [str(out / "cut-000000.tar"), f"pipe:cat {out}/no-such-shard.tar"]
+    return urls, {s["__key__"] for s in good} | arrive_from_cut
+
+
+def test_bad_samples_are_counted_and_good_ones_all_arrive(demo_tokenizer, planted_corpus):
+    urls, good_keys = planted_corpus
+    spec = data_spec(demo_tokenizer, [{"name": "planted", "kind": "image_text", "shards": urls, "batch_size": 4}])
+    corpus = spec.corpora[0]
+    keys, counters = Counter(), Counter()
+    for worker in range(2):
+        stream = CorpusStream(corpus, expand_shards(urls), spec, 0, 1, worker, 2, build_transform(corpus, spec),
+                              passes=1)
+        for batch, _ in stream.batches_with_state():
+            keys.update(batch["keys"])
+        counters.update(stream.counters.as_dict())
+    assert set(keys) == good_keys and max(keys.values()) == 1
+    expected = Counter(PLANTED.values())
+    # The cut shard and the missing one: retried once (shard_retries 1), then skipped.
+    expected.update({"shard_retry": 2, "shard_unreadable": 2})
+    assert counters == expected
+
+
+def test_counters_reach_the_trainer_through_workers(demo_tokenizer, planted_corpus):
+    urls, _ = planted_corpus
+    spec = data_spec(demo_tokenizer, [{"name": "planted", "kind": "image_text", "shards": urls, "batch_size": 4}])
+    loader = MixedLoader(spec, rank=0, world_size=1, num_workers=2)
+    for _ in range(14):  # more than one epoch of the 39 good samples
+        next(loader)
+    skipped = loader.stats()["skipped"]["planted"]
+    loader.close()
+    for reason in [*PLANTED.values(), "shard_retry", "shard_unreadable"]:
+        assert skipped.get(reason, 0) >= 1, (reason, skipped)
+
+
+def test_broken_video_is_skipped(demo_corpus, demo_tokenizer, tmp_path):
+    good = video_samples(demo_corpus)[:4]
+    broken = {**good[0], "__key__": "webvid_broken", "mp4": good[0]["mp4"][:300]}
+    urls = [str(p) for p in write_shards(good + [broken], tmp_path, "vid", 1)]
+    spec = data_spec(demo_tokenizer, [{"name": "v", "kind": "video_text", "shards": urls, "batch_size": 2}])
+    corpus = spec.corpora[0]
+    stream = CorpusStream(corpus, urls, spec, 0, 1, 0, 1, build_transform(corpus, spec), passes=1)
+    keys = [k for batch, _ in stream.batches_with_state() for k in batch["keys"]]
+    assert sorted(keys) == sorted(s["__key__"] for s in good)
+    assert stream.counters.as_dict() == {"video_decode": 1}
+
+
+def test_hanging_video_decoder_is_killed(demo_corpus, monkeypatch):
+    def hang(*args, **kwargs):  # what decord does on some files (dmlc/decord issue 373)
+        while True:
+            time.sleep(1)
+
+    monkeypatch.setattr(video_decode, "_decode", hang)
+    data = video_samples(demo_corpus)[0]["mp4"]
+    decoder = video_decode.ClipDecoder()
+    started = time.monotonic()
+    with pytest.raises(BadSample) as info:
+        decoder.decode(data, 3, None, None, True, 0, timeout_s=0.5)
+    assert info.value.reason == "video_timeout"
+    assert time.monotonic() - started < 5
+    assert decoder.pid is None  # the hung child was killed and reaped
+    monkeypatch.undo()
+    # The next clip gets a fresh child.
+    assert decoder.decode(data, 3, None, None, False, 0, timeout_s=10).shape == (3, 128, 128, 3)
+    decoder.close()
+
+
+def test_video_decode_result_is_a_function_of_the_rng(demo_corpus):
+    data = video_samples(demo_corpus)[0]["mp4"]
+    a = video_decode.decode_clip(data, 3, None, None, True, random.Random(5), timeout_s=10)
+    b = video_decode.decode_clip(data, 3, None, None, True, random.Random(5), timeout_s=10)
+    assert a.shape == (3, 128, 128, 3) and (a == b).all()

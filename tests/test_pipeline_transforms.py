@@ -1,0 +1,269 @@
+"""Transforms: text-aware flip, region boxes and patch masks, video clips, draft decoding."""
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_pipeline.demo_corpus.drawing import encode_mp4
+from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD, crop_resize, open_image
+from data_pipeline.spec import KIND_OPTION_DEFAULTS, TextSpec
+from data_pipeline.text import TextEncoder
+from data_pipeline.transforms import ImageTextTransform, RegionTransform, VideoTextTransform
+from data_pipeline.transforms.flip import swap_sides
+from data_pipeline.transforms.geometry import patch_mask
+from data_pipeline.video_decode import segment_frame_indices
+from pipeline_helpers import demo_tokenizer  # noqa: F401  (fixture)
+
+RED, BLUE, GREEN, GREY = (220, 30, 30), (30, 70, 220), (30, 160, 50), (128, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def text(demo_tokenizer):
+    return TextEncoder(TextSpec(str(demo_tokenizer), max_tokens=24))
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def red_left_blue_right(width=200, height=160) -> Image.Image:
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    array[:, : width // 2] = RED
+    array[:, width // 2:] = BLUE
+    return Image.fromarray(array)
+
+
+def image_sample(key: str, image: Image.Image, captions: list[str], regions=()) -> dict:
+    meta = {"source": "test", "width": image.width, "height": image.height, "captions": captions,
+            "regions": list(regions), "original": {}}
+    return {"__key__": key, "jpg": jpeg(image), "json": json.dumps(meta).encode()}
+
+
+def hwc(image: torch.Tensor) -> np.ndarray:
+    """A transform's uint8 (3, H, W) output as float H x W x 3 pixels."""
+    assert image.dtype == torch.uint8
+    return image.permute(1, 2, 0).numpy().astype(np.float64)
+
+
+def redness(pixels: np.ndarray) -> float:
+    return float(pixels[..., 0].mean() - pixels[..., 2].mean())
+
+
+def decoded_text(text: TextEncoder, ids: np.ndarray) -> str:
+    return text.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def test_swap_sides():
+    assert swap_sides("Left of the right one, leftmost; RIGHT") == "Right of the left one, rightmost; LEFT"
+    assert swap_sides("a bright light") == "a bright light"
+
+
+@pytest.mark.parametrize("mode", ["swap", "skip"])
+def test_flip_keeps_caption_true(text, mode):
+    options = {**KIND_OPTION_DEFAULTS["image_text"], "crop_scale": [0.9, 1.0], "flip": mode}
+    transform = ImageTextTransform(64, options, text)
+    image = red_left_blue_right()
+    flips = []
+    for i in range(24):
+        out = transform(image_sample(f"t_{i}", image, ["a red square to the left of a blue square"]), random.Random(i))
+        pixels = hwc(out["image"])
+        red_on_left = redness(pixels[:, :20]) > redness(pixels[:, -20:])
+        caption = decoded_text(text, out["text_ids"])
+        assert caption in ("a red square to the left of a blue square", "a red square to the right of a blue square")
+        assert red_on_left == ("to the left of" in caption), (i, caption)
+        assert out["flipped"] == (not red_on_left)
+        flips.append(out["flipped"])
+    if mode == "swap":
+        assert 4 <= sum(flips) <= 20  # both branches were exercised
+    else:
+        assert not any(flips)
+        # A caption without sides may still be flipped in skip mode.
+        plain = [transform(image_sample(f"p_{i}", image, ["a red square and a blue square"]), random.Random(i))
+                 for i in range(24)]
+        assert 4 <= sum(o["flipped"] for o in plain) <= 20
+
+
+def test_flip_off_never_flips(text):
+    options = {**KIND_OPTION_DEFAULTS["image_text"], "flip": "off", "crop_scale": [0.9, 1.0]}
+    transform = ImageTextTransform(64, options, text)
+    image = red_left_blue_right()
+    for i in range(12):
+        pixels = hwc(transform(image_sample(f"o_{i}", image, ["a red and a blue"]), random.Random(i))["image"])
+        assert redness(pixels[:, :20]) > redness(pixels[:, -20:])
+
+
+def test_patch_mask_on_known_boxes():
+    # 64 px, 16 px patches: a 4 x 4 grid, index = 1 + 4 * row + col.
+    def expected(*indices):
+        mask = np.zeros(17, dtype=bool)
+        mask[[0, *indices]] = True
+        return mask
+
+    assert np.array_equal(patch_mask(8, 8, 16, 16, 64, 16), expected(1, 2, 5, 6))
+    assert np.array_equal(patch_mask(16, 16, 16, 16, 64, 16), expected(6))  # edges on patch borders
+    assert np.array_equal(patch_mask(60, 60, 4, 4, 64, 16), expected(16))
+    assert np.array_equal(patch_mask(0, 0, 64, 64, 64, 16), np.ones(17, dtype=bool))
+    assert np.array_equal(patch_mask(33, 2, 0.5, 40, 64, 16), expected(3, 7, 11))  # a sliver
+
+
+def independent_mask(box, res, patch):
+    """Patch (row, col) is in when its square and the box overlap with positive area."""
+    x, y, w, h = box
+    n = res // patch
+    mask = [True]
+    for row in range(n):
+        for col in range(n):
+            mask.append(x < (col + 1) * patch and x + w > col * patch and y < (row + 1) * patch and y + h > row * patch)
+    return np.array(mask)
+
+
+REGIONS = [  # box, colour, text
+    ([10, 20, 40, 30], RED, "the red box on the left"),
+    ([120, 90, 60, 50], BLUE, "the blue box at the bottom right"),
+    ([150, 10, 30, 30], GREEN, "the green box at the top right"),
+]
+
+
+def test_region_boxes_and_patch_masks(text):
+    res, patch = 64, 16
+    image = Image.new("RGB", (200, 160), GREY)
+    pixels_in = np.asarray(image).copy()
+    for (x, y, w, h), colour, _ in REGIONS:
+        pixels_in[y:y + h, x:x + w] = colour
+    image = Image.fromarray(pixels_in)
+    regions = [{"box": box, "captions": [t], "label": None} for box, _, t in REGIONS]
+    options = {**KIND_OPTION_DEFAULTS["region"], "max_regions": 10}
+    transform = RegionTransform(res, patch, options, text)
+    seen_flip = set()
+    for i in range(30):
+        out = transform(image_sample(f"r_{i}", image, ["three boxes"], regions), random.Random(i))
+        cx0, cy0, cw, ch = out["crop"]
+        flip = out["flipped"]
+        seen_flip.add(flip)
+        assert out["texts"][0] == "three boxes"
+        assert out["boxes"][0].tolist() == [0.5, 0.5, 1.0, 1.0] and out["patch_mask"][0].all()
+        pixels = hwc(out["image"])
+        # Independently: which regions lie more than half inside the crop, and where they land.
+        expected = {}
+        for (x, y, w, h), colour, caption in REGIONS:
+            ix0, iy0, ix1, iy1 = max(x, cx0), max(y, cy0), min(x + w, cx0 + cw), min(y + h, cy0 + ch)
+            if ix1 <= ix0 or iy1 <= iy0 or (ix1 - ix0) * (iy1 - iy0) <= 0.5 * w * h:
+                continue
+            left = cw - (ix1 - cx0) if flip else ix0 - cx0
+            bx, by, bw, bh = left * res / cw, (iy0 - cy0) * res / ch, (ix1 - ix0) * res / cw, (iy1 - iy0) * res / ch
+            text_out = swap_sides(caption) if flip else caption
+            expected[text_out] = ((bx, by, bw, bh), colour)
+        assert sorted(out["texts"][1:]) == sorted(expected)
+        for text_out, box, mask in zip(out["texts"][1:], out["boxes"][1:], out["patch_mask"][1:]):
+            (bx, by, bw, bh), colour = expected[text_out]
+            want = [(bx + bw / 2) / res, (by + bh / 2) / res, bw / res, bh / res]
+            assert np.allclose(box, want, atol=1e-5), (i, text_out, box, want)
+            assert np.array_equal(mask, independent_mask((bx, by, bw, bh), res, patch)), (i, text_out)
+            # The pixels at the box centre have the region's colour.
+            cx, cy = int((bx + bw / 2)), int((by + bh / 2))
+            centre = pixels[cy, cx]
+            assert np.argmax(centre) == np.argmax(colour), (i, text_out, centre)
+    assert seen_flip == {True, False}
+
+
+def test_region_sample_without_valid_box_is_bad(text):
+    from data_pipeline.sample_meta import BadSample
+    transform = RegionTransform(64, 16, KIND_OPTION_DEFAULTS["region"], text)
+    image = Image.new("RGB", (100, 80), GREY)
+    for box in ([90, 10, 30, 20], [10, 10, 0, 5], [-5, 0, 10, 10]):
+        with pytest.raises(BadSample) as info:
+            transform(image_sample("bad", image, ["x"], [{"box": box, "captions": ["y"], "label": None}]),
+                      random.Random(0))
+        assert info.value.reason == "bad_box"
+    # A region without captions speaks through its label (coco instances).
+    out = transform(image_sample("lab", image, [], [{"box": [10, 10, 20, 20], "captions": [], "label": "circle"}]),
+                    random.Random(0))
+    assert out["texts"] == ["circle"]
+
+
+def test_segment_sampling():
+    assert segment_frame_indices(0, 16, 3, False, random.Random(0)) == [2, 7, 12]
+    assert segment_frame_indices(4, 9, 3, False, random.Random(0)) == [5, 8, 11]
+    assert segment_frame_indices(0, 2, 3, False, random.Random(0)) == [0, 0, 1]
+    for seed in range(20):
+        a, b, c = segment_frame_indices(0, 16, 3, True, random.Random(seed))
+        assert 0 <= a < 5 <= b < 10 <= c < 16
+
+
+def test_video_clip_shares_crop_and_flip(text):
+    frames = [np.asarray(red_left_blue_right(96, 96))] * 10
+    meta = {"source": "test", "captions": ["red on the left"], "regions": [], "fps": 8, "duration": 1.25,
+            "start": None, "end": None, "frames": 10}
+    sample = {"__key__": "v_1", "mp4": encode_mp4(frames, 8), "json": json.dumps(meta).encode()}
+    transform = VideoTextTransform(32, {**KIND_OPTION_DEFAULTS["video_text"], "frames": 4}, text)
+    flips = set()
+    for i in range(10):
+        out = transform(sample, random.Random(i))
+        assert out["frames"].shape == (4, 3, 32, 32)
+        # The same crop, flip and augmentation on every frame of this static clip.
+        for frame in out["frames"][1:]:
+            assert (frame.int() - out["frames"][0].int()).abs().max() <= 10
+        pixels = hwc(out["frames"][0])
+        red_on_left = redness(pixels[:, :10]) > redness(pixels[:, -10:])
+        assert red_on_left == ("left" in decoded_text(text, out["text_ids"]))
+        flips.add(out["flipped"])
+    assert flips == {True, False}
+
+
+def test_jpeg_draft_decoding_matches_full_decoding():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    big = Image.fromarray(base).resize((640, 480), Image.BICUBIC)  # smooth, so scales agree
+    data = jpeg(big)
+    box = (40, 30, 480, 400)
+    drafted = np.asarray(crop_resize(open_image(data), box, (64, 64)), dtype=np.float32)
+    full_image = Image.open(io.BytesIO(data)).convert("RGB")
+    full = np.asarray(full_image.resize((64, 64), Image.BICUBIC, box=(40, 30, 520, 430)), dtype=np.float32)
+    assert drafted.shape == (64, 64, 3)
+    assert np.abs(drafted - full).mean() < 4.0
+    # And the draft really decoded at a reduced scale.
+    probe = open_image(data)
+    probe.draft("RGB", (int(640 * 64 / 480) + 1, int(480 * 64 / 400) + 1))
+    assert probe.size[0] < 640
+
+
+def test_collate_normalises_and_keeps_region_texts_ragged():
+    from data_pipeline.collate import collate_image_text, collate_region
+
+    def texts(n):
+        return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
+
+    white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
+    black = torch.zeros((3, 2, 2), dtype=torch.uint8)
+    batch = collate_image_text([{"image": white, **{k: v[0] for k, v in texts(1).items()}, "key": "w"},
+                                {"image": black, **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
+    assert batch["images"].dtype == torch.float32 and batch["keys"] == ["w", "b"]
+    for c in range(3):
+        assert torch.allclose(batch["images"][0, c], torch.tensor((1 - CLIP_MEAN[c]) / CLIP_STD[c]))
+        assert torch.allclose(batch["images"][1, c], torch.tensor(-CLIP_MEAN[c] / CLIP_STD[c]))
+    regions = [{"image": white, **texts(n), "boxes": np.zeros((n, 4), np.float32),
+                "patch_mask": np.ones((n, 17), bool), "key": f"r{n}"} for n in (3, 1, 2)]
+    batch = collate_region(regions)
+    assert batch["images"].shape == (3, 3, 2, 2)
+    assert batch["image_index"].tolist() == [0, 0, 0, 1, 2, 2]
+    assert batch["positive_groups"].tolist() == [0, 0, 0, 1, 2, 2]
+    assert batch["text_ids"].shape == (6, 4) and batch["boxes"].shape == (6, 4) and batch["patch_mask"].shape == (6, 17)
+
+
+def test_evaluation_mode_is_plain_resize(text):
+    image = red_left_blue_right()
+    sample = image_sample("e_1", image, ["a red square to the left of a blue square"])
+    transform = ImageTextTransform(64, KIND_OPTION_DEFAULTS["image_text"], text, training=False)
+    outs = [transform(sample, random.Random(seed)) for seed in range(6)]
+    for out in outs[1:]:
+        assert torch.equal(out["image"], outs[0]["image"])
+    pixels = hwc(outs[0]["image"])
+    assert redness(pixels[:, :30]) > 150 and redness(pixels[:, 34:]) < -150  # whole image, unflipped

@@ -1,0 +1,148 @@
+"""``x2vlm-convert``: an official X²-VLM checkpoint (``.th``) into this model's parameter names.
+
+Official names (github zengyan-97/X2-VLM, ``models/xvlm.py``) map as follows; ``fs`` is
+``text.fusion_start``:
+
+- ``vision_encoder.*`` (BEiT-v2, named as timm's BEiT) -> ``vision.trunk.*``
+- ``text_encoder.bert.embeddings.*`` -> ``text.embeddings.*``
+- ``text_encoder.bert.encoder.layer.i.*`` -> ``text.encoder.layer.i.*`` for i < fs, else
+  ``fusion.layer.(i - fs).*``
+- ``text_encoder.cls.predictions.{transform.*, bias}`` -> ``mlm_head.{transform.*, bias}``
+  (the decoder is tied to the word embeddings)
+- the separate-encoder layout (RoBERTa / XLM-R text): ``text_encoder.*`` -> ``text.*``,
+  ``cross_encoder.encoder.layer.i.*`` -> ``fusion.layer.i.*``,
+  ``mlm_head.predictions.*`` -> ``mlm_head.*``
+- ``vision_proj``, ``text_proj``, ``itm_head``, ``bbox_head`` keep their names; ``temp`` ->
+  ``temperature.temp``; ``absolute_frame_pos_embed`` -> ``video.frame_pos_embed``.
+
+Buffers the official code saves (``relative_position_index``, ``position_ids``) and the tied
+decoder copies are dropped. The report lists official keys that found no place and model keys
+the checkpoint did not provide.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from training.model.checkpoint_files import read_state_dict
+
+_DROPPED = re.compile(
+    r"(relative_position_index$|position_ids$|^text_encoder\.cls\.predictions\.decoder\.|"
+    r"^mlm_head\.predictions\.decoder\.)"
+)
+_RENAMES = [
+    (re.compile(r"^vision_encoder\."), "vision.trunk."),
+    (re.compile(r"^text_encoder\.(bert|roberta)\.embeddings\."), "text.embeddings."),
+    (re.compile(r"^text_encoder\.cls\.predictions\."), "mlm_head."),
+    (re.compile(r"^mlm_head\.predictions\."), "mlm_head."),
+    (re.compile(r"^cross_encoder\.encoder\.layer\."), "fusion.layer."),
+    (re.compile(r"^text_encoder\.embeddings\."), "text.embeddings."),
+    (re.compile(r"^temp$"), "temperature.temp"),
+    (re.compile(r"^absolute_frame_pos_embed$"), "video.frame_pos_embed"),
+    (re.compile(r"^(vision_proj|text_proj|itm_head|bbox_head)\."), r"\1."),
+]
+_TEXT_LAYER = re.compile(r"^text_encoder\.(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(.*)$")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    converted: int
+    dropped: list[str]  # official buffers and tied copies, not parameters of their own
+    unmatched_official: list[str]  # official keys with no place in this model
+    missing_in_checkpoint: list[str]  # model keys the checkpoint did not provide
+    shape_mismatches: list[str]
+
+    def lines(self) -> list[str]:
+        out = [f"converted {self.converted} tensors; dropped {len(self.dropped)} buffers / tied copies"]
+        for title, keys in (
+            ("official keys with no place in this model", self.unmatched_official),
+            ("model keys not in the checkpoint (left as initialised)", self.missing_in_checkpoint),
+            ("shape mismatches (not loaded)", self.shape_mismatches),
+        ):
+            out.append(f"{title}: {len(keys)}")
+            out += [f"  {k}" for k in keys]
+        return out
+
+
+def official_to_model_name(key: str, fusion_start: int) -> str | None:
+    layer = _TEXT_LAYER.match(key)
+    if layer:
+        index, rest = int(layer.group(1)), layer.group(2)
+        if index < fusion_start:
+            return f"text.encoder.layer.{index}.{rest}"
+        return f"fusion.layer.{index - fusion_start}.{rest}"
+    for pattern, replacement in _RENAMES:
+        if pattern.search(key):
+            return pattern.sub(replacement, key, count=1)
+    return None
+
+
+def convert_state_dict(official: dict, model: torch.nn.Module) -> tuple[dict, ConversionReport]:
+    fusion_start = model.config.text.fusion_start
+    target = model.state_dict()
+    converted, dropped, unmatched, mismatched = {}, [], [], []
+    for key, value in official.items():
+        if _DROPPED.search(key):
+            dropped.append(key)
+            continue
+        name = official_to_model_name(key, fusion_start)
+        if name is None or name not in target:
+            unmatched.append(key)
+            continue
+        if name == "video.frame_pos_embed" and value.shape != target[name].shape:
+            value = _fit_frames(value, target[name])
+        if value.shape != target[name].shape:
+            mismatched.append(f"{key} {tuple(value.shape)} -> {name} {tuple(target[name].shape)}")
+            continue
+        converted[name] = value
+    tied = {"mlm_head.decoder.weight"}  # the word embedding matrix itself
+    missing = sorted(k for k in target if k not in converted and k not in tied)
+    if "text.embeddings.word_embeddings.weight" in converted:
+        converted["mlm_head.decoder.weight"] = converted["text.embeddings.word_embeddings.weight"]
+    return converted, ConversionReport(len(converted), dropped, unmatched, missing, mismatched)
+
+
+def _fit_frames(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Frame position embeddings for a different frame count: copy the common leading frames."""
+    fitted = target.clone()
+    frames = min(value.shape[1], target.shape[1])
+    fitted[:, :frames] = value[:, :frames]
+    return fitted
+
+
+def convert_checkpoint(official_path: str | Path, model: torch.nn.Module) -> ConversionReport:
+    """Loads an official checkpoint into ``model`` in place."""
+    converted, report = convert_state_dict(read_state_dict(official_path), model)
+    model.load_state_dict(converted, strict=False)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.model import create_model
+
+    parser = argparse.ArgumentParser(prog="x2vlm-convert", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="official X²-VLM checkpoint (.th state dict)")
+    parser.add_argument("--model-config", required=True, help="configs/model YAML path or name (x2vlm_base)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write this model's state dict (.pt)")
+    parser.add_argument("--strict", action="store_true", help="fail when any key is unmatched or missing")
+    args = parser.parse_args(argv)
+
+    model = create_model(args.model_config, load_pretrained=False)
+    report = convert_checkpoint(args.checkpoint, model)
+    print("\n".join(report.lines()))
+    if report.shape_mismatches or (args.strict and (report.unmatched_official or report.missing_in_checkpoint)):
+        print("x2vlm-convert: conversion incomplete, nothing written", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

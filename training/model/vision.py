@@ -1,0 +1,78 @@
+"""The vision tower: any timm backbone, returning X²-VLM's token layout.
+
+Output tokens are ``[mean of patch tokens, patch tokens]`` of shape (B, 1 + num_patches, D).
+The backbone's own class token output is not used: token 0 is the mean of the patch tokens, so
+that a region's token 0 can be computed the same way from only the patches it covers.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from training.model.checkpoint_files import read_state_dict
+from training.model.config import VisionConfig
+
+
+class VisionTower(nn.Module):
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.trunk = timm.create_model(
+            config.name,
+            pretrained=False,
+            num_classes=0,
+            img_size=config.image_size,
+            drop_path_rate=config.drop_path_rate,
+            **config.timm_kwargs,
+        )
+        self.width = self.trunk.num_features
+        self.num_prefix_tokens = getattr(self.trunk, "num_prefix_tokens", 0)
+        stride = self.trunk.feature_info[-1]["reduction"]
+        self.grid_size = config.image_size // stride
+        self.num_patches = self.grid_size**2
+
+    def _patch_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 4:  # Swin: (B, H, W, C)
+            return features.flatten(1, 2)
+        return features[:, self.num_prefix_tokens:]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Engines that keep the weights in bf16 (DeepSpeed bf16) receive fp32 pixels from the loader.
+        images = images.to(self.trunk.patch_embed.proj.weight.dtype)
+        patches = self._patch_tokens(self.trunk.forward_features(images))
+        # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
+        # token with it and pools afterwards, which is what makes region pooling consistent.
+        fc_norm = getattr(self.trunk, "fc_norm", None)
+        if fc_norm is not None:
+            patches = fc_norm(patches)
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+
+    def set_grad_checkpointing(self, enable: bool) -> None:
+        self.trunk.set_grad_checkpointing(enable)
+
+    def load_pretrained(self, path: str | Path) -> tuple[list[str], list[str]]:
+        """Loads a local timm or original BEiT checkpoint; returns (missing, unexpected) keys."""
+        state = read_state_dict(path)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state = _expand_shared_relative_position_bias(state, self.trunk)
+        # timm's own filter resizes position embeddings and relative position tables to this size.
+        filter_fn = getattr(sys.modules[type(self.trunk).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            state = filter_fn(state, self.trunk)
+        result = self.trunk.load_state_dict(state, strict=False)
+        return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def _expand_shared_relative_position_bias(state: dict, trunk: nn.Module) -> dict:
+    """BEiT pre-training checkpoints share one relative position table; timm keeps one per block."""
+    shared = state.pop("rel_pos_bias.relative_position_bias_table", None)
+    if shared is None or getattr(trunk, "rel_pos_bias", None) is not None:
+        if shared is not None:
+            state["rel_pos_bias.relative_position_bias_table"] = shared
+        return state
+    for i in range(len(trunk.blocks)):
+        state.setdefault(f"blocks.{i}.attn.relative_position_bias_table", shared.clone())
+    return state
