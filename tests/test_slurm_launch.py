@@ -142,7 +142,9 @@ def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
     """The README's one-node command: `deepspeed --num_gpus N SCRIPT --config ...`, two ranks."""
     config = write_standin_config(tmp_path, max_steps=3, step_seconds=0.1)
     port = free_port()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
+    # PYTHONPATH: the ranks import this checkout's training package, not another installed copy.
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), STANDIN,
                              "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
