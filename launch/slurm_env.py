@@ -6,10 +6,10 @@ Run inside a batch script (SLURM_JOB_ID, SLURM_JOB_NODELIST, SLURM_TASKS_PER_NOD
   python -m launch.slurm_env --hostfile H --dry-run -- --config RUN.yaml   # also print the command
   python -m launch.slurm_env --hostfile H --launch -- --config RUN.yaml    # exec it
 
-Batch-level variables only: MASTER_ADDR, MASTER_PORT, and the hostfile. RANK, LOCAL_RANK and
-WORLD_SIZE differ per rank, so each srun task derives them from its own SLURM_PROCID,
-SLURM_LOCALID and SLURM_NTASKS (training/distributed.py); the exports unset them so that
-stale values from the submitting shell, which sbatch copies into the job, cannot win.
+Batch-level variables only: MASTER_ADDR, MASTER_PORT and X2VLM_HOSTFILE. RANK and LOCAL_RANK
+differ per rank, so each srun task derives them, and WORLD_SIZE, from its own SLURM_PROCID,
+SLURM_LOCALID and SLURM_NTASKS (training/distributed.py); the exports unset all three so
+that stale values from the submitting shell, which sbatch copies into the job, cannot win.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from launch.hostlist import expand_hostlist
 
 DEFAULT_TRAIN_SCRIPT = "training/pretrain.py"
-# Below Linux's ephemeral range (32768-60999), so a port the kernel handed to some client
-# socket is unlikely to collide; 10000 ports apart, concurrent jobs on one node do not meet.
+# Below Linux's ephemeral range (32768-60999), so that no client socket the kernel numbered
+# holds it; jobs whose ids are less than PORT_SPAN apart get different ports.
 PORT_BASE = 20000
 PORT_SPAN = 10000
 
@@ -45,10 +45,6 @@ class Allocation:
     cpus_per_task: int | None
     master_addr: str
     master_port: int
-
-    @property
-    def world_size(self) -> int:
-        return len(self.hosts) * self.tasks_per_node
 
 
 def _require(environ: dict, name: str) -> str:
@@ -158,7 +154,6 @@ def export_lines(allocation: Allocation, hostfile: Path) -> str:
     return (f"export MASTER_ADDR={shlex.quote(allocation.master_addr)}\n"
             f"export MASTER_PORT={allocation.master_port}\n"
             f"export X2VLM_HOSTFILE={shlex.quote(str(hostfile))}\n"
-            f"export X2VLM_WORLD_SIZE={allocation.world_size}\n"
             "unset RANK LOCAL_RANK WORLD_SIZE\n")
 
 
@@ -224,7 +219,7 @@ def main(argv: list[str] | None = None, environ: dict | None = None) -> int:
               file=sys.stderr)
         return 2
     environ.update(MASTER_ADDR=allocation.master_addr, MASTER_PORT=str(allocation.master_port),
-                   X2VLM_HOSTFILE=str(args.hostfile), X2VLM_WORLD_SIZE=str(allocation.world_size))
+                   X2VLM_HOSTFILE=str(args.hostfile))
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         environ.pop(name, None)
     print(f"[slurm_env] {shlex.join(command)}", file=sys.stderr, flush=True)

@@ -34,7 +34,6 @@ def test_dry_run_prints_exports_and_the_deepspeed_command(tmp_path, capsys, name
         "export MASTER_ADDR=gpu-a1\n"
         "export MASTER_PORT=24242\n"
         f"export X2VLM_HOSTFILE={hostfile}\n"
-        "export X2VLM_WORLD_SIZE=12\n"
         "unset RANK LOCAL_RANK WORLD_SIZE\n"
         f"deepspeed --launcher slurm --no_ssh_check --force_multi --hostfile {hostfile} --master_addr gpu-a1 "
         "--master_port 24242 --launcher_args '--ntasks-per-node=4 --cpus-per-task=8' training/pretrain.py "
@@ -57,7 +56,7 @@ def test_without_dry_run_only_the_exports_are_printed(tmp_path, capsys, names_re
     assert slurm_env.main(["--hostfile", str(tmp_path / "h")], environ=ALLOCATION) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "export MASTER_ADDR=gpu-a1"
-    assert len(lines) == 5 and not any(line.startswith("deepspeed") for line in lines)
+    assert len(lines) == 4 and not any(line.startswith("deepspeed") for line in lines)
 
 
 @pytest.mark.parametrize("text, counts", [("1", [1]), ("4(x3)", [4, 4, 4]), ("2(x2),1", [2, 2, 1]),

@@ -74,8 +74,10 @@ def logged_steps(run_dir: Path) -> list[dict]:
 
 def test_two_ranks_on_two_hosts_join_one_gloo_group(slurm_cluster, tmp_path):
     # The config says 50 steps; the override on the sbatch line must win.
+    # RANK / LOCAL_RANK left over in the submitting shell reach the job (sbatch --export=ALL) and
+    # must not override what each srun task is.
     job = submit(slurm_cluster, tmp_path, write_standin_config(tmp_path, max_steps=50, step_seconds=0.1),
-                 overrides=["run.max_steps=5"])
+                 overrides=["run.max_steps=5"], env={"RANK": "5", "LOCAL_RANK": "3", "WORLD_SIZE": "9"})
     info = slurm_cluster.wait_finished(job, START_TIMEOUT)
     log = slurm_cluster.job_output(job)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
