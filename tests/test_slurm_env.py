@@ -95,7 +95,7 @@ def test_missing_allocation_is_an_error_naming_the_variable(tmp_path, capsys):
 def test_unresolvable_first_host_uses_its_node_addr_from_scontrol(slurm_cluster, monkeypatch):
     # The cluster's node names resolve only inside its nodes; here, outside, they do not.
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
-    assert not slurm_env.resolves("node1")
+    assert not slurm_env.resolves("node1"), "this machine resolves node1 itself: the fallback is not exercised"
     environ = {"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_TASKS_PER_NODE": "1(x2)"}
     assert slurm_env.allocation_from_env(environ).master_addr == slurm_cluster.address("node1")
     with pytest.raises(SlurmEnvError, match="'node7' does not resolve.*Node node7 not found"):
