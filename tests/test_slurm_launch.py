@@ -24,6 +24,11 @@ VENV = Path(sys.executable).parent.parent  # the environment running the tests, 
 CPU_OPTIONS = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
 # The first DeepSpeed start on a machine compiles a small op; later starts take seconds.
 START_TIMEOUT = 240
+# Where the ranks' DeepSpeed builds that op. torch keys its build cache by command line, and
+# ninja hashes command lines differently from one version to the next (the venv ships 1.13,
+# Debian 1.11): processes that find different ninjas on PATH rebuild the op at every switch,
+# minutes on a busy machine. The ranks here always run with the venv's bin/ first.
+EXTENSIONS_DIR = Path.home() / ".cache" / "torch_extensions" / "x2vlm-launch-tests"
 
 
 def submit(cluster, run_dir: Path, config_path: Path, overrides: list[str] = (), train_script: str = STANDIN,
@@ -32,7 +37,8 @@ def submit(cluster, run_dir: Path, config_path: Path, overrides: list[str] = (),
     to run_dir/logs. Returns the job id."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     job_env = {"X2VLM_TRAIN_SCRIPT": train_script, "X2VLM_VENV": str(VENV), "X2VLM_LOG_DIR": str(run_dir / "logs"),
-               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
+               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR),
+               **(env or {})}
     return cluster.sbatch(TEMPLATE, [str(config_path), *overrides],
                           [*CPU_OPTIONS, *sbatch_options, f"--chdir={REPO}", f"--output={run_dir}/logs/%x-%j.out"],
                           job_env)
@@ -146,6 +152,7 @@ def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
     port = free_port()
     # PYTHONPATH: the ranks import this checkout's training package, not another installed copy.
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+           "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), STANDIN,
                              "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
