@@ -101,6 +101,8 @@ class Trainer:
     def __init__(self, config: RunConfig, resume: str | None):
         self.config = config
         self.rank, self.world_size, self.device = distributed.init()
+        # First, so that a pre-emption during start-up checkpoints after step 1 instead of killing.
+        self.signals = PreemptionHandler(config.guard.signals).install()
         self.output_dir = Path(config.run.output_dir)
         self.is_main = self.rank == 0
         self.dtype = compute_dtype(config.optim.precision)
@@ -160,7 +162,6 @@ class Trainer:
         else:
             rng_state.seed_everything(config.run.seed + self.rank)
 
-        self.signals = PreemptionHandler(config.guard.signals).install()
         self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
                                      world_size=self.world_size)
         self.keys_log = None
