@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .counters import Counters
@@ -79,7 +80,13 @@ class CorpusLoader:
         options = {}
         if self.num_workers > 0:
             options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork"}
-        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is, **options)
+        # A generator of its own: a DataLoader iterator draws its workers' base seed from the
+        # generator it is given, by default torch's global one, and a loader restarted on resume
+        # would then shift the trainer's random stream (ITM negatives) against an unbroken run.
+        # The streams seed their own randomness, so this seed only has to be fixed.
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        self._loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                                  generator=generator, **options)
         self._iterator = iter(self._loader)
 
     def next_batch(self) -> dict:

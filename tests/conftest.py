@@ -19,6 +19,14 @@ def demo_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def engine_shards(demo_corpus, tmp_path_factory) -> Path:
+    """Train shards (image, RefCOCO region, video) of the demo corpus and its tokenizer."""
+    from engine_support import build_demo_shards
+
+    return build_demo_shards(demo_corpus, tmp_path_factory.mktemp("engine_shards"))
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real two-node Slurm cluster on this machine (tests/slurm_cluster.py), shared by the
     session; skipped, with the reason, only where the machine cannot run one."""

@@ -126,7 +126,7 @@ class Ranks:
             log.close()
 
     def output(self) -> str:
-        return "\n".join(Path(log.name).read_text(errors="replace")[-6000:] for log in self.logs)
+        return "\n".join(Path(log.name).read_text(errors="replace") for log in self.logs)
 
 
 def run_ranks(config: Path, world: int, *args: str, timeout: float = 600, env: dict | None = None) -> tuple[list[int], str]:

@@ -14,15 +14,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from engine_support import (REPO_ROOT, Ranks, build_demo_shards, data_config, losses_by_step, run_ranks, wait_for,
+from engine_support import (REPO_ROOT, Ranks, data_config, losses_by_step, run_ranks, wait_for,
                             write_run_config)
 from training.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
 from training.signals import REQUEUE_EXIT_CODE
 
 
-@pytest.fixture(scope="module")
-def shards(demo_corpus, tmp_path_factory):
-    return build_demo_shards(demo_corpus, tmp_path_factory.mktemp("engine_shards"))
+@pytest.fixture
+def shards(engine_shards):
+    return engine_shards
 
 
 def mean(values):
@@ -45,10 +45,10 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shards, tmp_path_factory):
+def uninterrupted(engine_shards, tmp_path_factory):
     """The reference: 40 steps in one go, the loss of every step logged."""
     directory = tmp_path_factory.mktemp("uninterrupted")
-    config = write_run_config(directory, shards, max_steps=40)
+    config = write_run_config(directory, engine_shards, max_steps=40)
     codes, output = run_ranks(config, 2, "--resume", "none")
     assert codes == [0, 0], output
     losses = losses_by_step(directory / "out")

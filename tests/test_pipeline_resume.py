@@ -115,3 +115,17 @@ def test_resume_with_other_world_size_or_workers_is_refused(mixed_spec):
         MixedLoader(mixed_spec, rank=0, world_size=1, num_workers=0).load_state_dict(state)
     with pytest.raises(ValueError, match="cannot be re-partitioned"):
         MixedLoader(mixed_spec, rank=0, world_size=WORLD, num_workers=1).load_state_dict(state)
+
+
+def test_starting_or_restoring_the_loader_leaves_torch_global_random_stream_alone(mixed_spec):
+    # The trainer draws ITM negatives from torch's global generator; a loader that consumed it
+    # when its workers start (as on every resume) would shift that stream against an unbroken run.
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    loader = MixedLoader(mixed_spec, rank=0, world_size=WORLD, num_workers=WORKERS)
+    next(loader)
+    loader.load_state_dict(loader.state_dict())
+    next(loader)
+    loader.close()
+    assert torch.equal(torch.rand(4), expected)

@@ -24,11 +24,6 @@ VENV = Path(sys.executable).parent.parent  # the environment running the tests, 
 CPU_OPTIONS = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
 # The first DeepSpeed start on a machine compiles a small op; later starts take seconds.
 START_TIMEOUT = 240
-# Where the ranks' DeepSpeed builds that op. torch keys its build cache by command line, and
-# ninja hashes command lines differently from one version to the next (the venv ships 1.13,
-# Debian 1.11): processes that find different ninjas on PATH rebuild the op at every switch,
-# minutes on a busy machine. The ranks here always run with the venv's bin/ first.
-EXTENSIONS_DIR = Path.home() / ".cache" / "torch_extensions" / "x2vlm-launch-tests"
 
 
 def submit(cluster, run_dir: Path, config_path: Path, overrides: list[str] = (), train_script: str = STANDIN,
@@ -37,7 +32,7 @@ def submit(cluster, run_dir: Path, config_path: Path, overrides: list[str] = (),
     to run_dir/logs. Returns the job id."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     job_env = {"X2VLM_TRAIN_SCRIPT": train_script, "X2VLM_VENV": str(VENV), "X2VLM_LOG_DIR": str(run_dir / "logs"),
-               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR),
+               "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1",
                **(env or {})}
     return cluster.sbatch(TEMPLATE, [str(config_path), *overrides],
                           [*CPU_OPTIONS, *sbatch_options, f"--chdir={REPO}", f"--output={run_dir}/logs/%x-%j.out"],
@@ -152,7 +147,6 @@ def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
     port = free_port()
     # PYTHONPATH: the ranks import this checkout's training package, not another installed copy.
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
-           "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), STANDIN,
                              "--config", str(config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -161,3 +155,34 @@ def test_one_node_without_slurm_through_the_deepspeed_launcher(tmp_path):
     assert [(r["rank"], r["local_rank"], r["world_size"], r["rank_sum"], r["last_step"]) for r in records] == [
         (0, 0, 2, 3.0, 3), (1, 1, 2, 3.0, 3)]
     assert logged_steps(tmp_path) == [{"step": s, "value": 3.0 * s} for s in range(1, 4)]
+
+
+def test_real_trainer_preempted_requeued_and_resumed_matches_one_node_run(slurm_cluster, engine_shards, tmp_path):
+    """The tiny model on demo shards: the uninterrupted run on one node through
+    `deepspeed --num_gpus 2`, against the sbatch template on two Slurm nodes, signalled part-way,
+    requeued and resumed. Same step count, same loss sequence."""
+    from engine_support import data_config, losses_by_step, write_run_config
+
+    max_steps = 8
+    config = write_run_config(tmp_path / "cfg", engine_shards, max_steps=max_steps,
+                              data=data_config(engine_shards, kinds=("image_text", "region")),
+                              checkpoint={"every_steps": 100})
+    reference = tmp_path / "reference"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "training/pretrain.py",
+                             "--config", str(config), "--set", f"run.output_dir={reference}", "--resume", "none"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    expected = losses_by_step(reference)
+    assert sorted(expected) == list(range(1, max_steps + 1))
+
+    out = tmp_path / "slurm_run"
+    job = submit(slurm_cluster, tmp_path, config, [f"run.output_dir={out}"], train_script="training/pretrain.py")
+    metrics = out / "metrics.jsonl"
+    info = preempt_and_finish(slurm_cluster, job, "USR1",
+                              started=lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
+    log = slurm_cluster.job_output(job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
+    assert "[signal] checkpointed at step" in log and "[resume] step" in log, log
+    assert losses_by_step(out) == expected
