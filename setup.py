@@ -11,6 +11,7 @@ setup(
         "console_scripts": [
             "x2vlm-shards=data_pipeline.shards.cli:main",
             "x2vlm-convert=training.model.convert:main",
+            "x2vlm-eval=training.evaluation.cli:main",
         ],
     },
 )
