@@ -32,7 +32,7 @@ from .image_decode import crop_resize, normalise, open_image, to_uint8_tensor
 from .sample_meta import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadSample, checked_box, media_of, parse_meta
 from .shard_list import expand_shards
 from .shard_reader import read_shard
-from .spec import TextSpec
+from .spec import DataSpec, TextSpec
 from .text import TextEncoder
 from .transforms.geometry import normalised_cxcywh, patch_mask
 from .video_decode import decode_clip
@@ -66,6 +66,18 @@ class EvalDataSpec:
             raise ValueError(f"eval data: image_res {self.image_res} is not a multiple of patch_size {self.patch_size}")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples <= 0):
             raise ValueError(f"eval data: max_samples must be a positive int or None, got {self.max_samples!r}")
+
+    @classmethod
+    def like_training(cls, data: DataSpec, image_shards=(), region_shards=(), video_shards=(), **options
+                      ) -> "EvalDataSpec":
+        """Eval settings that match a training data spec: its tokenizer and text length, image
+        resolution, patch size and video frame count (of its first video corpus)."""
+        text = TextSpec(tokenizer=data.text.tokenizer, max_tokens=data.text.max_tokens, max_words=data.text.max_words)
+        videos = data.corpora_of("video_text")
+        if videos and "video_frames" not in options:
+            options["video_frames"] = videos[0].options["frames"]
+        return cls(text=text, image_res=data.image_res, patch_size=data.patch_size, image_shards=list(image_shards),
+                   region_shards=list(region_shards), video_shards=list(video_shards), **options)
 
     def shards_of(self, kind: str) -> list[str]:
         return {"image_text": self.image_shards, "region": self.region_shards, "video_text": self.video_shards}[kind]

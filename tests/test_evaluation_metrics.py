@@ -1,12 +1,9 @@
 """Retrieval recalls, ITM re-ranking and grounding IoU on hand-built cases with known answers."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from training.evaluation import box_iou, centre_boxes, grounding_accuracy, positive_ranks, recalls, retrieval_metrics
@@ -116,35 +113,6 @@ def test_itm_reranks_the_itc_top_k_and_keeps_the_rest_below():
     assert torch.allclose(scores[0], torch.tensor([2.0, 2.1, 0.1, 0.7]))
     assert scores[1].argsort(descending=True).tolist() == [3, 2, 1, 0]
     assert torch.equal(itm_rerank(similarity, 0, _candidate_index_as_score, 3, torch.device("cpu")), similarity)
-
-
-def _rerank_rank_main(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    calls = []
-
-    def scores(queries, candidates):
-        calls.append(len(queries))
-        return (queries * 7 + candidates).float() / 100
-
-    similarity = torch.arange(5 * 6, dtype=torch.float).reshape(5, 6).remainder(7) / 10
-    out = itm_rerank(similarity, 3, scores, pair_batch=4, device=torch.device("cpu"))
-    torch.save({"scores": out, "calls": calls}, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_itm_reranking_split_over_two_ranks_equals_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # fork: the children inherit the imported modules instead of importing them again.
-    mp.start_processes(_rerank_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    similarity = torch.arange(5 * 6, dtype=torch.float).reshape(5, 6).remainder(7) / 10
-    single = itm_rerank(similarity, 3, lambda q, c: (q * 7 + c).float() / 100, 4, torch.device("cpu"))
-    for result in results:
-        assert torch.allclose(result["scores"], single)
-    # 5 queries in shares of 3 (rank 1's last one padded): both ranks make the same calls.
-    assert results[0]["calls"] == results[1]["calls"] == [4, 4, 1]
 
 
 # Grounding --------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import save_model
 
 from data_pipeline.eval_data import EvalDataSpec, EvalReader
 from data_pipeline.image_decode import normalise
 from data_pipeline.spec import TextSpec
-from pipeline_helpers import coco_samples, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
+from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
 from training.evaluation import evaluate
 from training.evaluation.cli import main as eval_main
 from training.evaluation.plots import PREDICTED_COLOUR, TRUE_COLOUR, box_pixels, draw_grounding, grounding_grid_size
@@ -97,6 +96,16 @@ def test_max_samples_reads_the_first_samples_only(eval_shards, demo_tokenizer, d
     keys = [k for b in EvalReader("image_text", _spec(eval_shards, demo_tokenizer, max_samples=5)).batches()
             for k in b["keys"]]
     assert keys == [s["__key__"] for s in coco_samples(demo_corpus, "eval")[:5]]
+
+
+def test_eval_settings_follow_the_training_data_spec(eval_shards, demo_tokenizer):
+    training = data_spec(demo_tokenizer, [{"name": "clips", "kind": "video_text", "shards": f"{eval_shards}/video/*.tar",
+                                           "options": {"frames": 2}}], image_res=96)
+    spec = EvalDataSpec.like_training(training, video_shards=[f"{eval_shards}/video/*.tar"], batch_size=4)
+    assert (spec.text.tokenizer, spec.text.max_tokens) == (str(demo_tokenizer), MAX_TOKENS)
+    assert (spec.image_res, spec.patch_size, spec.video_frames, spec.batch_size) == (96, 16, 2, 4)
+    batch = next(EvalReader("video_text", spec).batches())
+    assert batch["frames"].shape[1:] == (2, 3, 96, 96)
 
 
 def test_bad_eval_settings_are_errors_naming_the_setting(eval_shards, demo_tokenizer):
