@@ -223,6 +223,11 @@ def test_cli_errors_name_the_bad_input(eval_shards, demo_tokenizer, tmp_path, ca
     assert "missing model.safetensors and model.yaml" in capsys.readouterr().err
     assert eval_main(["--model-config", "tiny", "--tokenizer", str(demo_tokenizer)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+    assert eval_main(["--model-config", "tiny", "--tokenizer", str(demo_tokenizer), "--image-shards", "x.tar",
+                      "--grounding-png", str(tmp_path / "g.png")]) == 2
+    assert "--grounding-png needs --region-shards" in capsys.readouterr().err
+    assert eval_main(["--model-config", "tiny", *args, "--image-res", "96"]) == 2
+    assert "--image-res 96: the model was built for 64 px" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         eval_main(["--help"])
     assert exit_info.value.code == 0

@@ -17,7 +17,7 @@ import torch
 
 from data_pipeline.eval_data import EvalDataSpec
 from data_pipeline.spec import TextSpec
-from training.evaluation.evaluator import evaluate, predict_boxes
+from training.evaluation.evaluator import evaluate
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.yaml"
@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--region-shards", action="append", default=[], metavar="PATTERN",
                         help="region (grounding) eval shards")
     parser.add_argument("--video-shards", action="append", default=[], metavar="PATTERN", help="video-text eval shards")
-    parser.add_argument("--image-res", type=int, default=None, help="input resolution (default: the model's)")
+    parser.add_argument("--image-res", type=int, default=None,
+                        help="input resolution (default: the model's vision.image_size)")
     parser.add_argument("--max-tokens", type=int, default=40, help="text length in tokens, as in training (40)")
     parser.add_argument("--video-frames", type=int, default=3, help="frames per video (3)")
     parser.add_argument("--itm-top-k", type=int, default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
@@ -99,7 +100,14 @@ def format_table(metrics: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> dict[str, float]:
     if not (args.image_shards or args.region_shards or args.video_shards):
         raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
+    if args.grounding_png and not args.region_shards:
+        raise UsageError("--grounding-png needs --region-shards")
     model = load_model(args.model_dir, args.model_config).to(args.device)
+    built_for = model.config.vision.image_size
+    dynamic = model.config.vision.timm_kwargs.get("dynamic_img_size", False)
+    if args.image_res is not None and args.image_res != built_for and not dynamic:
+        raise UsageError(f"--image-res {args.image_res}: the model was built for {built_for} px inputs "
+                         f"(vision.image_size; set vision.timm_kwargs.dynamic_img_size for other sizes)")
     spec = EvalDataSpec(
         text=TextSpec(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
         image_res=args.image_res or model.config.vision.image_size,
@@ -107,13 +115,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         image_shards=args.image_shards, region_shards=args.region_shards, video_shards=args.video_shards,
         batch_size=args.batch_size, video_frames=args.video_frames, max_samples=args.max_samples)
     metrics = evaluate(model, spec, itm_top_k=args.itm_top_k)
-    if args.grounding_png and args.region_shards:
-        from data_pipeline.eval_data import EvalReader
-        from training.evaluation.plots import draw_grounding
+    if args.grounding_png:
+        from training.evaluation.plots import draw_grounding_examples
 
-        model.eval()
-        boxes = predict_boxes(model, EvalReader("region", spec), max_queries=8)
-        draw_grounding(boxes["images"], boxes["predicted"], boxes["true"], boxes["texts"], args.grounding_png)
+        draw_grounding_examples(model, spec, args.grounding_png, count=8)
     return metrics
 
 

@@ -1,5 +1,5 @@
-"""A picture of grounding on eval images: each image with the true box (green) and the
-predicted box (red, drawn last, so it covers the true box where they coincide), and the query
+"""A picture of grounding on eval images: each image with the true box (cyan) and the
+predicted box (magenta, drawn last, so it covers the true box where they coincide), and the query
 text underneath, in a grid with a legend line at the bottom."""
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from PIL import Image, ImageDraw, ImageFont
 from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD
 from training.evaluation.grounding import cxcywh_to_xyxy
 
-TRUE_COLOUR = (0, 200, 0)
-PREDICTED_COLOUR = (230, 0, 0)
+# Colours no demo shape has (red, green, blue, yellow, purple, orange), so boxes stand out.
+TRUE_COLOUR = (0, 220, 255)  # cyan
+PREDICTED_COLOUR = (255, 0, 200)  # magenta
 BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (0, 0, 0)
 LINE_WIDTH = 2
 CAPTION_LINES = 3
 LINE_HEIGHT = 12
-LEGEND = "green: true box    red: predicted box"
+LEGEND = "cyan: true box    magenta: predicted box"
 
 
 def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
@@ -72,3 +73,18 @@ def draw_grounding(images: torch.Tensor, predicted: torch.Tensor, true: torch.Te
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path
+
+
+def draw_grounding_examples(model, spec, path: str | Path, count: int = 8, columns: int = 4, tile: int = 192) -> Path:
+    """The first ``count`` region queries of ``spec``'s region shards (an EvalDataSpec) with
+    the model's predicted boxes, drawn by ``draw_grounding``."""
+    from data_pipeline.eval_data import EvalReader
+    from training.evaluation.evaluator import predict_boxes
+
+    was_training = model.training
+    model.eval()
+    try:
+        boxes = predict_boxes(model, EvalReader("region", spec), max_queries=count)
+    finally:
+        model.train(was_training)
+    return draw_grounding(boxes["images"], boxes["predicted"], boxes["true"], boxes["texts"], path, columns, tile)
