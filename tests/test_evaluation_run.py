@@ -18,8 +18,9 @@ from data_pipeline.spec import TextSpec
 from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
 from training.evaluation import evaluate
 from training.evaluation.cli import main as eval_main
+from training.evaluation.evaluator import encode_retrieval_set, retrieval_scores
 from training.evaluation.plots import PREDICTED_COLOUR, TRUE_COLOUR, box_pixels, draw_grounding, grounding_grid_size
-from training.model import CONFIG_DIR, create_model
+from training.model import CONFIG_DIR, TextEncoding, VisionEncoding, create_model
 
 RES = 64  # the tiny model's resolution
 MAX_TOKENS = 24
@@ -189,6 +190,25 @@ def test_itm_top_k_changes_the_ranking_only_through_the_itm_head(eval_shards, de
     flat = evaluate(tiny_model, spec, itm_top_k=20)
     assert flat["image/img_r1"] == 0.0 and flat["image/txt_r1"] == 0.0
     assert reranked != itc_only
+
+
+def test_reranked_scores_are_the_itm_probability_of_each_image_with_each_text(eval_shards, demo_tokenizer, tiny_model):
+    spec = _spec(eval_shards, demo_tokenizer, max_samples=4, batch_size=4)
+    tiny_model.eval()
+    reader = EvalReader("image_text", spec)
+    features = encode_retrieval_set(tiny_model, reader)
+    # top k above the candidate counts: every pair is re-scored in both directions.
+    text_to_image, image_to_text = retrieval_scores(tiny_model, features, itm_top_k=100, itm_batch_size=5)
+    batch = next(EvalReader("image_text", spec).batches())
+    with torch.no_grad():
+        vision = tiny_model.encode_image(batch["images"])
+        text = tiny_model.encode_text(batch["text_ids"], batch["text_mask"])
+        for t, i in [(0, 0), (0, 3), (len(batch["texts"]) - 1, 1)]:
+            pair = tiny_model.itm_score(
+                VisionEncoding(vision.tokens[i:i + 1], vision.mask[i:i + 1], vision.features[i:i + 1]),
+                TextEncoding(text.hidden[t:t + 1], text.mask[t:t + 1], text.features[t:t + 1]))
+            assert text_to_image[t, i] == pytest.approx(2 + float(pair), abs=1e-5)
+            assert image_to_text[i, t] == pytest.approx(2 + float(pair), abs=1e-5)
 
 
 # The CLI and the picture ------------------------------------------------------------------

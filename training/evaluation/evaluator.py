@@ -127,14 +127,11 @@ def retrieval_scores(model, features: RetrievalFeatures, itm_top_k: int, itm_bat
     device = _device_of(model)
     similarity = features.text_features @ features.vision_features.t()  # (T, I)
 
-    def text_query(texts, images):
+    def itm(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         return model.itm_score(features.vision(images, device), features.text(texts, device))
 
-    def image_query(images, texts):
-        return model.itm_score(features.vision(images, device), features.text(texts, device))
-
-    text_to_image = itm_rerank(similarity, itm_top_k, text_query, itm_batch_size, device)
-    image_to_text = itm_rerank(similarity.t().contiguous(), itm_top_k, image_query, itm_batch_size, device)
+    text_to_image = itm_rerank(similarity, itm_top_k, lambda texts, images: itm(images, texts), itm_batch_size, device)
+    image_to_text = itm_rerank(similarity.t().contiguous(), itm_top_k, itm, itm_batch_size, device)
     return text_to_image, image_to_text
 
 
