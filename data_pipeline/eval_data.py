@@ -88,6 +88,11 @@ class EvalDataSpec:
 _TEXT_RNG_SEED = "eval"
 
 
+def _seconds(info: dict, key: str) -> float | None:
+    value = info.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 class EvalReader:
     """Reads one kind's eval shards in order and yields batches (see the module docstring)."""
 
@@ -135,12 +140,10 @@ class EvalReader:
         texts = self._encode_texts(meta.captions)
         if not texts:
             raise BadSample("no_caption")
-        seconds = {k: meta.info.get(k) for k in ("start", "end")}
-        seconds = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                   for k, v in seconds.items()}
+        start, end = (_seconds(meta.info, key) for key in ("start", "end"))
         # training=False: the middle frame of each segment, no RNG involved.
-        clip = decode_clip(media_of(raw, VIDEO_EXTENSIONS), self.spec.video_frames, seconds["start"],
-                           seconds["end"], False, random.Random(0), self.spec.decode_timeout_s)
+        clip = decode_clip(media_of(raw, VIDEO_EXTENSIONS), self.spec.video_frames, start, end, False,
+                           random.Random(0), self.spec.decode_timeout_s)
         res = self.spec.image_res
         frames = torch.stack([to_uint8_tensor(Image.fromarray(f).resize((res, res), Image.BICUBIC)) for f in clip])
         return {"media": frames, "texts": texts, "key": meta.key}
