@@ -10,7 +10,10 @@ setup(
     entry_points={
         "console_scripts": [
             "x2vlm-shards=data_pipeline.shards.cli:main",
+            "x2vlm-slurm-env=launch.slurm_env:main",
             "x2vlm-convert=training.model.convert:main",
+            "x2vlm-pretrain=training.pretrain:main",
+            "x2vlm-export=training.export:main",
             "x2vlm-eval=training.evaluation.cli:main",
         ],
     },

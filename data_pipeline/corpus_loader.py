@@ -14,6 +14,7 @@ import copy
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .counters import Counters
+from .reshard import reshard_streams
 from .shard_list import expand_shards
 from .spec import CorpusSpec, DataSpec
 from .stream import CorpusStream
@@ -106,10 +107,24 @@ class CorpusLoader:
                 f"corpus {self.corpus.name}: state was saved with {len(state['workers'])} workers, this loader has "
                 f"{self.workers}; resuming needs the same worker count and world size, because a partly "
                 f"read epoch is recorded per worker (its shards, buffer and position) and cannot be "
-                f"re-partitioned without re-reading or losing samples")
+                f"re-partitioned from one rank's state alone; use load_resharded with every rank's state")
         self.close()
         self.batches = state["batches"]
         self.states = copy.deepcopy(state["workers"])
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Continues from the states of every rank of a run with another world size or worker
+        count (`states[r]` is old rank r's `state_dict()`); see reshard.py."""
+        old_workers = {len(state["workers"]) for state in states}
+        if len(old_workers) != 1:
+            raise ValueError(f"corpus {self.corpus.name}: the old ranks' states have different worker counts "
+                             f"{sorted(old_workers)}")
+        old_workers = old_workers.pop()
+        fresh = reshard_streams([w for state in states for w in state["workers"]], len(states), old_workers,
+                                len(self.urls), self.spec.seed, self.corpus.name, self.world_size, self.workers)
+        self.close()
+        self.batches = 0
+        self.states = fresh[self.rank * self.workers:(self.rank + 1) * self.workers]
 
     def close(self) -> None:
         # Dropping the iterator shuts its worker processes down.

@@ -111,9 +111,9 @@ class MixedLoader:
             raise ValueError(
                 f"data loader state was saved with world_size {state['world_size']} and num_workers "
                 f"{state['num_workers']}; this run has {self.world_size} and {self.num_workers}. Resuming "
-                f"mid-epoch needs both unchanged: each (rank, worker) holds its own share of the epoch's "
-                f"shards, shuffle buffer and position, which cannot be re-partitioned without re-reading or "
-                f"losing samples.")
+                f"mid-epoch from one rank's state needs both unchanged: each (rank, worker) holds its own share "
+                f"of the epoch's shards, shuffle buffer and position, which cannot be re-partitioned from one "
+                f"rank's state alone; use load_resharded with the states of every rank of the old run.")
         if state["rank"] != self.rank:
             raise ValueError(f"data loader state belongs to rank {state['rank']}, this is rank {self.rank}")
         if state["seed"] != self.spec.seed:
@@ -127,6 +127,53 @@ class MixedLoader:
         self.drawn = Counter(state["drawn"])
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["corpora"][name])
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Continues a run whose world size or worker count may have changed.
+
+        `states` are the `state_dict()` of every rank of the old run, in any order. Across
+        the new ranks and workers, every sample of the epochs in progress that the old run
+        had not yet yielded is yielded exactly once, and none it had yielded is yielded again
+        (see reshard.py); then whole epochs go on under the new partition. With the same world
+        size and worker count this is `load_state_dict(states[rank])`, exactly."""
+        if not states:
+            raise ValueError("load_resharded needs the data loader states of every rank of the old run; got none")
+        for state in states:
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"data loader state version {state.get('version')}, expected {STATE_VERSION}")
+        states = sorted(states, key=lambda state: state["rank"])
+        old_world = states[0]["world_size"]
+        ranks = [state["rank"] for state in states]
+        if ranks != list(range(old_world)) or any(s["world_size"] != old_world for s in states):
+            missing = sorted(set(range(old_world)) - set(ranks))
+            raise ValueError(
+                f"load_resharded needs the states of ranks 0..{old_world - 1} of the old run (world_size "
+                f"{old_world}), one each; got ranks {ranks}"
+                + (f" (missing {missing})" if missing else "")
+                + f" with world sizes {sorted({s['world_size'] for s in states})}")
+        for field in ("seed", "num_workers", "step"):
+            values = sorted({repr(s[field]) for s in states})
+            if len(values) != 1:
+                raise ValueError(f"the old ranks' data loader states disagree on {field}: {values}")
+        if states[0]["seed"] != self.spec.seed:
+            raise ValueError(f"data loader state was saved with seed {states[0]['seed']}, "
+                             f"the spec has {self.spec.seed}")
+        for state in states:
+            missing = sorted(set(self.loaders) ^ set(state["corpora"]))
+            if missing:
+                raise ValueError(f"data loader state of rank {state['rank']} and spec disagree on corpus "
+                                 f"{missing[0]!r}; the corpora must not change within a run")
+        if old_world == self.world_size and states[0]["num_workers"] == self.num_workers:
+            self.load_state_dict(states[self.rank])
+            return
+        self.step = states[0]["step"]
+        # The corpus choice goes on from a fresh, deterministic RNG. Rank 0 carries the old
+        # run's totals of batches drawn (as it does those of skipped samples), so sums over
+        # the ranks stay right.
+        self.rng = random.Random(f"{self.spec.seed}/mixer/{self.rank}/resharded/{self.step}")
+        self.drawn = sum((Counter(s["drawn"]) for s in states), Counter()) if self.rank == 0 else Counter()
+        for name, loader in self.loaders.items():
+            loader.load_resharded([s["corpora"][name] for s in states])
 
     def close(self) -> None:
         for loader in self.loaders.values():

@@ -11,6 +11,10 @@ The stream never ends: after its last shard a worker drains its buffer and begin
 epoch e + 1 with a fresh shard shuffle. Its state (epoch, shard cursor, buffer RNG and
 the locations of the buffered samples, counters) is a few kilobytes, and restoring it
 re-reads only the shards the buffer points at, without decoding what it skips.
+
+After a change of world size or worker count (reshard.py) a slot first reads a plan: for
+each epoch then in progress, the units of reading (shard tails, whole shards, single
+samples) dealt to it; the plan is part of its state until read, then whole epochs go on.
 """
 from __future__ import annotations
 
@@ -31,10 +35,23 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
-def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[str]:
-    order = list(range(len(urls)))
+# A unit of reading: (shard id, start, picks) reads the shard `urls[shard id]` from index
+# `start` to its end (nothing when `start` is None) plus the single samples at the indices
+# `picks` (each below `start`). A normal epoch is made of whole shards, (id, 0, ()); a
+# transition after a change of world size (see reshard.py) also has shard tails and the
+# single samples an old shuffle buffer held.
+Unit = tuple[int, "int | None", tuple[int, ...]]
+
+
+def epoch_shard_ids(shards: int, seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[int]:
+    """Ids (positions in the corpus's shard list) of the shards a slot reads in an epoch."""
+    order = list(range(shards))
     random.Random(f"{seed}/{corpus}/shards/{epoch}").shuffle(order)
-    return [urls[i] for i in order[slot::slots]]
+    return order[slot::slots]
+
+
+def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[str]:
+    return [urls[i] for i in epoch_shard_ids(len(urls), seed, corpus, epoch, slot, slots)]
 
 
 class CorpusStream:
@@ -59,6 +76,9 @@ class CorpusStream:
         self.cursor = (0, 0)  # (position in this epoch's shard list, next sample index in that shard)
         self.batches = 0
         self.buffer = self._new_buffer(0)
+        # Epochs read from explicit units instead of this slot's share of whole shards: the
+        # transition after a change of world size. Empty in a run that never changed it.
+        self.plan: dict[int, list[Unit]] = {}
 
     def _new_buffer(self, epoch: int) -> ShuffleBuffer:
         seed = f"{self.spec.seed}/{self.corpus.name}/buffer/{epoch}/{self.rank}/{self.worker}"
@@ -67,19 +87,42 @@ class CorpusStream:
     def shards(self, epoch: int) -> list[str]:
         return epoch_shards(self.urls, self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
 
+    def units(self, epoch: int) -> list[Unit]:
+        if epoch in self.plan:
+            return self.plan[epoch]
+        return [(i, 0, ()) for i in epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch,
+                                                    self.slot, self.slots)]
+
     def _read(self, url: str, start: int):
         loader = self.spec.loader
         return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s)
 
+    def _read_unit(self, unit: Unit, begin: int) -> Iterator[tuple[int, dict]]:
+        """(index, raw sample) of the unit's samples at index >= begin."""
+        shard, start, picks = unit
+        wanted = [i for i in picks if i >= begin]
+        tail = None if start is None else max(start, begin)
+        if not wanted and tail is None:
+            return
+        first = wanted[0] if wanted else tail
+        last = wanted[-1] if wanted else None
+        singles = set(wanted)
+        for index, raw in self._read(self.urls[shard], first):
+            if index in singles or (tail is not None and index >= tail):
+                yield index, raw
+            if tail is None and index >= last:
+                break
+
     def raw_samples(self) -> Iterator[tuple[int, dict]]:
         """(epoch, raw sample) in shuffled order, forever."""
         while True:
-            shards = self.shards(self.epoch)
+            units = self.units(self.epoch)
+            planned = self.epoch in self.plan
             full_pass = self.cursor == (0, 0) and not self.buffer.entries
             produced = 0
             pos, start = self.cursor
-            while pos < len(shards):
-                for index, raw in self._read(shards[pos], start):
+            while pos < len(units):
+                for index, raw in self._read_unit(units[pos], start):
                     self.cursor = (pos, index + 1)
                     out = self.buffer.push((pos, index), raw)
                     if out is not None:
@@ -90,10 +133,11 @@ class CorpusStream:
             for _, raw in self.buffer.drain():
                 produced += 1
                 yield self.epoch, raw
-            if full_pass and not produced:
+            if full_pass and not produced and not planned:
                 raise RuntimeError(
                     f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample in a whole "
-                    f"pass over its {len(shards)} shards (epoch {self.epoch}); see the shard_unreadable counter")
+                    f"pass over its {len(units)} shards (epoch {self.epoch}); see the shard_unreadable counter")
+            self.plan.pop(self.epoch, None)
             self.epoch += 1
             self.cursor = (0, 0)
             self.buffer = self._new_buffer(self.epoch)
@@ -138,6 +182,8 @@ class CorpusStream:
             "epoch": self.epoch,
             "cursor": list(self.cursor),
             "buffer": self.buffer.state_dict(),
+            "plan": [[epoch, [[shard, start, list(picks)] for shard, start, picks in units]]
+                     for epoch, units in sorted(self.plan.items())],
             "batches": self.batches,
             "counters": self.counters.as_dict(),
         }
@@ -157,13 +203,17 @@ class CorpusStream:
         self.cursor = tuple(state["cursor"])
         self.batches = state["batches"]
         self.counters = Counters(state["counters"])
+        # A state without a plan (saved before plans existed) reads whole shards, as then.
+        self.plan = {epoch: [(shard, start, tuple(picks)) for shard, start, picks in units]
+                     for epoch, units in state.get("plan", [])}
         self.buffer = self._new_buffer(self.epoch)
-        shards = self.shards(self.epoch)
-        self.buffer.load_state_dict(state["buffer"], lambda locations: self._fetch(shards, locations))
+        if state["buffer"] is not None:  # None: a fresh buffer (the start of a transition)
+            shards = [self.urls[shard] for shard, _, _ in self.units(self.epoch)]
+            self.buffer.load_state_dict(state["buffer"], lambda locations: self._fetch(shards, locations))
 
     def _fetch(self, shards: list[str], locations: list[tuple[int, int]]) -> dict:
-        """Raw samples at the given (shard position, index) locations, reading each shard
-        only from its first wanted sample to its last."""
+        """Raw samples at the given (position in the epoch's units, index) locations, reading
+        each shard only from its first wanted sample to its last."""
         wanted: dict[int, set[int]] = defaultdict(set)
         for pos, index in locations:
             wanted[pos].add(index)

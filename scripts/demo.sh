@@ -29,6 +29,7 @@ for split in train val; do
         --samples-per-shard 100 --workers 2
 done
 .venv/bin/x2vlm-shards verify "$shards/image/train" >/dev/null
+.venv/bin/python -m data_pipeline.text.demo_tokenizer --corpus "$corpus" --out "$out/tokenizer"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -6,4 +6,7 @@ if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
     export DS_ACCELERATOR=cpu
 fi
 export PYTHONUNBUFFERED=1
+# The venv's tools first: DeepSpeed keys its compiled-op cache on the ninja it finds, and a
+# different ninja in a child process would rebuild the ops from scratch.
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest tests "$@"

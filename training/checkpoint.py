@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,11 +28,23 @@ from typing import Callable
 
 import torch
 
+RUN_CONFIG_FILE = "run_config.yaml"
 TAG_PATTERN = re.compile(r"^step_(\d{8})$")
 MARKER = "COMPLETE"
 UNIVERSAL_SUFFIX = "_universal"
 # ds_to_universal refuses a checkpoint without this client state entry.
 UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
+
+
+CRASH_ENV = "X2VLM_CRASH_AT"
+
+
+def crash_point(name: str, step: int, rank: int) -> None:
+    """Crash-consistency testing: X2VLM_CRASH_AT=NAME:STEP:RANK kills this process (SIGKILL,
+    as the OOM killer or a node loss would) when the save of STEP on RANK reaches NAME."""
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted and wanted == f"{name}:{step}:{rank}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tag_for(step: int) -> str:
@@ -121,7 +134,9 @@ class CheckpointManager:
         self.keep_every = keep_every
 
     # -- saving -----------------------------------------------------------------------------
-    def save(self, engine, step: int, trainer_state: dict, fingerprint: str) -> Path:
+    def save(self, engine, step: int, trainer_state: dict, fingerprint: str, files: dict[str, str] | None = None) -> Path:
+        """Writes a checkpoint of every rank; FILES (name -> text) are written by rank 0 beside it
+        (the resolved run config, so that export needs nothing else)."""
         tag = tag_for(step)
         path = self.root / tag
         if self.rank == 0:
@@ -129,14 +144,21 @@ class CheckpointManager:
             if path.exists():  # left by a save that was killed, or by a run that was rewound
                 shutil.rmtree(path)
         self.barrier()
+        crash_point("engine_save", step, self.rank)
         engine.save_checkpoint(str(self.root), tag=tag, client_state=dict(UNIVERSAL_INFO), save_latest=False)
+        crash_point("rank_state", step, self.rank)
         torch.save(trainer_state, path / rank_state_name(self.rank))
         self.barrier()
         if self.rank == 0:
+            for name, text in (files or {}).items():
+                (path / name).write_text(text, encoding="utf-8")
             _fsync_tree(path)
+            crash_point("marker", step, self.rank)
             meta = {"step": step, "world_size": self.world_size, "fingerprint": fingerprint, "time": time.time()}
             write_atomically(path / MARKER, json.dumps(meta))
+            crash_point("latest", step, self.rank)
             write_atomically(self.root / "latest", tag)
+            crash_point("prune", step, self.rank)
             self._prune()
         self.barrier()
         return path

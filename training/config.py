@@ -28,6 +28,8 @@ class RunSection:
     output_dir: str = "runs/run"
     seed: int = 0
     max_steps: int = 1000
+    # Write consolidated fp32 weights (OUTPUT/export) from memory when the run finishes.
+    export_on_finish: bool = False
 
 
 @dataclass
@@ -43,6 +45,9 @@ class OptimSection:
     grad_clip: float = 1.0
     grad_accum: int = 1
     precision: str = "bf16"
+    # Samples per optimizer step over all ranks, per data kind (image_text, region, video_text);
+    # when set it overrides the corpora's per-rank batch sizes.
+    global_batch: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -169,14 +174,20 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
     for text in overrides:
         path, value = parse_override(text, source)
         node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"{source}: --set {text}: '{'.'.join(path[:i + 1])}' is not a mapping")
-            node = child
-        node[path[-1]] = value
+        for i, part in enumerate(path):
+            where = ".".join(path[:i + 1])
+            if isinstance(node, list):  # data.corpora.0.shards: a list index
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{source}: --set {text}: '{where}' is not an index of that list (0..{len(node) - 1})")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{source}: --set {text}: '{'.'.join(path[:i])}' is not a mapping")
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return data
 
 

@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from training import distributed, rng_state
-from training.checkpoint import CheckpointManager
+from training.checkpoint import RUN_CONFIG_FILE, CheckpointManager
 from training.config import ConfigError, RunConfig, deepspeed_config, load_run_config
 from training.metrics import MetricsLogger
 from training.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
 NONFINITE_EXIT_CODE = 3
+# The data pipeline's corpus kinds and the model's batch arguments.
+MODEL_KIND = {"image_text": "image", "region": "region", "video_text": "video"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,6 +64,35 @@ def move_batch(batch: dict, device: torch.device, float_dtype: torch.dtype) -> d
     return moved
 
 
+def apply_global_batch(data_spec, config: RunConfig, world_size: int) -> None:
+    """optim.global_batch fixes samples per optimizer step for a kind across all ranks, so that
+    a resume on another world size keeps the schedule's meaning; each corpus of the kind then
+    takes global / (world size x grad_accum) per micro-step."""
+    for kind, total in config.optim.global_batch.items():
+        key = f"optim.global_batch.{kind}"
+        corpora = data_spec.corpora_of(kind)
+        if not corpora:
+            raise ConfigError(f"{config.source}: '{key}': the data config has no corpus of kind {kind!r}")
+        share = world_size * config.optim.grad_accum
+        if total % share:
+            raise ConfigError(f"{config.source}: '{key}' = {total} cannot be split over {world_size} ranks x "
+                              f"grad_accum {config.optim.grad_accum}: it must be a multiple of {share}")
+        for corpus in corpora:
+            corpus.batch_size = total // share
+
+
+def check_model_matches_data(model, data_spec, source: str) -> None:
+    image_size = model.config.vision.image_size
+    if image_size != data_spec.image_res:
+        raise ConfigError(f"{source}: model 'vision.image_size' is {image_size} but data 'image_res' is "
+                          f"{data_spec.image_res}; they must agree")
+    data_grid = data_spec.image_res // data_spec.patch_size
+    if data_grid != model.vision.grid_size:
+        raise ConfigError(f"{source}: data 'patch_size' {data_spec.patch_size} gives a {data_grid}x{data_grid} patch "
+                          f"grid but the vision tower has {model.vision.grid_size}x{model.vision.grid_size}; the "
+                          f"region patch masks would not fit the vision tokens")
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
@@ -69,6 +101,8 @@ class Trainer:
     def __init__(self, config: RunConfig, resume: str | None):
         self.config = config
         self.rank, self.world_size, self.device = distributed.init()
+        # First, so that a pre-emption during start-up checkpoints after step 1 instead of killing.
+        self.signals = PreemptionHandler(config.guard.signals).install()
         self.output_dir = Path(config.run.output_dir)
         self.is_main = self.rank == 0
         self.dtype = compute_dtype(config.optim.precision)
@@ -79,9 +113,14 @@ class Trainer:
         from training.model import create_model
 
         self.data_spec = parse_data_spec(config.data, root=config.reference_dirs.get("data"))
+        apply_global_batch(self.data_spec, config, self.world_size)
+        # Built first: a missing shard or a shard count the ranks cannot share fails before any
+        # model is built.
+        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size)
         # Every rank builds identical initial weights; ZeRO-3 partitions each rank's own copy.
         rng_state.seed_everything(config.run.seed)
         model = create_model(config.model, load_pretrained=False)
+        check_model_matches_data(model, self.data_spec, config.source)
         loaded_names = model.pretrained_parameter_names(model.load_pretrained_towers())
         from training.optim import build_scheduler, parameter_groups
 
@@ -105,21 +144,24 @@ class Trainer:
                 f"optim config (fingerprint {self.resume_from.fingerprint}, now {self.fingerprint}); set "
                 f"checkpoint.allow_config_change=true to resume anyway")
         universal = bool(self.resume_from) and self.resume_from.world_size != self.world_size
-        ds_config = deepspeed_config(config, micro_batch_size=self.data_spec.micro_batch_size())
+        ds_config = deepspeed_config(config, micro_batch_size=self.data_spec.corpora[0].batch_size)
         if universal:
             ds_config["checkpoint"] = {"load_universal": True}
 
         import deepspeed
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size)
+        # DeepSpeed casts parameters to bf16/fp16 but not buffers; a float32 buffer (BEiT's zero
+        # key bias) would then promote half of an attention input back to float32.
+        for buffer in self.engine.module.buffers():
+            if buffer.is_floating_point():
+                buffer.data = buffer.data.to(self.dtype)
         self.step = 0
         if self.resume_from:
             self._resume(universal)
         else:
             rng_state.seed_everything(config.run.seed + self.rank)
 
-        self.signals = PreemptionHandler(config.guard.signals).install()
         self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
                                      world_size=self.world_size)
         self.keys_log = None
@@ -146,7 +188,8 @@ class Trainer:
     def save(self) -> None:
         state = {"step": self.step, "data": self.loader.state_dict(), "rng": rng_state.capture(),
                  "nonfinite_total": self.nonfinite_total}
-        path = self.checkpoints.save(self.engine, self.step, state, self.fingerprint)
+        path = self.checkpoints.save(self.engine, self.step, state, self.fingerprint,
+                                     files={RUN_CONFIG_FILE: yaml.safe_dump(self.config.to_dict(), sort_keys=False)})
         if self.is_main:
             print(f"[checkpoint] step {self.step} -> {path}", flush=True)
 
@@ -162,7 +205,7 @@ class Trainer:
             t1 = time.perf_counter()
             if self.keys_log is not None:
                 self.keys_log.write(json_line(self.step, batches))
-            inputs = {kind: move_batch(batch, self.device, self.dtype) for kind, batch in batches.items()}
+            inputs = {MODEL_KIND[kind]: move_batch(batch, self.device, self.dtype) for kind, batch in batches.items()}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             out = self.engine(**inputs)
             loss = out["loss"]
@@ -210,9 +253,25 @@ class Trainer:
                     print(f"[signal] checkpointed at step {self.step}; exiting with {REQUEUE_EXIT_CODE} to requeue",
                           flush=True)
                 return REQUEUE_EXIT_CODE
+        if config.run.export_on_finish:
+            self.export_from_memory(self.output_dir / "export")
         if self.is_main:
             print(f"[done] {self.step} steps; data: {self.loader.stats()}", flush=True)
         return 0
+
+    def export_from_memory(self, out: Path) -> None:
+        """Consolidated fp32 weights straight from the optimizer's master copy (gathered from
+        every ZeRO partition: a collective, so every rank takes part)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+        from training.export import write_export
+
+        weights = {}
+        for name, param in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(param)
+            weights[name] = full.detach().float().cpu().contiguous()
+        if self.is_main:
+            write_export(weights, self.config.model, out, source=f"{self.output_dir} step {self.step} (in memory)")
+            print(f"[export] step {self.step} -> {out}", flush=True)
 
     def close(self) -> None:
         self.metrics.close()
@@ -223,7 +282,9 @@ class Trainer:
 
 def json_line(step: int, batches: dict) -> str:
     import json
-    return json.dumps({"step": step + 1, "keys": {kind: list(b.get("keys", ())) for kind, b in batches.items()}}) + "\n"
+    return json.dumps({"step": step + 1, **{kind: {"corpus": batch.get("corpus"), "keys": list(batch.get("keys", ())),
+                                                  "epochs": list(batch.get("epochs", ()))}
+                                           for kind, batch in batches.items()}}) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trainer = None
     try:
-        trainer = Trainer(config, args.resume)
+        try:
+            trainer = Trainer(config, args.resume)
+        except (ValueError, FileNotFoundError) as error:
+            # Config, data spec, shard list and model config problems, all found before step 1.
+            print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+            return 2
         return trainer.run()
-    except ConfigError as error:
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as error:
         print(f"x2vlm-pretrain: {error}", file=sys.stderr)
         return NONFINITE_EXIT_CODE

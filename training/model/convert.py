@@ -94,6 +94,8 @@ def convert_state_dict(official: dict, model: torch.nn.Module) -> tuple[dict, Co
         if name is None or name not in target:
             unmatched.append(key)
             continue
+        if name == "temperature.temp" and value.dim() == 0:  # the official temperature is a 0-d tensor
+            value = value.reshape(1)
         if name == "video.frame_pos_embed" and value.shape != target[name].shape:
             value = _fit_frames(value, target[name])
         if value.shape != target[name].shape:

@@ -26,12 +26,14 @@ class Temperature(nn.Module):
 
     def __init__(self, initial: float, minimum: float, maximum: float):
         super().__init__()
-        self.temp = nn.Parameter(torch.tensor(float(initial)))
+        # Shape (1,), not a 0-d scalar: DeepSpeed broadcasts parameters as byte views, which a
+        # 0-d tensor cannot give.
+        self.temp = nn.Parameter(torch.tensor([float(initial)]))
         self.minimum, self.maximum = minimum, maximum
 
     def forward(self) -> torch.Tensor:
         clamped = self.temp.clamp(self.minimum, self.maximum)
-        return self.temp + (clamped - self.temp).detach()
+        return (self.temp + (clamped - self.temp).detach())[0]
 
 
 class MaskedLanguageModelHead(nn.Module):

@@ -1,0 +1,185 @@
+"""The training engine end to end on CPU: 2 DeepSpeed ranks over gloo, the tiny model, demo
+shards. Training, exact resume after SIGKILL and after SIGUSR1, crashes during a checkpoint
+write, export from ZeRO-3, and the configuration errors that stop a run before it starts."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from engine_support import (REPO_ROOT, Ranks, build_demo_shards, data_config, losses_by_step, run_ranks, wait_for,
+                            write_run_config)
+from training.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
+from training.signals import REQUEUE_EXIT_CODE
+
+
+@pytest.fixture(scope="module")
+def shards(demo_corpus, tmp_path_factory):
+    return build_demo_shards(demo_corpus, tmp_path_factory.mktemp("engine_shards"))
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
+    config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=200,
+                              data=data_config(shards, kinds=("image_text", "region")),
+                              checkpoint={"every_steps": 200}, logging={"every_steps": 10})
+    codes, output = run_ranks(config, 2, "--resume", "none")
+    assert codes == [0, 0], output
+    losses = losses_by_step(tmp_path / "out")
+    assert sorted(losses) == list(range(10, 201, 10))
+    first, last = mean([losses[s] for s in (10, 20, 30)]), mean([losses[s] for s in (180, 190, 200)])
+    print(f"ZeRO-{stage}: mean loss at steps 10-30 {first:.3f}, at steps 180-200 {last:.3f}")
+    assert last < 0.8 * first
+    assert [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")] == [200]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory):
+    """The reference: 40 steps in one go, the loss of every step logged."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    config = write_run_config(directory, shards, max_steps=40)
+    codes, output = run_ranks(config, 2, "--resume", "none")
+    assert codes == [0, 0], output
+    losses = losses_by_step(directory / "out")
+    assert sorted(losses) == list(range(1, 41))
+    return losses
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path, shards, uninterrupted):
+    config = write_run_config(tmp_path, shards, max_steps=40)
+    checkpoint = tmp_path / "out/checkpoints" / tag_for(20)
+    ranks = Ranks(config, 2)
+    wait_for(lambda: (checkpoint / MARKER).exists(), 300, "the step-20 checkpoint", ranks)
+    ranks.kill()  # SIGKILL to every rank, wherever it is past step 20
+    codes, output = run_ranks(config, 2, "--resume", "auto")
+    assert codes == [0, 0], output
+    assert f"[resume] step 20 from {checkpoint}" in output
+    resumed = losses_by_step(tmp_path / "out")
+    assert [resumed[s] for s in range(21, 41)] == [uninterrupted[s] for s in range(21, 41)]
+
+
+def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bitwise(tmp_path, shards, uninterrupted):
+    config = write_run_config(tmp_path, shards, max_steps=40)
+    metrics = tmp_path / "out/metrics.jsonl"
+    ranks = Ranks(config, 2)
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 15, 300, "step 15", ranks)
+    ranks.signal(signal.SIGUSR1)
+    assert ranks.wait(300) == [REQUEUE_EXIT_CODE] * 2, ranks.output()
+    [saved] = complete_checkpoints(tmp_path / "out/checkpoints")
+    assert 15 <= saved.step < 40
+    codes, output = run_ranks(config, 2)  # --resume auto is the default
+    assert codes == [0, 0], output
+    resumed = losses_by_step(tmp_path / "out")
+    assert [resumed[s] for s in range(saved.step + 1, 41)] == [uninterrupted[s] for s in range(saved.step + 1, 41)]
+
+
+@pytest.mark.parametrize("crash_at, rank, survivor", [
+    ("engine_save", 1, 5),   # rank 1 dies before DeepSpeed writes anything of step 10
+    ("rank_state", 0, 5),    # DeepSpeed's files of step 10 written, no trainer state, no marker
+    ("marker", 0, 5),        # everything written and synced, the marker not yet
+    ("latest", 0, 10),       # marker written: step 10 is complete, `latest` still names step 5
+])
+def test_sigkill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path, shards, crash_at, rank, survivor):
+    config = write_run_config(tmp_path, shards, max_steps=12, checkpoint={"every_steps": 5},
+                              data=data_config(shards, kinds=("image_text", "region")))
+    ranks = Ranks(config, 2, "--resume", "none", env={CRASH_ENV: f"{crash_at}:10:{rank}"})
+    wait_for(lambda: any(p.poll() is not None for p in ranks.procs), 300, "the injected crash")
+    ranks.kill()  # the surviving rank waits in a collective for the dead one
+    complete = [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")]
+    assert complete[-1] == survivor
+    codes, output = run_ranks(config, 2, "--resume", "auto")
+    assert codes == [0, 0], output
+    assert f"[resume] step {survivor} from" in output
+    assert (tmp_path / "out/checkpoints/latest").read_text() == tag_for(12)
+    assert (tmp_path / "out/checkpoints" / tag_for(12) / MARKER).exists()
+
+
+def test_export_of_a_zero3_checkpoint_equals_the_weights_in_memory(tmp_path, shards):
+    config = write_run_config(tmp_path, shards, zero_stage=3, max_steps=6, checkpoint={"every_steps": 6},
+                              data=data_config(shards, kinds=("image_text",)))
+    # The trainer's export at the end of the run reads the fp32 master weights from memory,
+    # gathered from the ZeRO-3 partitions; x2vlm-export reads the checkpoint files.
+    codes, output = run_ranks(config, 2, "--resume", "none", "--set", "run.export_on_finish=true")
+    assert codes == [0, 0], output
+    out = tmp_path / "export"
+    result = subprocess.run([sys.executable, "-m", "training.export", str(tmp_path / "out/checkpoints" / tag_for(6)),
+                             "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT,
+                            env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    exported = load_file(str(out / "model.safetensors"))
+    in_memory = load_file(str(tmp_path / "out/export/model.safetensors"))
+    assert set(exported) == set(in_memory)
+    for name, value in in_memory.items():
+        assert torch.equal(exported[name], value), name
+    from training.export import load_exported
+    model = load_exported(out)
+    assert torch.equal(dict(model.named_parameters())["itm_head.0.weight"], in_memory["itm_head.0.weight"])
+    assert yaml.safe_load((out / "model.yaml").read_text())["text"]["hidden_size"] == 32
+
+
+def test_configuration_mistakes_stop_before_training(tmp_path, shards):
+    base = write_run_config(tmp_path / "a", shards, max_steps=2)
+    cases = [
+        (["--set", "optim.warmup_stepz=3"], 2, "unknown key 'optim.warmup_stepz'"),
+        (["--set", f"data.corpora.0.shards={tmp_path}/nowhere-{{000000..000003}}.tar"], 2, "nowhere-000000.tar"),
+        (["--set", "optim.global_batch.image_text=9"], 2, "'optim.global_batch.image_text' = 9 cannot be split over 2 ranks"),
+        (["--set", "data.image_res=96"], 2, "'vision.image_size' is 64 but data 'image_res' is 96"),
+    ]
+    for args, world, message in cases:
+        codes, output = run_ranks(base, world, "--resume", "none", *args)
+        assert codes == [2] * world, (args, output)
+        assert message in output, (args, output)
+        assert not (tmp_path / "a/out/checkpoints").exists()
+
+
+def trained_keys(out_dir: Path, corpus: str, up_to_step: int | None = None) -> list[tuple[str, int]]:
+    """(key, epoch) of every sample of CORPUS trained, over all ranks' key logs."""
+    found = []
+    for log in sorted((out_dir / "trained_keys").glob("rank*.jsonl")):
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if up_to_step is not None and row["step"] > up_to_step:
+                continue
+            for kind, batch in row.items():
+                if kind != "step" and batch["corpus"] == corpus:
+                    found += list(zip(batch["keys"], batch["epochs"]))
+    return found
+
+
+@pytest.mark.parametrize("new_world", [1, 3])
+def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tmp_path, shards, new_world):
+    data = data_config(shards, kinds=("image_text",))
+    config = write_run_config(tmp_path / "old", shards, max_steps=10, data=data, checkpoint={"every_steps": 10},
+                              logging={"every_steps": 1, "trained_keys": True})
+    codes, output = run_ranks(config, 2, "--resume", "none")
+    assert codes == [0, 0], output
+    before = trained_keys(tmp_path / "old/out", "images")
+    assert len(before) == 10 * 2 * 4
+
+    codes, output = run_ranks(config, new_world, "--set", "run.max_steps=25")
+    assert codes == [0] * new_world, output
+    assert f"[resume] step 10 from" in output and f"universal, from 2 ranks to {new_world}" in output
+    after = trained_keys(tmp_path / "old/out", "images")[len(before):]
+    assert len(after) == 15 * new_world * 4
+
+    all_keys = {key for key, _ in before + after}
+    assert len(all_keys) == 60  # the demo corpus's train images
+    in_progress = {epoch for _, epoch in before}
+    assert len(in_progress) >= 1 and max(in_progress) < max(epoch for _, epoch in after)
+    for epoch in sorted(in_progress):
+        seen = [key for key, e in before + after if e == epoch]
+        assert sorted(seen) == sorted(all_keys), f"epoch {epoch}: {len(seen)} samples, {len(set(seen))} distinct"
+    # The run goes on from the resumed model: the loss of step 11 follows from step 10's weights.
+    losses = losses_by_step(tmp_path / "old/out")
+    assert sorted(losses) == list(range(1, 26))
