@@ -18,10 +18,7 @@ import torch
 from data_pipeline.eval_data import EvalDataSpec
 from data_pipeline.spec import TextSpec
 from training.evaluation.evaluator import evaluate
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model.yaml"
-
+from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
 
 class UsageError(ValueError):
     pass
@@ -64,22 +61,7 @@ def load_model(model_dir: Path | None, model_config: str | None):
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).is_file()]
     if missing:
         raise UsageError(f"{model_dir}: not an exported model directory, missing {' and '.join(missing)}")
-    from safetensors.torch import load_file
-
-    model = create_model(model_dir / CONFIG_FILE, load_pretrained=False)
-    state = load_file(str(model_dir / WEIGHTS_FILE))
-    result = model.load_state_dict(state, strict=False)
-    # A tied weight (the MLM decoder shares the word embeddings) is stored once, under either name.
-    missing = [name for name in result.missing_keys if not _tied_to_loaded(model, name, state)]
-    if missing or result.unexpected_keys:
-        raise UsageError(f"{model_dir / WEIGHTS_FILE}: does not match {CONFIG_FILE}: missing "
-                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return model
-
-
-def _tied_to_loaded(model, name: str, state: dict) -> bool:
-    tensors = model.state_dict(keep_vars=True)
-    return any(tensors[other] is tensors[name] for other in state if other in tensors and other != name)
+    return load_exported(model_dir)
 
 
 def patch_size_of(model) -> int:
@@ -126,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         metrics = run(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError) as error:
+    except (UsageError, ValueError, KeyError, OSError) as error:
         print(f"x2vlm-eval: {error}", file=sys.stderr)
         return 2
     print(format_table(metrics))
