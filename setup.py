@@ -14,6 +14,7 @@ setup(
             "x2vlm-convert=training.model.convert:main",
             "x2vlm-pretrain=training.pretrain:main",
             "x2vlm-export=training.export:main",
+            "x2vlm-eval=training.evaluation.cli:main",
         ],
     },
 )

@@ -1,0 +1,123 @@
+"""x2vlm-eval: evaluates a model on held-out shards and writes the metrics as JSON.
+
+  x2vlm-eval EXPORT_DIR --tokenizer DIR --image-shards 'eval/image/*.tar' \
+      --region-shards 'eval/region/*.tar' --video-shards 'eval/video/*.tar' --out metrics.json
+  x2vlm-eval --model-config configs/model/tiny.yaml ...     (random weights: a smoke test)
+
+EXPORT_DIR holds what the trainer's export writes: model.safetensors and model.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from data_pipeline.eval_data import EvalDataSpec
+from data_pipeline.spec import TextSpec
+from training.evaluation.evaluator import evaluate
+from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
+
+class UsageError(ValueError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="x2vlm-eval", description="Zero-shot image-text and video-text retrieval (ITC, then ITM re-ranking of "
+                                       "the top k) and grounding accuracy of an X²-VLM model on eval shards.")
+    parser.add_argument("model_dir", nargs="?", type=Path,
+                        help=f"exported model directory ({WEIGHTS_FILE} + {CONFIG_FILE})")
+    parser.add_argument("--model-config", help="a model config (YAML path or name in configs/model/) with random "
+                                               "weights, instead of MODEL_DIR")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (as the data spec's text.tokenizer)")
+    parser.add_argument("--image-shards", action="append", default=[], metavar="PATTERN",
+                        help="image-text eval shards (brace / glob pattern; repeatable)")
+    parser.add_argument("--region-shards", action="append", default=[], metavar="PATTERN",
+                        help="region (grounding) eval shards")
+    parser.add_argument("--video-shards", action="append", default=[], metavar="PATTERN", help="video-text eval shards")
+    parser.add_argument("--image-res", type=int, default=None,
+                        help="input resolution (default: the model's vision.image_size)")
+    parser.add_argument("--max-tokens", type=int, default=40, help="text length in tokens, as in training (40)")
+    parser.add_argument("--video-frames", type=int, default=3, help="frames per video (3)")
+    parser.add_argument("--itm-top-k", type=int, default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images or videos per encoding batch (32)")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples per kind")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
+    return parser.parse_args(argv)
+
+
+def load_model(model_dir: Path | None, model_config: str | None):
+    from training.model import create_model
+
+    if (model_dir is None) == (model_config is None):
+        raise UsageError("give exactly one of MODEL_DIR (an exported model) or --model-config (random weights)")
+    if model_config is not None:
+        return create_model(model_config, load_pretrained=False)
+    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).is_file()]
+    if missing:
+        raise UsageError(f"{model_dir}: not an exported model directory, missing {' and '.join(missing)}")
+    return load_exported(model_dir)
+
+
+def patch_size_of(model) -> int:
+    return model.config.vision.image_size // model.vision.grid_size
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """One line per kind: its metrics, recalls and accuracies as percentages."""
+    kinds: dict[str, list[str]] = {}
+    for key, value in metrics.items():
+        kind, name = key.split("/", 1)
+        shown = f"{value:d}" if isinstance(value, int) else f"{100 * value:.1f}"
+        kinds.setdefault(kind, []).append(f"{name} {shown}")
+    width = max(len(k) for k in kinds) if kinds else 0
+    return "\n".join(f"{kind:<{width}}  " + "  ".join(values) for kind, values in kinds.items())
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    if not (args.image_shards or args.region_shards or args.video_shards):
+        raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
+    if args.grounding_png and not args.region_shards:
+        raise UsageError("--grounding-png needs --region-shards")
+    model = load_model(args.model_dir, args.model_config).to(args.device)
+    built_for = model.config.vision.image_size
+    dynamic = model.config.vision.timm_kwargs.get("dynamic_img_size", False)
+    if args.image_res is not None and args.image_res != built_for and not dynamic:
+        raise UsageError(f"--image-res {args.image_res}: the model was built for {built_for} px inputs "
+                         f"(vision.image_size; set vision.timm_kwargs.dynamic_img_size for other sizes)")
+    spec = EvalDataSpec(
+        text=TextSpec(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
+        image_res=args.image_res or model.config.vision.image_size,
+        patch_size=patch_size_of(model),
+        image_shards=args.image_shards, region_shards=args.region_shards, video_shards=args.video_shards,
+        batch_size=args.batch_size, video_frames=args.video_frames, max_samples=args.max_samples)
+    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k)
+    if args.grounding_png:
+        from training.evaluation.plots import draw_grounding_examples
+
+        draw_grounding_examples(model, spec, args.grounding_png, count=8)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        metrics = run(args)
+    except (UsageError, ValueError, KeyError, OSError) as error:
+        print(f"x2vlm-eval: {error}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

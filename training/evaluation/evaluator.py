@@ -1,0 +1,212 @@
+"""Zero-shot evaluation of an X²-VLM model on held-out shards, as X²-VLM evaluates:
+
+- retrieval (image-text and video-text): ITC similarity of every text with every image over
+  the whole eval set; then, per query and direction, the top ``itm_top_k`` candidates are
+  re-scored by the ITM head and ranked first, in ITM order (``itm_top_k=0``: ITC only);
+- grounding (region shards): the box head's prediction for each region text against the true
+  box, IoU >= 0.5, beside the centre-box baseline (see ``grounding``).
+
+Under torch.distributed every rank reads and encodes the whole eval set (as X-VLM's
+``evaluation`` does) and the ITM re-ranking, the expensive part, is split by query across ranks
+and summed with an all-reduce. Every rank makes the same sequence of forward calls (queries
+are padded to equal shares), so this also runs under ZeRO-3, where a forward call is a
+collective; every rank returns the same metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from data_pipeline.eval_data import EvalDataSpec, EvalReader
+from data_pipeline.text import TextEncoder
+from training.evaluation.grounding import grounding_metrics
+from training.evaluation.retrieval_metrics import retrieval_metrics
+from training.model import TextEncoding, VisionEncoding
+
+# Metric-name prefix of each eval kind.
+PREFIX = {"image_text": "image", "region": "region", "video_text": "video"}
+# The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
+# [-1, 1], ITM probabilities in [0, 1].
+_RERANKED_OFFSET = 2.0
+
+
+@dataclasses.dataclass
+class RetrievalFeatures:
+    """Everything one eval set's ITC and ITM need, on the host."""
+
+    vision_tokens: torch.Tensor  # (I, T, D)
+    vision_features: torch.Tensor  # (I, E)
+    text_hidden: torch.Tensor  # (N, L, H)
+    text_mask: torch.Tensor  # (N, L)
+    text_features: torch.Tensor  # (N, E)
+    text_image: torch.Tensor  # (N,) long: the positive image of each text
+
+    def vision(self, index: torch.Tensor, device) -> VisionEncoding:
+        tokens = self.vision_tokens[index].to(device)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
+        return VisionEncoding(tokens, mask, self.vision_features[index].to(device))
+
+    def text(self, index: torch.Tensor, device) -> TextEncoding:
+        return TextEncoding(self.text_hidden[index].to(device), self.text_mask[index].to(device),
+                            self.text_features[index].to(device))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def encode_retrieval_set(model, reader: EvalReader) -> RetrievalFeatures:
+    device = _device_of(model)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("tokens", "vfeat", "hidden", "tmask", "tfeat", "owner")}
+    images_so_far = 0
+    for batch in reader.batches():
+        if reader.kind == "video_text":
+            vision = model.encode_video(batch["frames"].to(device))
+        else:
+            vision = model.encode_image(batch["images"].to(device))
+        text = model.encode_text(batch["text_ids"].to(device), batch["text_mask"].to(device))
+        parts["tokens"].append(vision.tokens.cpu())
+        parts["vfeat"].append(vision.features.float().cpu())
+        parts["hidden"].append(text.hidden.cpu())
+        parts["tmask"].append(text.mask.cpu())
+        parts["tfeat"].append(text.features.float().cpu())
+        parts["owner"].append(batch["text_sample"] + images_so_far)
+        images_so_far += len(batch["keys"])
+    if not images_so_far:
+        raise ValueError(f"eval {reader.kind} shards {reader.urls[:3]}...: no usable sample "
+                         f"(skipped: {reader.counters.as_dict()})")
+    cat = {name: torch.cat(values) for name, values in parts.items()}
+    return RetrievalFeatures(cat["tokens"], cat["vfeat"], cat["hidden"], cat["tmask"], cat["tfeat"], cat["owner"])
+
+
+def itm_rerank(similarity: torch.Tensor, top_k: int, pair_scores: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               pair_batch: int, device) -> torch.Tensor:
+    """Scores (Q, C): each query's ``top_k`` candidates by ``similarity`` get 2 + their ITM
+    probability from ``pair_scores(query_index, candidate_index)`` (both (P,) long), the
+    rest keep their similarity. Queries are shared out over the ranks in equal, padded shares."""
+    num_queries, num_candidates = similarity.shape
+    top_k = min(top_k, num_candidates)
+    if top_k <= 0 or num_queries == 0:
+        return similarity.clone()
+    rank, world = _world()
+    top = similarity.topk(top_k, dim=1).indices  # (Q, k)
+    share = math.ceil(num_queries / world)
+    start = rank * share
+    # Padded queries (beyond Q) repeat the last one; their scores are dropped.
+    queries = torch.arange(start, start + share).clamp_max(num_queries - 1)
+    pair_query = queries.repeat_interleave(top_k)
+    pair_candidate = top[queries].flatten()
+    real = (torch.arange(start, start + share) < num_queries).repeat_interleave(top_k)
+    itm = torch.zeros(num_queries, top_k, device=device)
+    scores = torch.cat([pair_scores(pair_query[i:i + pair_batch], pair_candidate[i:i + pair_batch]).float()
+                        for i in range(0, len(pair_query), pair_batch)])
+    slot = torch.arange(len(pair_query)) % top_k
+    itm[pair_query[real], slot[real]] = scores[real.to(scores.device)].to(device)
+    if world > 1:
+        dist.all_reduce(itm)
+    reranked = similarity.clone()
+    reranked.scatter_(1, top, _RERANKED_OFFSET + itm.cpu())
+    return reranked
+
+
+@torch.no_grad()
+def retrieval_scores(model, features: RetrievalFeatures, itm_top_k: int, itm_batch_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text -> image (T, I), image -> text (I, T)) scores after ITM re-ranking."""
+    device = _device_of(model)
+    similarity = features.text_features @ features.vision_features.t()  # (T, I)
+
+    def itm(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        return model.itm_score(features.vision(images, device), features.text(texts, device))
+
+    text_to_image = itm_rerank(similarity, itm_top_k, lambda texts, images: itm(images, texts), itm_batch_size, device)
+    image_to_text = itm_rerank(similarity.t().contiguous(), itm_top_k, itm, itm_batch_size, device)
+    return text_to_image, image_to_text
+
+
+def evaluate_retrieval(model, reader: EvalReader, itm_top_k: int, itm_batch_size: int) -> dict[str, float]:
+    features = encode_retrieval_set(model, reader)
+    text_to_image, image_to_text = retrieval_scores(model, features, itm_top_k, itm_batch_size)
+    metrics = retrieval_metrics(text_to_image, image_to_text, features.text_image)
+    media = "videos" if reader.kind == "video_text" else "images"
+    metrics.update({media: len(features.vision_features), "texts": len(features.text_features)})
+    return metrics
+
+
+@torch.no_grad()
+def predict_boxes(model, reader: EvalReader, max_queries: int | None = None) -> dict:
+    """Boxes of every region text: ``predicted`` and ``true`` (N, 4) cxcywh; with ``texts``,
+    ``images`` (normalised, one per query) kept only when ``max_queries`` asks for examples."""
+    device = _device_of(model)
+    predicted, true, texts, images = [], [], [], []
+    kept = 0
+    for batch in reader.batches():
+        tokens = model.encode_image(batch["images"].to(device)).tokens
+        text = model.encode_text(batch["text_ids"].to(device), batch["text_mask"].to(device))
+        index = batch["image_index"].to(device)
+        predicted.append(model.predict_box(tokens[index], text).float().cpu())
+        true.append(batch["boxes"].float())
+        if max_queries is not None:
+            take = min(max_queries - kept, len(batch["texts"]))
+            texts += batch["texts"][:take]
+            images += [batch["images"][i] for i in batch["image_index"][:take].tolist()]
+            kept += take
+            if kept >= max_queries:
+                break
+    if not true:
+        raise ValueError(f"eval region shards {reader.urls[:3]}...: no usable region "
+                         f"(skipped: {reader.counters.as_dict()})")
+    out = {"predicted": torch.cat(predicted), "true": torch.cat(true)}
+    if max_queries is not None:
+        out = {name: value[:max_queries] for name, value in out.items()}
+        out.update(texts=texts, images=torch.stack(images))
+    return out
+
+
+def evaluate_grounding(model, reader: EvalReader) -> dict[str, float]:
+    boxes = predict_boxes(model, reader)
+    return grounding_metrics(boxes["predicted"], boxes["true"])
+
+
+def evaluate(model, spec: EvalDataSpec, itm_top_k: int = 16, itm_batch_size: int = 128) -> dict[str, float]:
+    """Every eval kind ``spec`` has shards for; a flat dict ``{kind}/{metric}``:
+    ``image/txt_r1`` ... ``image/r_mean``, ``region/grounding_acc``,
+    ``region/centre_baseline_acc``, ``region/mean_iou``, ``video/txt_r1`` ..., plus counts
+    (``image/images``, ``image/texts``, ``video/videos``, ``region/queries``, ``{kind}/skipped``).
+
+    ``model`` is the bare X2VLM (``engine.module`` under DeepSpeed). It is put in eval mode
+    for the run and back in its previous mode after."""
+    if itm_top_k < 0:
+        raise ValueError(f"itm_top_k must be >= 0, got {itm_top_k}")
+    max_frames = model.config.vision.max_frames
+    if spec.video_shards and spec.video_frames > max_frames:
+        raise ValueError(f"eval data: video_frames {spec.video_frames} exceeds the model's vision.max_frames {max_frames}")
+    text = TextEncoder(spec.text)
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    try:
+        for kind in ("image_text", "region", "video_text"):
+            if not spec.shards_of(kind):
+                continue
+            reader = EvalReader(kind, spec, text)
+            if kind == "region":
+                values = evaluate_grounding(model, reader)
+            else:
+                values = evaluate_retrieval(model, reader, itm_top_k, itm_batch_size)
+            values["skipped"] = sum(reader.counters.as_dict().values())
+            metrics.update({f"{PREFIX[kind]}/{name}": value for name, value in values.items()})
+    finally:
+        model.train(was_training)
+    return metrics
