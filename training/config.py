@@ -75,6 +75,19 @@ class GuardSection:
 
 
 @dataclass
+class EvalSection:
+    # Evaluate every N steps and at the end (0: never) on held-out shards (patterns or lists).
+    every_steps: int = 0
+    image_shards: list[str] = field(default_factory=list)
+    region_shards: list[str] = field(default_factory=list)
+    video_shards: list[str] = field(default_factory=list)
+    itm_top_k: int = 16
+    batch_size: int = 32
+    # Only the first N samples of each kind, to keep evaluation during training short.
+    max_samples: typing.Optional[int] = None
+
+
+@dataclass
 class RunConfig:
     model: typing.Any
     data: typing.Any
@@ -84,6 +97,7 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     guard: GuardSection = field(default_factory=GuardSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     source: str = "<inline>"
     # Folder of each section's file, for the paths inside it (shard patterns, weights).
     reference_dirs: dict = field(default_factory=dict)

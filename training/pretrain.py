@@ -185,6 +185,21 @@ class Trainer:
             how = f"universal, from {info.world_size} ranks to {self.world_size}" if universal else "same world size"
             print(f"[resume] step {info.step} from {info.path} ({how})", flush=True)
 
+    def evaluate(self) -> dict:
+        """Held-out retrieval and grounding metrics, on every rank (the ITM re-ranking is shared)."""
+        from data_pipeline.eval_data import EvalDataSpec
+        from training.evaluation import evaluate
+
+        section = self.config.eval
+        spec = EvalDataSpec.like_training(self.data_spec, section.image_shards, section.region_shards,
+                                          section.video_shards, batch_size=section.batch_size,
+                                          max_samples=section.max_samples)
+        started = time.perf_counter()
+        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k)
+        metrics["eval_s"] = time.perf_counter() - started
+        self.metrics.write({"step": self.step, **metrics}, "eval")
+        return metrics
+
     def save(self) -> None:
         state = {"step": self.step, "data": self.loader.state_dict(), "rng": rng_state.capture(),
                  "nonfinite_total": self.nonfinite_total}
@@ -246,6 +261,8 @@ class Trainer:
             stop, = distributed.all_reduce_flags([self.signals.requested], self.device)
             if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
                 self.metrics.flush(self.step, {"nonfinite_skipped": self.nonfinite_total})
+            if config.eval.every_steps and (self.step % config.eval.every_steps == 0 or self.step == config.run.max_steps):
+                self.evaluate()
             if stop or self.step % config.checkpoint.every_steps == 0 or self.step == config.run.max_steps:
                 self.save()
             if stop:
