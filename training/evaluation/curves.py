@@ -56,3 +56,18 @@ def plot_curves(metrics_jsonl: Path, out: Path) -> Path:
     figure.savefig(out, dpi=90)
     plt.close(figure)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Plot a run's losses and held-out metrics from its metrics.jsonl.")
+    parser.add_argument("metrics", type=Path, help="metrics.jsonl written by the trainer")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    print(f"curves -> {plot_curves(args.metrics, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
