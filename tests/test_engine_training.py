@@ -183,3 +183,15 @@ def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tm
     # The run goes on from the resumed model: the loss of step 11 follows from step 10's weights.
     losses = losses_by_step(tmp_path / "old/out")
     assert sorted(losses) == list(range(1, 26))
+
+
+def test_non_finite_losses_skip_updates_then_stop_the_run(tmp_path, shards):
+    # An absurd learning rate makes every loss after the first step non-finite.
+    config = write_run_config(tmp_path, shards, max_steps=20, data=data_config(shards, kinds=("image_text",)),
+                              optim={"lr": 1e30, "warmup_steps": 0, "precision": "fp32"},
+                              guard={"max_consecutive_nonfinite": 3})
+    codes, output = run_ranks(config, 1, "--resume", "none")
+    assert codes == [3], output
+    assert "non-finite loss, update skipped (1 in a row)" in output
+    assert "3 non-finite losses in a row (guard.max_consecutive_nonfinite=3)" in output
+    assert not (tmp_path / "out/checkpoints").exists()

@@ -108,6 +108,16 @@ def test_hard_negatives_survive_extreme_similarities():
     assert valid.all()
 
 
+def test_non_finite_similarities_are_never_drawn_and_an_all_nan_row_is_invalid():
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[0.0, nan, 1.0], [nan, nan, nan], [0.0, inf, 0.0]])
+    positives = torch.eye(3, dtype=torch.bool)
+    for _ in range(20):
+        index, valid = sample_hard_negatives(logits, positives)
+        assert index[0].item() == 2 and index[2].item() == 0
+        assert valid.tolist() == [True, False, True]
+
+
 def test_matching_loss_matches_naive_weighted_cross_entropy():
     torch.manual_seed(0)
     logits = torch.randn(6, 2, dtype=torch.float64)

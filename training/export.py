@@ -58,8 +58,9 @@ def load_exported(directory: Path) -> X2VLM:
     directory = Path(directory)
     model = create_model(yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8")), load_pretrained=False)
     result = model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
-    tied = {"mlm_head.decoder.weight"}
-    missing = [k for k in result.missing_keys if k not in tied and k not in dict(model.named_buffers())]
+    # Buffers are rebuilt by the model; the MLM decoder is tied to the word embeddings.
+    rebuilt = {"mlm_head.decoder.weight"} | {name for name, _ in model.named_buffers()}
+    missing = [k for k in result.missing_keys if k not in rebuilt]
     if missing or result.unexpected_keys:
         raise KeyError(f"{directory}: weights do not fit the model: missing {missing[:5]}, "
                        f"unexpected {result.unexpected_keys[:5]}")

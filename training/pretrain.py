@@ -12,7 +12,8 @@ the random generators and the optimizer stood.
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -224,7 +225,11 @@ class Trainer:
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             out = self.engine(**inputs)
             loss = out["loss"]
-            nonfinite, = distributed.all_reduce_flags([not bool(torch.isfinite(loss.detach()).item())], self.device)
+            names = ["loss"] + [f"{kind}/{term}" for kind, terms in out["losses"].items() for term in terms]
+            # One host transfer for every figure of the micro-step (and the finiteness check).
+            values = torch.stack([loss.detach().float()] + [value.detach().float() for terms in out["losses"].values()
+                                                            for value in terms.values()]).tolist()
+            nonfinite, = distributed.all_reduce_flags([not math.isfinite(values[0])], self.device)
             if nonfinite:
                 skipped = True
             else:
@@ -232,11 +237,8 @@ class Trainer:
                 self.engine.step()
             compute_seconds += time.perf_counter() - t1
             data_seconds += t1 - t0
-            figures["loss"] = figures.get("loss", 0.0) + float(loss.detach()) / self.config.optim.grad_accum
-            for kind, terms in out["losses"].items():
-                for term, value in terms.items():
-                    key = f"{kind}/{term}"
-                    figures[key] = figures.get(key, 0.0) + float(value.detach()) / self.config.optim.grad_accum
+            for name, value in zip(names, values):
+                figures[name] = figures.get(name, 0.0) + value / self.config.optim.grad_accum
         if skipped:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
@@ -298,7 +300,6 @@ class Trainer:
 
 
 def json_line(step: int, batches: dict) -> str:
-    import json
     return json.dumps({"step": step + 1, **{kind: {"corpus": batch.get("corpus"), "keys": list(batch.get("keys", ())),
                                                   "epochs": list(batch.get("epochs", ()))}
                                            for kind, batch in batches.items()}}) + "\n"

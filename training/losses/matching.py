@@ -18,12 +18,15 @@ def sample_hard_negatives(
 
     logits (N, M) similarity / temperature; positives (N, M) bool. Returns the drawn column
     (N,) long and whether the row had any negative to draw from (N,) bool. A row whose
-    candidates are all positives draws an arbitrary column; its ``valid`` is False and the
-    caller gives that pair zero weight.
+    candidates are all positives, or not finite (a diverged model), draws an arbitrary column;
+    its ``valid`` is False and the caller gives that pair zero weight, so that a non-finite
+    loss reaches the trainer's guard instead of failing inside the sampler.
     """
     with torch.no_grad():
-        logits = logits.float().masked_fill(positives, float("-inf"))
-        valid = ~positives.all(dim=1)
+        logits = logits.float()
+        drawable = ~positives & torch.isfinite(logits)
+        logits = logits.masked_fill(~drawable, float("-inf"))
+        valid = drawable.any(dim=1)
         logits = torch.where(valid[:, None], logits, torch.zeros_like(logits))
         probabilities = F.softmax(logits, dim=1)
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(1), valid
