@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo job: generates the synthetic demo corpus into runs/demo/, then builds its tar
-# shards (images with captions + boxes, RefCOCO regions, videos), train and eval.
+# The demo job: the demo corpus and its shards (scripts/demo_data.sh), then pre-training on 2
+# CPU ranks, export, held-out evaluation and the pictures, all under runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/demo
@@ -8,30 +8,9 @@ corpus=$out/corpus
 ann=$corpus/annotations
 shards=$out/shards
 start=$(date +%s)
-.venv/bin/x2vlm-shards demo --out "$corpus" --images 600 --videos 60 --seed 0
+scripts/demo_data.sh "$out"
 
-# A rerun rebuilds the shards from scratch; --resume is for interrupted builds.
-rm -rf "$shards"
-for split in train eval; do
-    # One sample per image: COCO captions, COCO instance boxes and VG region phrases merged.
-    .venv/bin/x2vlm-shards build --prefix demo-image --output "$shards/image/$split" --media-root "$corpus/images" \
-        --format coco-captions --annotations "$ann/coco_captions_$split.json" \
-        --format coco-instances --annotations "$ann/coco_instances_$split.json" \
-        --format vg-regions --annotations "$ann/vg_regions_$split.json" \
-        --samples-per-shard 100 --workers 2
-    .venv/bin/x2vlm-shards build --prefix demo-video --output "$shards/video/$split" --media-root "$corpus/videos" \
-        --format video-jsonl --annotations "$ann/videos_$split.jsonl" --samples-per-shard 20 --workers 2
-done
-# RefCOCO names its splits train / val in one refs file.
-for split in train val; do
-    .venv/bin/x2vlm-shards build --prefix demo-region --output "$shards/region/${split/val/eval}" --media-root "$corpus/images" \
-        --format refcoco --annotations "$ann/refcoco/refs(unc).p" --refcoco-split "$split" \
-        --samples-per-shard 100 --workers 2
-done
-.venv/bin/x2vlm-shards verify "$shards/image/train" >/dev/null
-.venv/bin/python -m data_pipeline.text.demo_tokenizer --corpus "$corpus" --out "$out/tokenizer"
-
-# Pre-training: the tiny model, 2 CPU ranks, ZeRO-2, held-out evaluation every 100 steps.
+# Pre-training: the demo model, 2 CPU ranks, ZeRO-2, held-out evaluation every 100 steps.
 export DS_ACCELERATOR=cpu PATH="$PWD/.venv/bin:$PATH"
 train=$out/train
 rm -rf "$train"

@@ -135,6 +135,7 @@ def test_configuration_mistakes_stop_before_training(tmp_path, shards):
         (["--set", f"data.corpora.0.shards={tmp_path}/nowhere-{{000000..000003}}.tar"], 2, "nowhere-000000.tar"),
         (["--set", "optim.global_batch.image_text=9"], 2, "'optim.global_batch.image_text' = 9 cannot be split over 2 ranks"),
         (["--set", "data.image_res=96"], 2, "'vision.image_size' is 64 but data 'image_res' is 96"),
+        (["--set", "model.text.vocab_size=50"], 2, "has 80 tokens but the model's 'text.vocab_size' is 50"),
     ]
     for args, world, message in cases:
         codes, output = run_ranks(base, world, "--resume", "none", *args)

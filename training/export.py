@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="x2vlm-export",
         description="Write the consolidated fp32 weights (safetensors) and model config of a training "
                     "checkpoint, from any ZeRO stage, for fine-tuning or evaluation.")
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, e.g. runs/demo/train/checkpoints/step_00000300")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, e.g. runs/demo/train/checkpoints/step_00000400")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
     try:

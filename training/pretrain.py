@@ -92,6 +92,12 @@ def check_model_matches_data(model, data_spec, source: str) -> None:
         raise ConfigError(f"{source}: data 'patch_size' {data_spec.patch_size} gives a {data_grid}x{data_grid} patch "
                           f"grid but the vision tower has {model.vision.grid_size}x{model.vision.grid_size}; the "
                           f"region patch masks would not fit the vision tokens")
+    from transformers import AutoTokenizer
+
+    tokens = len(AutoTokenizer.from_pretrained(data_spec.text.tokenizer))
+    if tokens > model.config.text.vocab_size:
+        raise ConfigError(f"{source}: the tokenizer {data_spec.text.tokenizer} has {tokens} tokens but the model's "
+                          f"'text.vocab_size' is {model.config.text.vocab_size}; its ids would not fit the embeddings")
 
 
 def compute_dtype(precision: str) -> torch.dtype:
