@@ -40,7 +40,7 @@ def _demo_run_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_demo_run_learns_retrieval_and_grounding(tmp_path):
+def test_demo_run_learns_retrieval_and_grounding(tmp_path, capsys):
     subprocess.run(["bash", str(REPO_ROOT / "scripts/demo_data.sh"), str(tmp_path / "runs/demo")], check=True,
                    cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     config = _demo_run_config(tmp_path)
@@ -53,14 +53,15 @@ def test_demo_run_learns_retrieval_and_grounding(tmp_path):
     chance = 1 / final["image/images"]
     t2i_r1 = final["image/img_r1"]
     grounding, centre = final["region/grounding_acc"], final["region/centre_baseline_acc"]
-    print(f"\nlearning test after {final['step']} steps on {final['image/images']} held-out images, "
-          f"{final['image/texts']} texts, {final['region/queries']} grounding queries:\n"
-          f"  text->image R@1 {t2i_r1:.4f} = {t2i_r1 / chance:.1f}x chance ({chance:.4f}); "
-          f"R@5 {final['image/img_r5']:.4f}, R@10 {final['image/img_r10']:.4f}\n"
-          f"  image->text R@1 {final['image/txt_r1']:.4f}\n"
-          f"  grounding accuracy {grounding:.4f} = {grounding / centre:.1f}x the centre-box baseline ({centre:.4f}), "
-          f"mean IoU {final['region/mean_iou']:.4f}\n"
-          f"  video text->video R@1 {final['video/img_r1']:.4f} (chance {1 / final['video/videos']:.4f})",
-          file=sys.stderr)
+    with capsys.disabled():  # the figures belong in every test log, not only a failing one
+        print(f"\nlearning test after {final['step']} steps on {final['image/images']} held-out images, "
+              f"{final['image/texts']} texts, {final['region/queries']} grounding queries:\n"
+              f"  text->image R@1 {t2i_r1:.4f} = {t2i_r1 / chance:.1f}x chance ({chance:.4f}); "
+              f"R@5 {final['image/img_r5']:.4f}, R@10 {final['image/img_r10']:.4f}\n"
+              f"  image->text R@1 {final['image/txt_r1']:.4f}\n"
+              f"  grounding accuracy {grounding:.4f} = {grounding / centre:.1f}x the centre-box baseline ({centre:.4f}), "
+              f"mean IoU {final['region/mean_iou']:.4f}\n"
+              f"  video text->video R@1 {final['video/img_r1']:.4f} (chance {1 / final['video/videos']:.4f})",
+              file=sys.stderr)
     assert t2i_r1 >= 10 * chance
     assert grounding >= 2 * centre
