@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="x2vlm-pretrain",
@@ -7,6 +7,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["training", "training.*", "data_pipeline", "data_pipeline.*", "launch", "launch.*"]),
     package_data={"": ["*.yaml", "*.json"]},
+    # libjpeg-turbo region decoding for the loader (libjpeg-dev, in system-packages.txt)
+    ext_modules=[Extension("data_pipeline._jpeg_region", ["data_pipeline/_jpeg_region.c"], libraries=["jpeg"])],
     entry_points={
         "console_scripts": [
             "x2vlm-shards=data_pipeline.shards.cli:main",

@@ -2,19 +2,30 @@
 
 For JPEG the decoder is asked for a down-scaled image (draft mode: libjpeg's DCT scaling
 by 1/2, 1/4 or 1/8) whenever the crop would still cover the output size at that scale,
-which skips most of the decoding work for large images and small model inputs.
+which skips most of the decoding work for large images and small model inputs. And only
+the crop's rectangle (plus the resampling filter's reach) is decoded, by the small
+libjpeg-turbo binding in `_jpeg_region.c`: rows below it are not read and the inverse DCT
+runs only inside it. The pixels are exactly those of Pillow's whole-image decode, so the
+result does not depend on which path ran; other formats, CMYK JPEGs and builds without
+the binding take Pillow's path.
 """
 from __future__ import annotations
 
 import io
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .sample_meta import BadSample
+
+try:
+    from . import _jpeg_region
+except ImportError:  # built without the extension (no libjpeg headers): Pillow decodes
+    _jpeg_region = None
 
 # CLIP's normalisation, as X²-VLM uses.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,7 +36,26 @@ _STD = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
 MAX_PIXELS = 12000 * 12000
 
 
-def open_image(data: bytes) -> Image.Image:
+@dataclass
+class EncodedImage:
+    """An image whose header has been read and whose pixels have not."""
+    data: bytes
+    header: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.header.size
+
+    @property
+    def width(self) -> int:
+        return self.header.width
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+
+def open_image(data: bytes) -> EncodedImage:
     """Reads the header only; pixels are decoded by `crop_resize`."""
     try:
         with warnings.catch_warnings():
@@ -33,29 +63,69 @@ def open_image(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_PIXELS or image.width < 1 or image.height < 1:
             raise BadSample("image_size", f"{image.width}x{image.height}")
-        return image
+        return EncodedImage(data, image)
     except BadSample:
         raise
     except Exception as exn:  # PIL raises many types for a broken file
         raise BadSample("image_decode", f"{type(exn).__name__}: {exn}") from None
 
 
-def crop_resize(image: Image.Image, box: tuple[float, float, float, float], size: tuple[int, int]) -> Image.Image:
+def draft_scale(image_size: tuple[int, int], crop_size: tuple[float, float], size: tuple[int, int]) -> int:
+    """The DCT down-scaling (1, 2, 4 or 8) Pillow's draft mode picks for a crop of
+    `crop_size` to be resized to `size`: the largest at which the crop keeps >= size pixels."""
+    (width, height), (w, h) = image_size, crop_size
+    wanted = (math.ceil(width * size[0] / w), math.ceil(height * size[1] / h))
+    if wanted[0] >= width or wanted[1] >= height:
+        return 1
+    most = min(width // wanted[0], height // wanted[1])
+    return next(scale for scale in (8, 4, 2, 1) if scale <= most)
+
+
+def crop_resize(image: EncodedImage, box: tuple[float, float, float, float], size: tuple[int, int],
+                region_decode: bool = True) -> Image.Image:
     """Decodes `image` (from `open_image`), crops `box` (x, y, w, h in its pixels) and
-    resizes the crop to `size` with bicubic filtering."""
-    width, height = image.size
+    resizes the crop to `size` with bicubic filtering. `region_decode=False` forces
+    Pillow's whole-image decode (the reference the region decoder is tested against)."""
+    header = image.header
+    width, height = header.size
     x, y, w, h = box
+    is_jpeg = header.format == "JPEG"
+    scale = draft_scale(header.size, (w, h), size) if is_jpeg else 1
+    if is_jpeg and region_decode and _jpeg_region is not None and header.mode in ("RGB", "L"):
+        return _region_crop_resize(image.data, header.size, box, size, scale)
     try:
-        if image.format == "JPEG":
-            # Ask for the smallest scale at which the crop still has >= size pixels.
-            wanted = (math.ceil(width * size[0] / w), math.ceil(height * size[1] / h))
-            if wanted[0] < width and wanted[1] < height:
-                image.draft("RGB", wanted)
-        rgb = image.convert("RGB")
+        if scale > 1:
+            header.draft("RGB", (width // scale, height // scale))  # Pillow then picks `scale`
+        header.load()
+        rgb = header if header.mode == "RGB" else header.convert("RGB")
     except Exception as exn:
         raise BadSample("image_decode", f"{type(exn).__name__}: {exn}") from None
     sx, sy = rgb.width / width, rgb.height / height
     return rgb.resize(size, Image.BICUBIC, box=(x * sx, y * sy, (x + w) * sx, (y + h) * sy))
+
+
+def _region_crop_resize(data: bytes, image_size: tuple[int, int], box: tuple[float, float, float, float],
+                        size: tuple[int, int], scale: int) -> Image.Image:
+    width, height = image_size
+    x, y, w, h = box
+    # libjpeg's scaled size, as Pillow's draft mode gets it
+    scaled_w, scaled_h = math.ceil(width / scale), math.ceil(height / scale)
+    sx, sy = scaled_w / width, scaled_h / height
+    left, top, right, bottom = x * sx, y * sy, (x + w) * sx, (y + h) * sy
+    # Bicubic resampling reads up to 2 source pixels per output pixel beyond the box edge.
+    reach_x = math.ceil(2 * max(1.0, (right - left) / size[0])) + 1
+    reach_y = math.ceil(2 * max(1.0, (bottom - top) / size[1])) + 1
+    x0, y0 = max(0, math.floor(left) - reach_x), max(0, math.floor(top) - reach_y)
+    x1, y1 = min(scaled_w, math.ceil(right) + reach_x), min(scaled_h, math.ceil(bottom) + reach_y)
+    try:
+        pixels, ox, oy, ow, oh = _jpeg_region.decode_region(
+            data, x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale, scale)
+    except _jpeg_region.UnsupportedColour:
+        return crop_resize(EncodedImage(data, Image.open(io.BytesIO(data))), box, size, region_decode=False)
+    except Exception as exn:
+        raise BadSample("image_decode", f"{type(exn).__name__}: {exn}") from None
+    rgb = Image.frombuffer("RGB", (ow, oh), pixels, "raw", "RGB", 0, 1)
+    return rgb.resize(size, Image.BICUBIC, box=(left - ox, top - oy, right - ox, bottom - oy))
 
 
 def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:

@@ -35,7 +35,7 @@ else
     install_system_packages system-packages.txt
 fi
 
-stamp_value=$(cat requirements.txt requirements-simd.txt setup.py system-packages.txt | sha256sum | cut -c1-16)
+stamp_value=$(cat requirements.txt requirements-simd.txt setup.py data_pipeline/_jpeg_region.c system-packages.txt | sha256sum | cut -c1-16)
 stamp_file="$venv/.x2vlm-installed"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
     exit 0

@@ -115,3 +115,32 @@ def test_encoder_masks_whole_words_with_demo_vocabulary(demo_tokenizer):
                 assert i - 1 in chosen
             if i + 1 < len(pieces) and pieces[i + 1].startswith("##"):
                 assert i + 1 in chosen
+
+
+def byte_level_bpe_tokenizer(texts: list[str], out) -> str:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=specials)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                      pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    wrapped.save_pretrained(out)
+    return str(out)
+
+
+def test_encoder_tokenises_as_the_transformers_tokenizer(demo_tokenizer, tmp_path):
+    # The encoder calls the Rust tokenizer directly; the ids must be the wrapper's.
+    texts = ["A large red circle, moving upward!", "the small blue square left of the star",
+             "Ünïcode café naïve — dash", "x" * 90, "two  spaces\tand tab"]
+    bpe = byte_level_bpe_tokenizer(texts * 3, tmp_path / "bpe")
+    for path in (str(demo_tokenizer), bpe):
+        encoder = TextEncoder(TextSpec(path, max_tokens=40))
+        for text in texts:
+            cleaned = clean_caption(text, 30)
+            expected = encoder.tokenizer(cleaned, add_special_tokens=False)["input_ids"][:38]
+            out = encoder.encode(text, random.Random(0))
+            n = int(out["text_mask"].sum())
+            assert out["text_ids"][1:n - 1].tolist() == expected, (path, text)
+            assert out["text_ids"][0] == encoder.cls_id and out["text_ids"][n - 1] == encoder.sep_id

@@ -230,7 +230,7 @@ def test_jpeg_draft_decoding_matches_full_decoding():
     assert drafted.shape == (64, 64, 3)
     assert np.abs(drafted - full).mean() < 4.0
     # And the draft really decoded at a reduced scale.
-    probe = open_image(data)
+    probe = Image.open(io.BytesIO(data))
     probe.draft("RGB", (int(640 * 64 / 480) + 1, int(480 * 64 / 400) + 1))
     assert probe.size[0] < 640
 

@@ -28,6 +28,11 @@ class TextEncoder:
         self.spec = spec
         self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
         t = self.tokenizer
+        if not t.is_fast:
+            raise ValueError(f"text.tokenizer: {spec.tokenizer} has no fast (tokenizers) version; the loader needs one")
+        # The Rust tokenizer itself: the transformers wrapper costs more per call than the
+        # tokenising, and its Encoding already carries the tokens the masking needs.
+        self.backend = t.backend_tokenizer
         if t.mask_token_id is None or t.pad_token_id is None:
             raise ValueError(f"text.tokenizer: {spec.tokenizer} has no mask or pad token; MLM needs both")
         self.cls_id = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
@@ -43,10 +48,11 @@ class TextEncoder:
             text = clean_caption(caption, self.spec.max_words)
         except BadText as exn:
             raise BadSample("bad_text", str(exn)) from None
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.spec.max_tokens - 2]
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        ids = encoding.ids[: self.spec.max_tokens - 2]
         if not ids:
             raise BadSample("bad_text", f"caption has no tokens: {caption!r}")
-        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        tokens = encoding.tokens[: len(ids)]
         word_start = [True] + [self.is_word_start(tok, i) for i, tok in enumerate(tokens)] + [True]
         ids = [self.cls_id] + ids + [self.sep_id]
         mlm_ids, labels = mask_tokens(ids, word_start, rng, self.masking, self.mask_id, self.random_ids)
