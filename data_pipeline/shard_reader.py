@@ -14,9 +14,10 @@ import urllib.request
 from typing import Iterator
 
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from .counters import Counters
+from .tar_stream import tar_members
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def raw_samples(url: str) -> Iterator[dict]:
     """Every sample of the shard in stored order; errors propagate."""
     stream = open_shard(url)
     try:
-        files = ({**member, "__url__": url} for member in tar_file_iterator(stream))
+        files = ({"fname": name, "data": data, "__url__": url} for name, data in tar_members(stream))
         yield from group_by_keys(files)
     finally:
         stream.close()
