@@ -5,8 +5,11 @@ then, in this one process with one torch thread (= one loader worker), measures
 samples/s through the whole per-sample path: tar reading, shuffle, decode, transforms,
 tokenising (and MLM masking for ours), batching.
 
-  image-text 224  ours: draft-mode JPEG decode, RandomResizedCrop(0.2-1) + flip +
-                  RandAugment(2, 7) + CLIP norm, caption cleaning, tokens, MLM masks
+  image-text 224  ours: one-pass tar reader, JPEG decode of the crop's rectangle only
+                  (at a DCT scale when it covers 224), RandomResizedCrop(0.2-1) + flip +
+                  RandAugment(2, 7), caption cleaning, tokens, MLM masks; batches of
+                  uint8 pixels (CLIP normalisation is the vision tower's first step, on
+                  the GPU)
                   baseline (open_clip's get_wds_dataset): webdataset decode("pilrgb"),
                   torchvision RandomResizedCrop(224, scale 0.9-1, bicubic), ToTensor,
                   Normalize, tokenizer

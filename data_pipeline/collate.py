@@ -1,5 +1,8 @@
-"""Per-kind batching of transformed samples into the tensors the model reads. Images
-arrive as uint8 and leave normalised (CLIP mean and std) as float32.
+"""Per-kind batching of transformed samples into the tensors the model reads.
+
+Images and frames stay uint8: a quarter of the bytes to pass between processes and to
+the GPU, and no per-pixel float work on the loader's cores. The vision tower normalises
+them (CLIP mean and std) on the device as its first step.
 
 Region batches are ragged on purpose: B images carry R >= B region texts, each pointing
 at its image through `image_index`; nothing is padded with duplicated pairs, which would
@@ -10,9 +13,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .image_decode import normalise
-
 TEXT_FIELDS = ("text_ids", "text_mask", "mlm_ids", "mlm_labels")
+
+
+def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """(3, H, W) uint8 views of (H, W, 3) pixels -> (B, 3, H, W), stored channels-last:
+    stacking the pixels as decoded is a plain copy, where a (3, H, W) layout is a
+    transposing one."""
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -20,19 +28,19 @@ def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_image_text(samples: list[dict]) -> dict:
-    return {"images": normalise(torch.stack([s["image"] for s in samples])), **_stack_text(samples),
+    return {"images": _stack_images([s["image"] for s in samples]), **_stack_text(samples),
             "keys": [s["key"] for s in samples]}
 
 
 def collate_video_text(samples: list[dict]) -> dict:
-    return {"frames": normalise(torch.stack([s["frames"] for s in samples])), **_stack_text(samples),
+    return {"frames": torch.stack([s["frames"] for s in samples]), **_stack_text(samples),
             "keys": [s["key"] for s in samples]}
 
 
 def collate_region(samples: list[dict]) -> dict:
     counts = [len(s["text_ids"]) for s in samples]
     image_index = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
-    batch = {"images": normalise(torch.stack([s["image"] for s in samples])), "image_index": image_index}
+    batch = {"images": _stack_images([s["image"] for s in samples]), "image_index": image_index}
     for name in TEXT_FIELDS:
         batch[name] = torch.from_numpy(np.concatenate([s[name] for s in samples]))
     batch["boxes"] = torch.from_numpy(np.concatenate([s["boxes"] for s in samples]))

@@ -136,5 +136,5 @@ def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 with CLIP mean and std."""
-    return images.float().sub_(_MEAN).div_(_STD)
+    """uint8 (..., 3, H, W) -> float32 with CLIP mean and std, on the images' device."""
+    return images.float().sub_(_MEAN.to(images.device)).div_(_STD.to(images.device))

@@ -53,6 +53,23 @@ def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin
         torch.testing.assert_close(tokens[:, 0], tokens[:, 1:].mean(dim=1))
 
 
+def test_vision_tower_normalises_uint8_pixels_as_the_plain_path():
+    from data_pipeline.collate import collate_image_text
+    from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD
+    from training.model.config import VisionConfig
+    from training.model.vision import VisionTower
+
+    torch.manual_seed(0)
+    config = VisionConfig("vit_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2})
+    tower = VisionTower(config).eval()
+    hwc = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    text = {name: torch.zeros(4, dtype=torch.int64).numpy() for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
+    batch = collate_image_text([{"image": image.permute(2, 0, 1), **text, "key": str(i)} for i, image in enumerate(hwc)])
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    plain = (hwc.permute(0, 3, 1, 2).double() / 255 - mean.double()) / std.double()  # independent of `normalise`
+    torch.testing.assert_close(tower(batch["images"]), tower(plain.float().contiguous()))
+
+
 def test_attention_is_masked_softmax_attention():
     torch.manual_seed(0)
     attention = QueryKeyValue(width=4, key_value_width=6, num_heads=2, dropout=0.0)

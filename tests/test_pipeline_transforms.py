@@ -235,20 +235,25 @@ def test_jpeg_draft_decoding_matches_full_decoding():
     assert probe.size[0] < 640
 
 
-def test_collate_normalises_and_keeps_region_texts_ragged():
+def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
     from data_pipeline.collate import collate_image_text, collate_region
+    from data_pipeline.image_decode import normalise
 
     def texts(n):
         return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
 
+    # (3, H, W) views of (H, W, 3) pixels, as the transforms make them
+    pixels = [torch.arange(i * 18, i * 18 + 18, dtype=torch.uint8).view(2, 3, 3) for i in range(2)]
+    images = [p.permute(2, 0, 1) for p in pixels]
+    batch = collate_image_text([{"image": images[0], **{k: v[0] for k, v in texts(1).items()}, "key": "a"},
+                                {"image": images[1], **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
+    assert batch["images"].dtype == torch.uint8 and batch["keys"] == ["a", "b"]
+    assert torch.equal(batch["images"], torch.stack(images))
     white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
-    black = torch.zeros((3, 2, 2), dtype=torch.uint8)
-    batch = collate_image_text([{"image": white, **{k: v[0] for k, v in texts(1).items()}, "key": "w"},
-                                {"image": black, **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
-    assert batch["images"].dtype == torch.float32 and batch["keys"] == ["w", "b"]
+    normalised = normalise(torch.stack([white, torch.zeros_like(white)]))
     for c in range(3):
-        assert torch.allclose(batch["images"][0, c], torch.tensor((1 - CLIP_MEAN[c]) / CLIP_STD[c]))
-        assert torch.allclose(batch["images"][1, c], torch.tensor(-CLIP_MEAN[c] / CLIP_STD[c]))
+        assert torch.allclose(normalised[0, c], torch.tensor((1 - CLIP_MEAN[c]) / CLIP_STD[c]))
+        assert torch.allclose(normalised[1, c], torch.tensor(-CLIP_MEAN[c] / CLIP_STD[c]))
     regions = [{"image": white, **texts(n), "boxes": np.zeros((n, 4), np.float32),
                 "patch_mask": np.ones((n, 17), bool), "key": f"r{n}"} for n in (3, 1, 2)]
     batch = collate_region(regions)

@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from data_pipeline.image_decode import normalise
 from training.model.checkpoint_files import read_state_dict
 from training.model.config import VisionConfig
 
@@ -40,6 +41,8 @@ class VisionTower(nn.Module):
         return features[:, self.num_prefix_tokens:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:  # the training loader's pixels, normalised here on the device
+            images = normalise(images)
         # Engines that keep the weights in bf16 (DeepSpeed bf16) receive fp32 pixels from the loader.
         images = images.to(self.trunk.patch_embed.proj.weight.dtype)
         patches = self._patch_tokens(self.trunk.forward_features(images))
