@@ -70,7 +70,8 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
         if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
             unsupported = 1;
         } else {
-            cinfo.out_color_space = JCS_RGB;
+            /* RGBX is Pillow's own layout for RGB: the rows become an image without a copy */
+            cinfo.out_color_space = JCS_EXT_RGBX;
             cinfo.scale_num = 1;
             cinfo.scale_denom = (unsigned int)denom;
             jpeg_start_decompress(&cinfo);
@@ -99,7 +100,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
             out_height = y1 - y0;
             if (out_top > 0)
                 jpeg_skip_scanlines(&cinfo, out_top);
-            size_t stride = (size_t)out_width * 3;
+            size_t stride = (size_t)out_width * 4;
             pixels = (unsigned char *)malloc(stride * out_height);
             if (pixels != NULL) {
                 JDIMENSION row = 0;
@@ -124,7 +125,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
         return PyErr_Format(UnsupportedColour, "CMYK/YCCK JPEG");
     if (pixels == NULL)
         return PyErr_NoMemory();
-    result = Py_BuildValue("(y#IIII)", (const char *)pixels, (Py_ssize_t)out_width * 3 * out_height,
+    result = Py_BuildValue("(y#IIII)", (const char *)pixels, (Py_ssize_t)out_width * 4 * out_height,
                            out_left, out_top, out_width, out_height);
     free(pixels);
     return result;
@@ -132,9 +133,9 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"decode_region", decode_region, METH_VARARGS,
-     "decode_region(data, left, top, width, height, scale_denom) -> (rgb, x, y, w, h)\n\n"
+     "decode_region(data, left, top, width, height, scale_denom) -> (rgbx, x, y, w, h)\n\n"
      "Decodes the rectangle (left, top, width, height), in full-size pixels, of the JPEG in\n"
-     "`data` at 1/scale_denom size. Returns packed RGB rows and where they lie in the\n"
+     "`data` at 1/scale_denom size. Returns RGBX rows (X = 255) and where they lie in the\n"
      "scaled image: x, y, w, h (columns are widened to the JPEG's block boundaries)."},
     {NULL, NULL, 0, NULL},
 };

@@ -64,7 +64,9 @@ def test_decoded_region_is_exactly_the_whole_image_decode_there(variants, scale)
                                                          (0, HEIGHT - 40, 30, 40), (500, 0, 16, 16)]
         for left, top, w, h in boxes:
             pixels, x, y, ow, oh = image_decode._jpeg_region.decode_region(data, left, top, w, h, scale)
-            window = np.frombuffer(pixels, np.uint8).reshape(oh, ow, 3)
+            window = np.frombuffer(pixels, np.uint8).reshape(oh, ow, 4)
+            assert (window[..., 3] == 255).all()
+            window = window[..., :3]
             # the asked-for rectangle, in scaled pixels, lies inside the window ...
             x0, y0 = left // scale, top // scale
             x1, y1 = min(whole.shape[1], -(-(left + w) // scale)), min(whole.shape[0], -(-(top + h) // scale))
