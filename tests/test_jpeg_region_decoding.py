@@ -127,3 +127,20 @@ def test_broken_jpegs_fail_or_pass_as_with_pillow(variants):
     assert np.abs(outputs[0] - outputs[1]).max() <= 2
     with pytest.raises(ValueError, match="scale denominator"):
         image_decode._jpeg_region.decode_region(data, 0, 0, 10, 10, 3)
+
+
+def test_jpeg_frame_header_gives_pillows_size_and_bands(variants):
+    image = photo_like()
+    exif = Image.Exif()
+    exif[0x010E] = "a description long enough to matter " * 20  # an APP1 segment before the frame
+    cases = dict(variants, cmyk=jpeg(image.convert("CMYK")), exif=jpeg(image, exif=exif.tobytes()),
+                 small=jpeg(image.resize((17, 5))))
+    for name, data in cases.items():
+        opened, reference = open_image(data), Image.open(io.BytesIO(data))
+        assert opened.size == reference.size and opened.format == "JPEG", name
+        assert opened.components == len(reference.getbands()), name
+    data = variants["4:2:0"]
+    for broken in (data[:2] + b"\x00" * 50, data[:100]):  # no marker; cut before the frame header
+        with pytest.raises(BadSample) as caught:
+            open_image(broken)
+        assert caught.value.reason == "image_decode"
