@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -182,6 +182,13 @@ def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
+@lru_cache(maxsize=None)
+def _mean_std_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Once per device: a copy to the GPU in every step would wait for the stream.
+    return _MEAN.to(device), _STD.to(device)
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 with CLIP mean and std, on the images' device."""
-    return images.float().sub_(_MEAN.to(images.device)).div_(_STD.to(images.device))
+    mean, std = _mean_std_on(images.device)
+    return images.float().sub_(mean).div_(std)

@@ -19,7 +19,8 @@ from typing import BinaryIO, Iterator
 
 BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")
-SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"g")  # links, devices, directories, FIFOs, global pax
+# links, devices, directories, FIFOs, global pax headers, GNU long link names
+SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"g", b"K")
 WEBDATASET_META = re.compile(r"__[^/]*__($|/)")  # webdataset skips these names; so does this
 
 
@@ -83,8 +84,11 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 def _decompressed(stream: BinaryIO) -> BinaryIO:
-    head = stream.read(6)
-    whole = io.BufferedReader(_Prepended(head, stream), buffer_size=1 << 16)
+    if hasattr(stream, "peek"):  # files and HTTP responses: look without consuming
+        head, whole = stream.peek(6)[:6], stream
+    else:  # pipes: read, then put back in front (a copy per read, so only here)
+        head = stream.read(6)
+        whole = io.BufferedReader(_Prepended(head, stream), buffer_size=1 << 16)
     if head.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=whole)
     if head.startswith(b"BZh"):
@@ -127,7 +131,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 _read_exactly(stream, padded, name)
             if not WEBDATASET_META.match(name):
                 yield name, data
-        elif kind in SKIPPED or kind == b"K":
+        elif kind in SKIPPED:
             _read_exactly(stream, size + padded, "a skipped member")
         else:
             raise TarFormatError(f"unknown tar member type {kind!r}")

@@ -117,3 +117,14 @@ def pipeline_shards(demo_corpus, tmp_path_factory) -> dict[str, list[Path]]:
         "vg": write_shards(vg_samples(demo_corpus), out, "vg", 4),
         "webvid": write_shards(video_samples(demo_corpus), out, "webvid", 4),
     }
+
+
+@pytest.fixture(scope="module")
+def mixed_spec(demo_tokenizer, pipeline_shards):
+    """All three kinds over the pipeline shards, video on every other step."""
+    return data_spec(demo_tokenizer, [
+        {"name": "coco", "kind": "image_text", "shards": [str(p) for p in pipeline_shards["coco"]], "batch_size": 4},
+        {"name": "vg", "kind": "region", "shards": [str(p) for p in pipeline_shards["vg"]], "batch_size": 3},
+        {"name": "webvid", "kind": "video_text", "shards": [str(p) for p in pipeline_shards["webvid"]],
+         "batch_size": 2},
+    ], kinds={"video_text": {"ratio": 0.5}})

@@ -9,21 +9,11 @@ from collections import Counter, defaultdict
 import pytest
 
 from data_pipeline.mixer import MixedLoader
-from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, pipeline_shards,  # noqa: F401  (fixtures)
-                              vg_samples, video_samples)
+from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, mixed_spec,  # noqa: F401  (fixtures)
+                              pipeline_shards, vg_samples, video_samples)
 from test_pipeline_resume import assert_same_steps
 
 OLD_WORLD, OLD_WORKERS = 2, 2
-
-
-@pytest.fixture(scope="module")
-def mixed_spec(demo_tokenizer, pipeline_shards):
-    return data_spec(demo_tokenizer, [
-        {"name": "coco", "kind": "image_text", "shards": [str(p) for p in pipeline_shards["coco"]], "batch_size": 4},
-        {"name": "vg", "kind": "region", "shards": [str(p) for p in pipeline_shards["vg"]], "batch_size": 3},
-        {"name": "webvid", "kind": "video_text", "shards": [str(p) for p in pipeline_shards["webvid"]],
-         "batch_size": 2},
-    ], kinds={"video_text": {"ratio": 0.5}})
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,9 @@ import torch
 
 from data_pipeline.mixer import MixedLoader
 from data_pipeline.transforms import image_text
-from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, pipeline_shards  # noqa: F401  (fixtures)
+from pipeline_helpers import coco_samples, demo_tokenizer, mixed_spec, pipeline_shards  # noqa: F401  (fixtures)
 
 WORLD, WORKERS = 2, 2
-
-
-@pytest.fixture(scope="module")
-def mixed_spec(demo_tokenizer, pipeline_shards):
-    return data_spec(demo_tokenizer, [
-        {"name": "coco", "kind": "image_text", "shards": [str(p) for p in pipeline_shards["coco"]], "batch_size": 4},
-        {"name": "vg", "kind": "region", "shards": [str(p) for p in pipeline_shards["vg"]], "batch_size": 3},
-        {"name": "webvid", "kind": "video_text", "shards": [str(p) for p in pipeline_shards["webvid"]],
-         "batch_size": 2},
-    ], kinds={"video_text": {"ratio": 0.5}})
 
 
 def assert_same_steps(expected: list[dict], actual: list[dict]) -> None:

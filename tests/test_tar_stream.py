@@ -56,6 +56,8 @@ def test_members_are_those_tarfile_reads(fmt):
     link.type, link.linkname = tarfile.SYMTYPE, "sample_0000.jpg"
     data = archive(entries, fmt, extra=(directory, link))
     assert list(tar_members(io.BytesIO(data))) == reference(data) == entries
+    # a stream that can peek (a local file) is read without the put-back wrapper
+    assert list(tar_members(io.BufferedReader(io.BytesIO(data)))) == entries
 
 
 def test_webdataset_writer_shards_and_meta_names():
@@ -74,7 +76,8 @@ def test_webdataset_writer_shards_and_meta_names():
 @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
 def test_compressed_shards(compress):
     data = archive(members(), tarfile.PAX_FORMAT)
-    assert list(tar_members(io.BytesIO(compress(data)))) == members()
+    for stream in (io.BytesIO(compress(data)), io.BufferedReader(io.BytesIO(compress(data)))):
+        assert list(tar_members(stream)) == members()
 
 
 def test_large_sizes_in_base_256():
