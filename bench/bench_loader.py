@@ -19,7 +19,7 @@ tokenising (and MLM masking for ours), batching.
                   baseline: webdataset + PyAV decoding every frame, torchvision
                   transforms on 3 of them
 
-    python bench/bench_loader.py [--seconds 8] [--out /tmp/x2vlm-bench]
+    python bench/bench_loader.py [--seconds 16] [--slices 8] [--out /tmp/x2vlm-bench]
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -108,14 +109,15 @@ def write_bench_shards(out: Path, images: int, large_images: int, videos: int) -
     return info
 
 
-def ours(shards: list[str], info: dict, kind: str, seconds: float) -> float:
+def ours(shards: list[str], info: dict, kind: str) -> Iterator[int]:
+    """Batch sizes of this project's loader, forever."""
     spec = parse_data_spec({
         "seed": 0, "image_res": 224, "patch_size": 16, "text": {"tokenizer": info["tokenizer"]},
         "loader": {"num_workers": 1, "shuffle_buffer": 256},
         "corpora": [{"name": "bench", "kind": kind, "shards": shards, "batch_size": 16}]})
     corpus = spec.corpora[0]
     stream = CorpusStream(corpus, shards, spec, 0, 1, 0, 1, build_transform(corpus, spec))
-    return measure((len(b["keys"]) for b, _ in stream.batches_with_state()), seconds)
+    return (len(b["keys"]) for b, _ in stream.batches_with_state())
 
 
 def clip_image_transform():
@@ -123,7 +125,7 @@ def clip_image_transform():
                       lambda image: image.convert("RGB"), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
-def baseline_images(shards: list[str], info: dict, seconds: float) -> float:
+def baseline_images(shards: list[str], info: dict) -> Iterator[int]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(info["tokenizer"])
@@ -133,7 +135,7 @@ def baseline_images(shards: list[str], info: dict, seconds: float) -> float:
     dataset = (wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, empty_check=False)
                .repeat().shuffle(256).decode("pilrgb").rename(image="jpg;png;jpeg;webp", text="txt")
                .map_dict(image=preprocess, text=tokenize).to_tuple("image", "text").batched(16))
-    return measure((len(images) for images, _ in dataset), seconds)
+    return (len(images) for images, _ in dataset)
 
 
 def pyav_frames(data: bytes) -> list[Image.Image]:
@@ -141,7 +143,7 @@ def pyav_frames(data: bytes) -> list[Image.Image]:
         return [frame.to_image() for frame in container.decode(video=0)]
 
 
-def baseline_videos(info: dict, seconds: float) -> float:
+def baseline_videos(info: dict) -> Iterator[int]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(info["tokenizer"])
@@ -156,22 +158,31 @@ def baseline_videos(info: dict, seconds: float) -> float:
                                       max_length=40, return_tensors="pt")["input_ids"][0]
     dataset = (wds.WebDataset(info["videos"], shardshuffle=False, nodesplitter=None, empty_check=False)
                .repeat().shuffle(64).map_dict(mp4=frames, txt=tokenize).to_tuple("mp4", "txt").batched(16))
-    return measure((len(clips) for clips, _ in dataset), seconds)
+    return (len(clips) for clips, _ in dataset)
 
 
-def measure(batches, seconds: float) -> float:
-    """Samples per second after a warm-up of two batches."""
-    for _ in range(2):
-        next(batches)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        count += next(batches)
-    return count / (time.perf_counter() - start)
+def measure_pair(mine: Iterator[int], base: Iterator[int], seconds: float, slices: int) -> tuple[float, float]:
+    """Samples/s of both loaders, each warmed up by two batches, then run in alternating
+    slices of seconds / slices / 2: a drift in the machine's speed (shared hosts) then
+    touches both alike instead of skewing the ratio."""
+    counts, times = [0, 0], [0.0, 0.0]
+    for batches in (mine, base):
+        for _ in range(2):
+            next(batches)
+    for _ in range(slices):
+        for i, batches in enumerate((mine, base)):
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds / slices / 2:
+                counts[i] += next(batches)
+            times[i] += time.perf_counter() - start
+    return counts[0] / times[0], counts[1] / times[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per configuration")
+    parser.add_argument("--seconds", type=float, default=16.0,
+                        help="measuring time per configuration, ours and the baseline together")
+    parser.add_argument("--slices", type=int, default=8, help="alternations between ours and the baseline")
     parser.add_argument("--out", type=Path, default=Path("/tmp/x2vlm-bench"), help="where the bench shards go")
     parser.add_argument("--images", type=int, default=512, help="640x480 images")
     parser.add_argument("--large-images", type=int, default=192, help="1280x960 images")
@@ -179,18 +190,17 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)  # one loader worker = one core
     info = write_bench_shards(args.out, args.images, args.large_images, args.videos)
-    print(f"one worker, one thread; {args.seconds:.0f} s per measurement; samples/s")
+    print(f"one worker, one thread; {args.seconds:.0f} s per configuration in {args.slices} alternations; samples/s")
     small, large, videos = info["images"], info["large_images"], info["videos"]
-    rows = [
-        ("image-text 224, JPEG 640x480", ours(small, info, "image_text", args.seconds),
-         baseline_images(small, info, args.seconds)),
-        ("image-text 224, JPEG 1280x960", ours(large, info, "image_text", args.seconds),
-         baseline_images(large, info, args.seconds)),
-        ("region 224, JPEG 640x480", ours(small, info, "region", args.seconds),
-         baseline_images(small, info, args.seconds)),
-        ("video 3x224, MP4 256x256", ours(videos, info, "video_text", args.seconds),
-         baseline_videos(info, args.seconds)),
+    configurations = [
+        ("image-text 224, JPEG 640x480", lambda: ours(small, info, "image_text"),
+         lambda: baseline_images(small, info)),
+        ("image-text 224, JPEG 1280x960", lambda: ours(large, info, "image_text"),
+         lambda: baseline_images(large, info)),
+        ("region 224, JPEG 640x480", lambda: ours(small, info, "region"), lambda: baseline_images(small, info)),
+        ("video 3x224, MP4 256x256", lambda: ours(videos, info, "video_text"), lambda: baseline_videos(info)),
     ]
+    rows = [(name, *measure_pair(mine(), base(), args.seconds, args.slices)) for name, mine, base in configurations]
     print(f"{'':32}{'ours':>10}{'open_clip-style':>18}{'ratio':>8}")
     for name, mine, base in rows:
         print(f"{name:32}{mine:10.1f}{base:18.1f}{mine / base:8.2f}")

@@ -35,7 +35,12 @@ else
     install_system_packages system-packages.txt
 fi
 
-stamp_value=$(cat requirements.txt requirements-simd.txt setup.py data_pipeline/_jpeg_region.c system-packages.txt | sha256sum | cut -c1-16)
+# pillow-simd's AVX2 code paths are compiled only when asked for; its resampling and
+# blending then run 1.4x and 3.5x faster than with the default SSE4 build.
+simd_flags=""
+grep -qw avx2 /proc/cpuinfo 2>/dev/null && simd_flags="-mavx2"
+stamp_value=$( (cat requirements.txt requirements-simd.txt setup.py data_pipeline/_jpeg_region.c system-packages.txt;
+                echo "$simd_flags") | sha256sum | cut -c1-16)
 stamp_file="$venv/.x2vlm-installed"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
     exit 0
@@ -53,10 +58,13 @@ say "installing the pinned packages into .venv (from nothing: a few minutes)"
 quiet_pip install -r requirements.txt
 # pillow-simd replaces pillow; torchvision depends on pillow, so the swap comes last, and is
 # redone whenever plain pillow came back or the SIMD build is missing.
-if "${pip[@]}" show pillow >/dev/null 2>&1 || ! "$venv/bin/python" scripts/check_pillow_simd.py >/dev/null 2>&1; then
+simd_stamp="$venv/.x2vlm-pillow-simd-flags"
+if "${pip[@]}" show pillow >/dev/null 2>&1 || ! "$venv/bin/python" scripts/check_pillow_simd.py >/dev/null 2>&1 \
+        || [ "$(cat "$simd_stamp" 2>/dev/null)" != "build:$simd_flags" ]; then
     "${pip[@]}" uninstall -y pillow >/dev/null 2>&1 || true
     # No wheel cache: a wheel built before the WebP headers were installed would lack WebP.
-    quiet_pip install --no-deps --force-reinstall --no-cache-dir -r requirements-simd.txt
+    CC="${CC:-cc} $simd_flags" quiet_pip install --no-deps --force-reinstall --no-cache-dir -r requirements-simd.txt
+    echo "build:$simd_flags" > "$simd_stamp"
 fi
 quiet_pip install --no-deps -e .
 "$venv/bin/python" scripts/check_pillow_simd.py
