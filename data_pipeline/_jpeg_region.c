@@ -52,8 +52,8 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
     struct jpeg_decompress_struct cinfo;
     struct region_error err;
     /* volatile: both are read after a longjmp back into this frame */
-    unsigned char *volatile pixels = NULL;
-    PyObject *volatile result = NULL;
+    PyObject *volatile rows = NULL; /* the decoded RGBX rows, a bytes object written in place */
+    int no_memory = 0;
     int unsupported = 0;
     JDIMENSION out_left = 0, out_width = 0, out_top = 0, out_height = 0;
 
@@ -101,8 +101,15 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
             if (out_top > 0)
                 jpeg_skip_scanlines(&cinfo, out_top);
             size_t stride = (size_t)out_width * 4;
-            pixels = (unsigned char *)malloc(stride * out_height);
-            if (pixels != NULL) {
+            /* Decoding straight into the bytes object spares a copy of every pixel; creating
+             * it needs the interpreter for a moment. */
+            Py_BLOCK_THREADS
+            rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(stride * out_height));
+            Py_UNBLOCK_THREADS
+            if (rows == NULL) {
+                no_memory = 1;
+            } else {
+                unsigned char *pixels = (unsigned char *)PyBytes_AS_STRING(rows);
                 JDIMENSION row = 0;
                 while (row < out_height) {
                     JSAMPROW rowp = pixels + stride * row;
@@ -118,17 +125,14 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
 
     PyBuffer_Release(&data);
     if (err.message[0]) {
-        free(pixels);
+        Py_XDECREF(rows);
         return PyErr_Format(PyExc_ValueError, "JPEG: %s", err.message);
     }
     if (unsupported)
         return PyErr_Format(UnsupportedColour, "CMYK/YCCK JPEG");
-    if (pixels == NULL)
-        return PyErr_NoMemory();
-    result = Py_BuildValue("(y#IIII)", (const char *)pixels, (Py_ssize_t)out_width * 4 * out_height,
-                           out_left, out_top, out_width, out_height);
-    free(pixels);
-    return result;
+    if (no_memory)
+        return NULL; /* PyBytes_FromStringAndSize set MemoryError */
+    return Py_BuildValue("(NIIII)", rows, out_left, out_top, out_width, out_height);
 }
 
 static PyMethodDef methods[] = {

@@ -126,8 +126,9 @@ def draft_scale(image_size: tuple[int, int], crop_size: tuple[float, float], siz
 def crop_resize(image: EncodedImage, box: tuple[float, float, float, float], size: tuple[int, int],
                 region_decode: bool = True) -> Image.Image:
     """Decodes `image` (from `open_image`), crops `box` (x, y, w, h in its pixels) and
-    resizes the crop to `size` with bicubic filtering. `region_decode=False` forces
-    Pillow's whole-image decode (the reference the region decoder is tested against)."""
+    resizes the crop to `size` with bicubic filtering, to an RGB or RGBX image (whose X
+    band is padding: `to_uint8_tensor` and RandAugment take either). `region_decode=False`
+    forces Pillow's whole-image decode (the reference the region decoder is tested against)."""
     width, height = image.size
     x, y, w, h = box
     is_jpeg = image.format == "JPEG"
@@ -167,17 +168,19 @@ def _region_crop_resize(data: bytes, image_size: tuple[int, int], box: tuple[flo
     except Exception as exn:
         raise BadSample("image_decode", f"{type(exn).__name__}: {exn}") from None
     rgbx = Image.frombuffer("RGBX", (ow, oh), pixels, "raw", "RGBX", 0, 1)  # shares `pixels`
-    resized = rgbx.resize(size, Image.BICUBIC, box=(left - ox, top - oy, right - ox, bottom - oy))
-    return resized.convert("RGB")
+    # Stays RGBX (Pillow stores RGB in 4 bytes per pixel as well): converting would copy
+    # every pixel once more, for nothing the later steps need.
+    return rgbx.resize(size, Image.BICUBIC, box=(left - ox, top - oy, right - ox, bottom - oy))
 
 
 def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """RGB image or uint8 (H, W, 3) array -> uint8 (3, H, W), a view of (H, W, 3) pixels."""
+    """RGB(X) image or uint8 (H, W, 3) array -> uint8 (3, H, W), a view of (H, W, 3) pixels."""
     if isinstance(image, Image.Image):
-        if image.mode != "RGB":
+        if image.mode not in ("RGB", "RGBX"):
             image = image.convert("RGB")
-        # bytearray: torch wants a writable buffer; this is cheaper than numpy's array protocol
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        # Pillow packs RGB and RGBX alike into 3 bytes per pixel; bytearray: torch wants a
+        # writable buffer, and this is cheaper than numpy's array protocol.
+        pixels = torch.frombuffer(bytearray(image.tobytes("raw", "RGB")), dtype=torch.uint8)
         return pixels.view(image.height, image.width, 3).permute(2, 0, 1)
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 

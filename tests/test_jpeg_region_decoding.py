@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline import image_decode
-from data_pipeline.image_decode import crop_resize, draft_scale, open_image
+from data_pipeline.image_decode import crop_resize, draft_scale, open_image, to_uint8_tensor
 from data_pipeline.sample_meta import BadSample
 
 WIDTH, HEIGHT = 1037, 771  # not multiples of the 16-pixel blocks
@@ -42,6 +42,14 @@ def pillow_decode(data: bytes, scale: int) -> np.ndarray:
         image.draft("RGB", (WIDTH // scale, HEIGHT // scale))
         assert image.decoderconfig[0] == scale
     return np.asarray(image.convert("RGB"))
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) pixels as the loader batches them (the region path gives RGBX images),
+    checked against Pillow's own conversion to RGB."""
+    pixels = to_uint8_tensor(image).permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels, np.asarray(image.convert("RGB")))
+    return pixels
 
 
 def random_box(rng: random.Random) -> tuple[int, int, int, int]:
@@ -90,8 +98,8 @@ def test_crop_resize_matches_the_pillow_path(variants):
                           rng.uniform(4, HEIGHT / 2))
             size = rng.choice([(224, 224), (64, 64), (32, 48), (16, 16)])
             scales.add(draft_scale((WIDTH, HEIGHT), (w, h), size))
-            fast = np.asarray(crop_resize(open_image(data), (x, y, w, h), size), dtype=np.int16)
-            plain = np.asarray(crop_resize(open_image(data), (x, y, w, h), size, region_decode=False), dtype=np.int16)
+            fast = rgb_pixels(crop_resize(open_image(data), (x, y, w, h), size)).astype(np.int16)
+            plain = rgb_pixels(crop_resize(open_image(data), (x, y, w, h), size, region_decode=False)).astype(np.int16)
             assert fast.shape == plain.shape == (size[1], size[0], 3)
             difference = np.abs(fast - plain)
             assert difference.max() <= 2 and difference.mean() < 0.05, (name, (x, y, w, h), size)
@@ -107,8 +115,8 @@ def test_draft_scale_is_pillows_choice():
 def test_cmyk_jpeg_takes_pillows_path():
     data = jpeg(photo_like().convert("CMYK"))
     box = (100.5, 50.25, 600.0, 500.0)
-    fast = np.asarray(crop_resize(open_image(data), box, (64, 64)))
-    plain = np.asarray(crop_resize(open_image(data), box, (64, 64), region_decode=False))
+    fast = rgb_pixels(crop_resize(open_image(data), box, (64, 64)))
+    plain = rgb_pixels(crop_resize(open_image(data), box, (64, 64), region_decode=False))
     assert np.array_equal(fast, plain)
 
 
@@ -122,8 +130,8 @@ def test_broken_jpegs_fail_or_pass_as_with_pillow(variants):
     # Zeroed entropy-coded data is a corrupt-data warning to libjpeg and Pillow both: the
     # image decodes, to garbage, as it would have without the region decoder.
     zeroed = data[:1000] + bytes(len(data) - 1000)
-    outputs = [np.asarray(crop_resize(open_image(zeroed), (10, 10, 500, 400), (64, 64), region_decode=region_decode),
-                          dtype=np.int16) for region_decode in (True, False)]
+    outputs = [rgb_pixels(crop_resize(open_image(zeroed), (10, 10, 500, 400), (64, 64), region_decode=region_decode)
+                          ).astype(np.int16) for region_decode in (True, False)]
     assert np.abs(outputs[0] - outputs[1]).max() <= 2
     with pytest.raises(ValueError, match="scale denominator"):
         image_decode._jpeg_region.decode_region(data, 0, 0, 10, 10, 3)

@@ -224,7 +224,7 @@ def test_jpeg_draft_decoding_matches_full_decoding():
     big = Image.fromarray(base).resize((640, 480), Image.BICUBIC)  # smooth, so scales agree
     data = jpeg(big)
     box = (40, 30, 480, 400)
-    drafted = np.asarray(crop_resize(open_image(data), box, (64, 64)), dtype=np.float32)
+    drafted = np.asarray(crop_resize(open_image(data), box, (64, 64)).convert("RGB"), dtype=np.float32)
     full_image = Image.open(io.BytesIO(data)).convert("RGB")
     full = np.asarray(full_image.resize((64, 64), Image.BICUBIC, box=(40, 30, 520, 430)), dtype=np.float32)
     assert drafted.shape == (64, 64, 3)

@@ -5,7 +5,7 @@ import random
 from collections import Counter
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from data_pipeline.transforms.randaugment import COLOUR_OPS, FULL_OPS, apply_op, magnitude, sample_plan
 
@@ -47,3 +47,39 @@ def test_geometric_ops_fill_grey_and_colour_ops_keep_size():
     assert (shifted[:, -7:] == 128).all() and (shifted[:, :-7] == (255, 0, 0)).all()
     for op in COLOUR_OPS[1:]:
         assert apply_op(noise_image(), op, magnitude(op, 7)).size == (48, 48)
+
+
+def histogram_cases() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(3)
+    skewed = (rng.beta(0.5, 4.0, (40, 56, 3)) * 140 + 50).astype(np.uint8)  # narrow and lopsided
+    two_values = np.where(rng.random((40, 56, 3)) < 0.3, 90, 200).astype(np.uint8)
+    one_band_flat = skewed.copy()
+    one_band_flat[..., 1] = 77
+    nearly_flat = np.full((40, 56, 3), 100, np.uint8)
+    nearly_flat[0, 0] = 101
+    return {"noise": noise_image(), "skewed": Image.fromarray(skewed), "two_values": Image.fromarray(two_values),
+            "one_band_flat": Image.fromarray(one_band_flat), "nearly_flat": Image.fromarray(nearly_flat),
+            "flat": Image.new("RGB", (40, 56), (10, 20, 30))}
+
+
+def test_autocontrast_and_equalize_are_pillows_exactly():
+    for name, image in histogram_cases().items():
+        assert np.array_equal(np.asarray(apply_op(image, "AutoContrast", 0.0)),
+                              np.asarray(ImageOps.autocontrast(image))), name
+        assert np.array_equal(np.asarray(apply_op(image, "Equalize", 0.0)), np.asarray(ImageOps.equalize(image))), name
+    stretched = np.asarray(apply_op(histogram_cases()["skewed"], "AutoContrast", 0.0))
+    assert stretched.min() == 0 and stretched.max() == 255
+
+
+def test_every_op_on_rgbx_gives_the_rgb_result():
+    """The region decoder's images are RGBX; each op must treat their colour bands as it
+    treats an RGB image's."""
+    for name, image in histogram_cases().items():
+        rgbx = image.convert("RGBX")
+        for op in FULL_OPS[1:]:
+            for sign in (1.0, -1.0):
+                value = magnitude(op, 7) * sign
+                expected = np.asarray(apply_op(image, op, value))
+                out = apply_op(rgbx, op, value)
+                assert out.mode == "RGBX", (name, op)
+                assert np.array_equal(np.asarray(out)[..., :3], expected), (name, op, value)

@@ -1,4 +1,5 @@
-"""RandAugment(N=2, M=7) with X²-VLM's operation lists, on PIL images.
+"""RandAugment(N=2, M=7) with X²-VLM's operation lists, on PIL images in mode RGB or
+RGBX (the region decoder's layout; its X band is carried along untouched).
 
 X²-VLM draws N operations (with replacement) and applies each with probability 0.5 at
 magnitude M of 10: enhance factor 0.1 + 1.8 * M / 10, shear 0.3 * M / 10, translation
@@ -12,7 +13,7 @@ import random
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
 MAX_LEVEL = 10
 FILL = (128, 128, 128)
@@ -50,21 +51,54 @@ def sample_plan(rng: random.Random, ops: tuple[str, ...] = FULL_OPS, n: int = 2,
     return plan
 
 
+_IDENTITY = np.arange(256, dtype=np.int64)
+
+
 @lru_cache(maxsize=64)
 def _brightness_table(factor: float) -> list[int]:
     """ImageEnhance.Brightness blends with a black image, truncating factor * v in float32;
     the same as a lookup table, without building the black image or the blend."""
     scaled = np.float32(factor) * np.arange(256, dtype=np.float32)
-    return np.clip(scaled.astype(np.int64), 0, 255).tolist() * 3
+    return np.clip(scaled.astype(np.int64), 0, 255).tolist()
+
+
+def _autocontrast_table(histogram: np.ndarray) -> np.ndarray:
+    """ImageOps.autocontrast's table for one band: its lowest and highest values stretched
+    to 0 and 255, as int(v * scale + offset) in double precision."""
+    present = np.flatnonzero(histogram)
+    if len(present) == 0 or present[-1] <= present[0]:
+        return _IDENTITY
+    lo, hi = int(present[0]), int(present[-1])
+    scale = 255.0 / (hi - lo)
+    return np.clip((_IDENTITY * scale + -lo * scale).astype(np.int64), 0, 255)
+
+
+def _equalize_table(histogram: np.ndarray) -> np.ndarray:
+    """ImageOps.equalize's table for one band: (step // 2 + pixels below v) // step, where
+    step is the pixel count without the highest value's, divided by 255."""
+    present = histogram[histogram > 0]
+    step = (int(present.sum()) - int(present[-1])) // 255 if len(present) > 1 else 0
+    if not step:
+        return _IDENTITY
+    below = np.concatenate(([0], np.cumsum(histogram)[:-1]))
+    return np.clip((step // 2 + below) // step, 0, 255)
+
+
+def _per_band(image: Image.Image, table) -> Image.Image:
+    """Applies a table computed from each colour band's histogram; an X band stays as it is."""
+    histograms = np.asarray(image.histogram(), dtype=np.int64).reshape(-1, 256)
+    tables = [table(h) for h in histograms[:3]] + [_IDENTITY] * (len(histograms) - 3)
+    return image.point(np.concatenate(tables).tolist())
 
 
 def apply_op(image: Image.Image, op: str, value: float) -> Image.Image:
     if op == "AutoContrast":
-        return ImageOps.autocontrast(image)
+        return _per_band(image, _autocontrast_table)
     if op == "Equalize":
-        return ImageOps.equalize(image)
+        return _per_band(image, _equalize_table)
     if op == "Brightness":
-        return image.point(_brightness_table(value))
+        table = _brightness_table(value)
+        return image.point(table * 3 + _IDENTITY.tolist() * (len(image.getbands()) - 3))
     if op == "Sharpness":
         return ImageEnhance.Sharpness(image).enhance(value)
     if op == "ShearX":
