@@ -16,11 +16,10 @@ import torch
 TEXT_FIELDS = ("text_ids", "text_mask", "mlm_ids", "mlm_labels")
 
 
-def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """(3, H, W) uint8 views of (H, W, 3) pixels -> (B, 3, H, W), stored channels-last:
-    stacking the pixels as decoded is a plain copy, where a (3, H, W) layout is a
-    transposing one."""
-    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels -> (B, 3, H, W), stored channels-last: stacking the pixels
+    as decoded is a plain copy, where a (3, H, W) layout is a transposing one."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
 def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -33,7 +32,9 @@ def collate_image_text(samples: list[dict]) -> dict:
 
 
 def collate_video_text(samples: list[dict]) -> dict:
-    return {"frames": torch.stack([s["frames"] for s in samples]), **_stack_text(samples),
+    # (F, H, W, 3) clips -> (B, F, 3, H, W), stored channels-last like the images
+    frames = torch.from_numpy(np.stack([s["frames"] for s in samples])).permute(0, 1, 4, 2, 3)
+    return {"frames": frames, **_stack_text(samples),
             "keys": [s["key"] for s in samples]}
 
 

@@ -173,16 +173,20 @@ def _region_crop_resize(data: bytes, image_size: tuple[int, int], box: tuple[flo
     return rgbx.resize(size, Image.BICUBIC, box=(left - ox, top - oy, right - ox, bottom - oy))
 
 
+def to_uint8_pixels(image: Image.Image) -> np.ndarray:
+    """RGB(X) image -> read-only uint8 (H, W, 3) pixels. The training transforms hand these
+    to the collate, which makes one tensor per batch: a few torch calls per sample cost
+    more than the packing itself once the decoding has evicted torch from the caches."""
+    if image.mode not in ("RGB", "RGBX"):
+        image = image.convert("RGB")
+    # Pillow packs RGB and RGBX alike into 3 bytes per pixel.
+    return np.frombuffer(image.tobytes("raw", "RGB"), dtype=np.uint8).reshape(image.height, image.width, 3)
+
+
 def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     """RGB(X) image or uint8 (H, W, 3) array -> uint8 (3, H, W), a view of (H, W, 3) pixels."""
-    if isinstance(image, Image.Image):
-        if image.mode not in ("RGB", "RGBX"):
-            image = image.convert("RGB")
-        # Pillow packs RGB and RGBX alike into 3 bytes per pixel; bytearray: torch wants a
-        # writable buffer, and this is cheaper than numpy's array protocol.
-        pixels = torch.frombuffer(bytearray(image.tobytes("raw", "RGB")), dtype=torch.uint8)
-        return pixels.view(image.height, image.width, 3).permute(2, 0, 1)
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    pixels = to_uint8_pixels(image) if isinstance(image, Image.Image) else image
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
 
 
 @lru_cache(maxsize=None)

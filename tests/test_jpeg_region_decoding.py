@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline import image_decode
-from data_pipeline.image_decode import crop_resize, draft_scale, open_image, to_uint8_tensor
+from data_pipeline.image_decode import crop_resize, draft_scale, open_image, to_uint8_pixels
 from data_pipeline.sample_meta import BadSample
 
 WIDTH, HEIGHT = 1037, 771  # not multiples of the 16-pixel blocks
@@ -47,7 +47,7 @@ def pillow_decode(data: bytes, scale: int) -> np.ndarray:
 def rgb_pixels(image: Image.Image) -> np.ndarray:
     """(H, W, 3) pixels as the loader batches them (the region path gives RGBX images),
     checked against Pillow's own conversion to RGB."""
-    pixels = to_uint8_tensor(image).permute(1, 2, 0).numpy()
+    pixels = to_uint8_pixels(image)
     assert np.array_equal(pixels, np.asarray(image.convert("RGB")))
     return pixels
 

@@ -64,7 +64,7 @@ def test_vision_tower_normalises_uint8_pixels_as_the_plain_path():
     tower = VisionTower(config).eval()
     hwc = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     text = {name: torch.zeros(4, dtype=torch.int64).numpy() for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
-    batch = collate_image_text([{"image": image.permute(2, 0, 1), **text, "key": str(i)} for i, image in enumerate(hwc)])
+    batch = collate_image_text([{"image": image.numpy(), **text, "key": str(i)} for i, image in enumerate(hwc)])
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     plain = (hwc.permute(0, 3, 1, 2).double() / 255 - mean.double()) / std.double()  # independent of `normalise`
     torch.testing.assert_close(tower(batch["images"]), tower(plain.float().contiguous()))

@@ -47,10 +47,10 @@ def image_sample(key: str, image: Image.Image, captions: list[str], regions=()) 
     return {"__key__": key, "jpg": jpeg(image), "json": json.dumps(meta).encode()}
 
 
-def hwc(image: torch.Tensor) -> np.ndarray:
-    """A transform's uint8 (3, H, W) output as float H x W x 3 pixels."""
-    assert image.dtype == torch.uint8
-    return image.permute(1, 2, 0).numpy().astype(np.float64)
+def hwc(image: np.ndarray) -> np.ndarray:
+    """A transform's uint8 (H, W, 3) pixels as floats."""
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    return image.astype(np.float64)
 
 
 def redness(pixels: np.ndarray) -> float:
@@ -207,10 +207,10 @@ def test_video_clip_shares_crop_and_flip(text):
     flips = set()
     for i in range(10):
         out = transform(sample, random.Random(i))
-        assert out["frames"].shape == (4, 3, 32, 32)
+        assert out["frames"].shape == (4, 32, 32, 3) and out["frames"].dtype == np.uint8
         # The same crop, flip and augmentation on every frame of this static clip.
         for frame in out["frames"][1:]:
-            assert (frame.int() - out["frames"][0].int()).abs().max() <= 10
+            assert np.abs(frame.astype(np.int16) - out["frames"][0]).max() <= 10
         pixels = hwc(out["frames"][0])
         red_on_left = redness(pixels[:, :10]) > redness(pixels[:, -10:])
         assert red_on_left == ("left" in decoded_text(text, out["text_ids"]))
@@ -236,25 +236,33 @@ def test_jpeg_draft_decoding_matches_full_decoding():
 
 
 def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
-    from data_pipeline.collate import collate_image_text, collate_region
+    from data_pipeline.collate import collate_image_text, collate_region, collate_video_text
     from data_pipeline.image_decode import normalise
 
     def texts(n):
         return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
 
-    # (3, H, W) views of (H, W, 3) pixels, as the transforms make them
-    pixels = [torch.arange(i * 18, i * 18 + 18, dtype=torch.uint8).view(2, 3, 3) for i in range(2)]
-    images = [p.permute(2, 0, 1) for p in pixels]
-    batch = collate_image_text([{"image": images[0], **{k: v[0] for k, v in texts(1).items()}, "key": "a"},
-                                {"image": images[1], **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
+    # (H, W, 3) pixels, as the transforms make them
+    pixels = [np.arange(i * 18, i * 18 + 18, dtype=np.uint8).reshape(2, 3, 3) for i in range(2)]
+    batch = collate_image_text([{"image": pixels[0], **{k: v[0] for k, v in texts(1).items()}, "key": "a"},
+                                {"image": pixels[1], **{k: v[0] for k, v in texts(1).items()}, "key": "b"}])
     assert batch["images"].dtype == torch.uint8 and batch["keys"] == ["a", "b"]
-    assert torch.equal(batch["images"], torch.stack(images))
+    assert batch["images"].shape == (2, 3, 2, 3)
+    for b in range(2):
+        for c in range(3):
+            assert batch["images"][b, c].tolist() == pixels[b][:, :, c].tolist()
+    clips = [np.stack([p, 255 - p]) for p in pixels]  # (F=2, H, W, 3)
+    batch = collate_video_text([{"frames": clips[b], **{k: v[0] for k, v in texts(1).items()}, "key": str(b)}
+                                for b in range(2)])
+    assert batch["frames"].shape == (2, 2, 3, 2, 3)
+    assert batch["frames"][1, 1, 2].tolist() == (255 - pixels[1][:, :, 2]).tolist()
+    assert batch["frames"].flatten(0, 1).shape == (4, 3, 2, 3)  # as the video encoder reads them
     white = torch.full((3, 2, 2), 255, dtype=torch.uint8)
     normalised = normalise(torch.stack([white, torch.zeros_like(white)]))
     for c in range(3):
         assert torch.allclose(normalised[0, c], torch.tensor((1 - CLIP_MEAN[c]) / CLIP_STD[c]))
         assert torch.allclose(normalised[1, c], torch.tensor(-CLIP_MEAN[c] / CLIP_STD[c]))
-    regions = [{"image": white, **texts(n), "boxes": np.zeros((n, 4), np.float32),
+    regions = [{"image": white.permute(1, 2, 0).numpy(), **texts(n), "boxes": np.zeros((n, 4), np.float32),
                 "patch_mask": np.ones((n, 17), bool), "key": f"r{n}"} for n in (3, 1, 2)]
     batch = collate_region(regions)
     assert batch["images"].shape == (3, 3, 2, 2)
@@ -269,6 +277,6 @@ def test_evaluation_mode_is_plain_resize(text):
     transform = ImageTextTransform(64, KIND_OPTION_DEFAULTS["image_text"], text, training=False)
     outs = [transform(sample, random.Random(seed)) for seed in range(6)]
     for out in outs[1:]:
-        assert torch.equal(out["image"], outs[0]["image"])
+        assert np.array_equal(out["image"], outs[0]["image"])
     pixels = hwc(outs[0]["image"])
     assert redness(pixels[:, :30]) > 150 and redness(pixels[:, 34:]) < -150  # whole image, unflipped

@@ -7,7 +7,7 @@ import random
 
 from PIL import Image
 
-from ..image_decode import crop_resize, open_image, to_uint8_tensor
+from ..image_decode import crop_resize, open_image, to_uint8_pixels
 from ..sample_meta import IMAGE_EXTENSIONS, BadSample, media_of, parse_meta
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
@@ -31,7 +31,7 @@ class ImageTextTransform:
         size = (self.res, self.res)
         if not self.training:
             out = crop_resize(image, (0, 0, image.width, image.height), size)
-            return {"image": to_uint8_tensor(out), **self.text.encode(caption, rng), "key": meta.key}
+            return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key}
         box = random_resized_crop_box(image.width, image.height, tuple(self.options["crop_scale"]), rng)
         flip = decide_flip(rng, [caption], self.options["flip"])
         out = crop_resize(image, box, size)
@@ -40,4 +40,4 @@ class ImageTextTransform:
             caption = flipped_texts([caption], flip, self.options["flip"])[0]
         if self.options["rand_augment"]:
             out = apply_plan(out, sample_plan(rng, FULL_OPS))
-        return {"image": to_uint8_tensor(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
+        return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}

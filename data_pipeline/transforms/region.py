@@ -14,7 +14,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from ..image_decode import crop_resize, open_image, to_uint8_tensor
+from ..image_decode import crop_resize, open_image, to_uint8_pixels
 from ..sample_meta import IMAGE_EXTENSIONS, BadSample, checked_box, media_of, parse_meta
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
@@ -95,7 +95,7 @@ class RegionTransform:
         texts = flipped_texts(texts, flip, mode)
         encoded = [self.text.encode(t, rng) for t in texts]
         return {
-            "image": to_uint8_tensor(out),
+            "image": to_uint8_pixels(out),
             **{name: np.stack([e[name] for e in encoded]) for name in encoded[0]},
             "boxes": np.array(boxes, dtype=np.float32),
             "patch_mask": np.stack(masks),

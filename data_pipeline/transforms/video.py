@@ -1,13 +1,14 @@
 """Video-text samples: `frames` frames by segment sampling, one random crop, flip and
-RandAugment plan shared by every frame of the clip, CLIP normalisation -> (F, 3, H, W)."""
+RandAugment plan shared by every frame of the clip -> uint8 (F, H, W, 3) pixels (the collate
+makes (B, F, 3, H, W) of them; the vision tower normalises)."""
 from __future__ import annotations
 
 import random
 
-import torch
+import numpy as np
 from PIL import Image
 
-from ..image_decode import to_uint8_tensor
+from ..image_decode import to_uint8_pixels
 from ..sample_meta import VIDEO_EXTENSIONS, BadSample, media_of, parse_meta
 from ..text import TextEncoder
 from ..video_decode import decode_clip
@@ -53,5 +54,5 @@ class VideoTextTransform:
             frame = Image.fromarray(array).resize(size, Image.BICUBIC, box=(x, y, x + w, y + h))
             if flip:
                 frame = frame.transpose(Image.FLIP_LEFT_RIGHT)
-            frames.append(to_uint8_tensor(apply_plan(frame, plan)))
-        return {"frames": torch.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
+            frames.append(to_uint8_pixels(apply_plan(frame, plan)))
+        return {"frames": np.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
