@@ -51,9 +51,8 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
 
     struct jpeg_decompress_struct cinfo;
     struct region_error err;
-    /* volatile: both are read after a longjmp back into this frame */
+    /* volatile: read after a longjmp back into this frame */
     PyObject *volatile rows = NULL; /* the decoded RGBX rows, a bytes object written in place */
-    int no_memory = 0;
     int unsupported = 0;
     JDIMENSION out_left = 0, out_width = 0, out_top = 0, out_height = 0;
 
@@ -106,9 +105,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
             Py_BLOCK_THREADS
             rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(stride * out_height));
             Py_UNBLOCK_THREADS
-            if (rows == NULL) {
-                no_memory = 1;
-            } else {
+            if (rows != NULL) { /* else MemoryError is set */
                 unsigned char *pixels = (unsigned char *)PyBytes_AS_STRING(rows);
                 JDIMENSION row = 0;
                 while (row < out_height) {
@@ -130,7 +127,7 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
     }
     if (unsupported)
         return PyErr_Format(UnsupportedColour, "CMYK/YCCK JPEG");
-    if (no_memory)
+    if (rows == NULL)
         return NULL; /* PyBytes_FromStringAndSize set MemoryError */
     return Py_BuildValue("(NIIII)", rows, out_left, out_top, out_width, out_height);
 }

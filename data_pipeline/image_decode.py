@@ -127,7 +127,7 @@ def crop_resize(image: EncodedImage, box: tuple[float, float, float, float], siz
                 region_decode: bool = True) -> Image.Image:
     """Decodes `image` (from `open_image`), crops `box` (x, y, w, h in its pixels) and
     resizes the crop to `size` with bicubic filtering, to an RGB or RGBX image (whose X
-    band is padding: `to_uint8_tensor` and RandAugment take either). `region_decode=False`
+    band is padding: `to_uint8_pixels` and RandAugment take either). `region_decode=False`
     forces Pillow's whole-image decode (the reference the region decoder is tested against)."""
     width, height = image.size
     x, y, w, h = box
@@ -183,10 +183,9 @@ def to_uint8_pixels(image: Image.Image) -> np.ndarray:
     return np.frombuffer(image.tobytes("raw", "RGB"), dtype=np.uint8).reshape(image.height, image.width, 3)
 
 
-def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """RGB(X) image or uint8 (H, W, 3) array -> uint8 (3, H, W), a view of (H, W, 3) pixels."""
-    pixels = to_uint8_pixels(image) if isinstance(image, Image.Image) else image
-    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB(X) image -> uint8 (3, H, W), a view of writable (H, W, 3) pixels."""
+    return torch.from_numpy(to_uint8_pixels(image).copy()).permute(2, 0, 1)
 
 
 @lru_cache(maxsize=None)

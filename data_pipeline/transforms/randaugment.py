@@ -52,6 +52,7 @@ def sample_plan(rng: random.Random, ops: tuple[str, ...] = FULL_OPS, n: int = 2,
 
 
 _IDENTITY = np.arange(256, dtype=np.int64)
+_IDENTITY_LIST = _IDENTITY.tolist()  # a table for a band left as it is (RGBX's X)
 
 
 @lru_cache(maxsize=64)
@@ -98,7 +99,7 @@ def apply_op(image: Image.Image, op: str, value: float) -> Image.Image:
         return _per_band(image, _equalize_table)
     if op == "Brightness":
         table = _brightness_table(value)
-        return image.point(table * 3 + _IDENTITY.tolist() * (len(image.getbands()) - 3))
+        return image.point(table * 3 + _IDENTITY_LIST * (len(image.getbands()) - 3))
     if op == "Sharpness":
         return ImageEnhance.Sharpness(image).enhance(value)
     if op == "ShearX":
