@@ -10,7 +10,7 @@ setup(
     # libjpeg-turbo region decoding for the loader (libjpeg-dev, in system-packages.txt).
     # Optional: without the headers the loader decodes with Pillow, slower;
     # tests/test_jpeg_region_decoding.py fails so that CI does not hide it.
-    ext_modules=[Extension("data_pipeline._jpeg_region", ["data_pipeline/_jpeg_region.c"], libraries=["jpeg"],
+    ext_modules=[Extension("data_pipeline.media._jpeg_region", ["data_pipeline/media/_jpeg_region.c"], libraries=["jpeg"],
                            optional=True)],
     entry_points={
         "console_scripts": [

@@ -43,12 +43,13 @@ import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from data_pipeline.corpus_loader import build_transform  # noqa: E402
+from data_pipeline import schema  # noqa: E402
+from data_pipeline.loader.corpus_loader import build_transform  # noqa: E402
 from data_pipeline.demo_corpus.drawing import encode_mp4, render_image, render_video_frames  # noqa: E402
 from data_pipeline.demo_corpus.scenes import random_image_scene, random_video_scene  # noqa: E402
-from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD  # noqa: E402
+from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD  # noqa: E402
 from data_pipeline.spec import parse_data_spec  # noqa: E402
-from data_pipeline.stream import CorpusStream  # noqa: E402
+from data_pipeline.loader.stream import CorpusStream  # noqa: E402
 from data_pipeline.text.demo_tokenizer import train_wordpiece  # noqa: E402
 
 
@@ -70,12 +71,10 @@ def write_image_shards(out: Path, images: int, size: tuple[int, int], texts: lis
                 sx, sy = width / scene.width, height / scene.height
                 buffer = io.BytesIO()
                 image.save(buffer, format="JPEG", quality=90)
-                regions = [{"box": [s.box[0] * sx, s.box[1] * sy, s.box[2] * sx, s.box[3] * sy], "captions": [p],
-                            "label": s.kind} for s, p in zip(scene.shapes, scene.phrases)]
-                meta = {"source": "bench", "width": width, "height": height, "captions": scene.captions,
-                        "regions": regions, "original": {}}
-                writer.write({"__key__": f"bench_{i}", "jpg": buffer.getvalue(), "json": json.dumps(meta).encode(),
-                              "txt": scene.captions[0].encode()})
+                regions = [schema.region_entry([s.box[0] * sx, s.box[1] * sy, s.box[2] * sx, s.box[3] * sy], [p], s.kind)
+                           for s, p in zip(scene.shapes, scene.phrases)]
+                info = schema.image_info("bench", width, height, scene.captions, regions, {})
+                writer.write(schema.sample_dict(f"bench_{i}", "jpg", buffer.getvalue(), info))
                 texts += scene.captions + scene.phrases
         shards.append(str(path))
     return shards
@@ -95,11 +94,10 @@ def write_bench_shards(out: Path, images: int, large_images: int, videos: int) -
         with wds.TarWriter(str(path)) as writer:
             for i in range(start, min(start + per_shard, videos)):
                 scene = random_video_scene(random.Random(1000 + i), size=256)
-                meta = {"source": "bench", "width": 256, "height": 256, "captions": scene.captions, "regions": [],
-                        "fps": scene.fps, "frames": scene.frames, "duration": scene.frames / scene.fps,
-                        "start": None, "end": None, "original": {}}
-                writer.write({"__key__": f"clip_{i}", "mp4": encode_mp4(render_video_frames(scene), scene.fps),
-                              "json": json.dumps(meta).encode(), "txt": scene.captions[0].encode()})
+                info = schema.video_info("bench", 256, 256, scene.captions, scene.frames / scene.fps, scene.fps,
+                                         None, None, scene.frames, {})
+                writer.write(schema.sample_dict(f"clip_{i}", "mp4", encode_mp4(render_video_frames(scene), scene.fps),
+                                                info))
                 texts += scene.captions
         video_shards.append(str(path))
     train_wordpiece(texts, out / "tokenizer", vocab_size=80)

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .counters import Counters
-from .image_decode import crop_resize, normalise, open_image, to_uint8_tensor
-from .sample_meta import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadSample, checked_box, media_of, parse_meta
-from .shard_list import expand_shards
-from .shard_reader import read_shard
+from .io.shard_list import expand_shards
+from .io.shard_reader import read_shard
+from .media.image_decode import crop_resize, normalise, open_image, to_uint8_tensor
+from .media.video_decode import decode_clip
+from .schema import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, checked_box, media_of, parse_meta
+from .skips import BadSample, Counters
 from .spec import DataSpec, TextSpec
 from .text import TextEncoder
 from .transforms.geometry import normalised_cxcywh, patch_mask
-from .video_decode import decode_clip
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,6 @@ class EvalDataSpec:
 _TEXT_RNG_SEED = "eval"
 
 
-def _seconds(info: dict, key: str) -> float | None:
-    value = info.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 class EvalReader:
     """Reads one kind's eval shards in order and yields batches (see the module docstring)."""
 
@@ -140,7 +135,7 @@ class EvalReader:
         texts = self._encode_texts(meta.captions)
         if not texts:
             raise BadSample("no_caption")
-        start, end = (_seconds(meta.info, key) for key in ("start", "end"))
+        start, end = meta.seconds("start"), meta.seconds("end")
         # training=False: the middle frame of each segment, no RNG involved.
         clip = decode_clip(media_of(raw, VIDEO_EXTENSIONS), self.spec.video_frames, start, end, False,
                            random.Random(0), self.spec.decode_timeout_s)

@@ -39,7 +39,7 @@ fi
 # blending then run 1.4x and 3.5x faster than with the default SSE4 build.
 simd_flags=""
 grep -qw avx2 /proc/cpuinfo 2>/dev/null && simd_flags="-mavx2"
-stamp_value=$( (cat requirements.txt requirements-simd.txt setup.py data_pipeline/_jpeg_region.c system-packages.txt;
+stamp_value=$( (cat requirements.txt requirements-simd.txt setup.py data_pipeline/media/_jpeg_region.c system-packages.txt;
                 echo "$simd_flags") | sha256sum | cut -c1-16)
 stamp_file="$venv/.x2vlm-installed"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then

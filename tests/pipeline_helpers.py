@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from data_pipeline import schema
 from data_pipeline.spec import parse_data_spec
 from data_pipeline.text.demo_tokenizer import build_demo_tokenizer
 
@@ -43,12 +44,8 @@ def write_shards(samples: list[dict], out: Path, prefix: str, shards: int) -> li
 
 def image_sample(prefix: str, image_id, data: bytes, width: int, height: int, captions: list[str],
                  regions: list[dict], source: str) -> dict:
-    meta = {"source": source, "width": width, "height": height, "captions": captions, "regions": regions,
-            "original": {"image_id": image_id}}
-    sample = {"__key__": f"{prefix}_{image_id}", "jpg": data, "json": json.dumps(meta).encode()}
-    if captions:
-        sample["txt"] = captions[0].encode()
-    return sample
+    info = schema.image_info(source, width, height, captions, regions, {"image_id": image_id})
+    return schema.sample_dict(f"{prefix}_{image_id}", "jpg", data, info)
 
 
 def coco_samples(demo: Path, split: str = "train") -> list[dict]:
@@ -70,7 +67,7 @@ def vg_samples(demo: Path, split: str = "train") -> list[dict]:
     out = []
     for image in json.loads((demo / "annotations" / f"vg_regions_{split}.json").read_text()):
         width, height, name = sizes[image["id"]]
-        regions = [{"box": [r["x"], r["y"], r["width"], r["height"]], "captions": [r["phrase"]], "label": None}
+        regions = [schema.region_entry([r["x"], r["y"], r["width"], r["height"]], [r["phrase"]], None)
                    for r in image["regions"]]
         out.append(image_sample("vg", image["id"], (demo / "images" / name).read_bytes(), width, height,
                                 captions[image["id"]], regions, "vg"))
@@ -82,11 +79,10 @@ def video_samples(demo: Path, split: str = "train") -> list[dict]:
     for line in (demo / "annotations" / f"videos_{split}.jsonl").read_text().splitlines():
         entry = json.loads(line)
         video_id = entry["video"].split(".")[0]
-        meta = {"source": "demo_videos", "width": 128, "height": 128, "captions": entry["captions"], "regions": [],
-                "duration": entry["duration"], "fps": entry["fps"], "start": entry.get("start"),
-                "end": entry.get("end"), "frames": entry["frames"], "original": {"video": entry["video"]}}
-        out.append({"__key__": f"webvid_{video_id}", "mp4": (demo / "videos" / entry["video"]).read_bytes(),
-                    "json": json.dumps(meta).encode(), "txt": entry["captions"][0].encode()})
+        info = schema.video_info("demo_videos", 128, 128, entry["captions"], entry["duration"], entry["fps"],
+                                 entry.get("start"), entry.get("end"), entry["frames"], {"video": entry["video"]})
+        out.append(schema.sample_dict(f"webvid_{video_id}", "mp4", (demo / "videos" / entry["video"]).read_bytes(),
+                                      info))
     return out
 
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from data_pipeline.eval_data import EvalDataSpec, EvalReader
-from data_pipeline.image_decode import normalise
+from data_pipeline.media.image_decode import normalise
 from data_pipeline.spec import TextSpec
 from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
 from training.evaluation import evaluate

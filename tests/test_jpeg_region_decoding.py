@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import image_decode
-from data_pipeline.image_decode import crop_resize, draft_scale, open_image, to_uint8_pixels
-from data_pipeline.sample_meta import BadSample
+from data_pipeline.media import image_decode
+from data_pipeline.media.image_decode import crop_resize, draft_scale, open_image, to_uint8_pixels
+from data_pipeline.skips import BadSample
 
 WIDTH, HEIGHT = 1037, 771  # not multiples of the 16-pixel blocks
 

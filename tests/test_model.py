@@ -54,8 +54,8 @@ def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin
 
 
 def test_vision_tower_normalises_uint8_pixels_as_the_plain_path():
-    from data_pipeline.collate import collate_image_text
-    from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD
+    from data_pipeline.loader.collate import collate_image_text
+    from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD
     from training.model.config import VisionConfig
     from training.model.vision import VisionTower
 

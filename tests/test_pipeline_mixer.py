@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from data_pipeline.mixer import MixedLoader
+from data_pipeline.loader.mixer import MixedLoader
 from pipeline_helpers import data_spec, demo_tokenizer, pipeline_shards  # noqa: F401  (fixtures)
 
 

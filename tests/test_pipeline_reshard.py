@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from data_pipeline.mixer import MixedLoader
+from data_pipeline.loader.mixer import MixedLoader
 from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, mixed_spec,  # noqa: F401  (fixtures)
                               pipeline_shards, vg_samples, video_samples)
 from test_pipeline_resume import assert_same_steps

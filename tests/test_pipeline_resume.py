@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from data_pipeline.mixer import MixedLoader
+from data_pipeline.loader.mixer import MixedLoader
 from data_pipeline.transforms import image_text
 from pipeline_helpers import coco_samples, demo_tokenizer, mixed_spec, pipeline_shards  # noqa: F401  (fixtures)
 

@@ -10,12 +10,12 @@ from collections import Counter
 
 import pytest
 
-from data_pipeline import video_decode
-from data_pipeline.corpus_loader import build_transform
-from data_pipeline.mixer import MixedLoader
-from data_pipeline.sample_meta import BadSample
-from data_pipeline.shard_list import expand_shards
-from data_pipeline.stream import CorpusStream
+from data_pipeline.media import video_decode
+from data_pipeline.loader.corpus_loader import build_transform
+from data_pipeline.loader.mixer import MixedLoader
+from data_pipeline.skips import BadSample
+from data_pipeline.io.shard_list import expand_shards
+from data_pipeline.loader.stream import CorpusStream
 from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, write_shards  # noqa: F401
 
 PLANTED = {  # key -> the reason it must be counted under

@@ -10,9 +10,9 @@ import threading
 import pytest
 import torch
 
-from data_pipeline.corpus_loader import build_transform
-from data_pipeline.mixer import MixedLoader
-from data_pipeline.stream import CorpusStream
+from data_pipeline.loader.corpus_loader import build_transform
+from data_pipeline.loader.mixer import MixedLoader
+from data_pipeline.loader.stream import CorpusStream
 from pipeline_helpers import data_spec, demo_tokenizer, pipeline_shards, video_samples, write_shards  # noqa: F401
 
 

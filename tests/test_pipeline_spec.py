@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipeline.shard_list import expand_shards
+from data_pipeline.io.shard_list import expand_shards
 from data_pipeline.spec import SpecError, load_data_spec, parse_data_spec
 
 REPO = Path(__file__).resolve().parents[1]

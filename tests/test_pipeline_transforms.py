@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from data_pipeline.demo_corpus.drawing import encode_mp4
-from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD, crop_resize, open_image
+from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD, crop_resize, open_image
 from data_pipeline.spec import KIND_OPTION_DEFAULTS, TextSpec
 from data_pipeline.text import TextEncoder
 from data_pipeline.transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from data_pipeline.transforms.flip import swap_sides
 from data_pipeline.transforms.geometry import patch_mask
-from data_pipeline.video_decode import segment_frame_indices
+from data_pipeline.media.video_decode import segment_frame_indices
 from pipeline_helpers import demo_tokenizer  # noqa: F401  (fixture)
 
 RED, BLUE, GREEN, GREY = (220, 30, 30), (30, 70, 220), (30, 160, 50), (128, 128, 128)
@@ -175,7 +175,7 @@ def test_region_boxes_and_patch_masks(text):
 
 
 def test_region_sample_without_valid_box_is_bad(text):
-    from data_pipeline.sample_meta import BadSample
+    from data_pipeline.skips import BadSample
     transform = RegionTransform(64, 16, KIND_OPTION_DEFAULTS["region"], text)
     image = Image.new("RGB", (100, 80), GREY)
     for box in ([90, 10, 30, 20], [10, 10, 0, 5], [-5, 0, 10, 10]):
@@ -236,8 +236,8 @@ def test_jpeg_draft_decoding_matches_full_decoding():
 
 
 def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
-    from data_pipeline.collate import collate_image_text, collate_region, collate_video_text
-    from data_pipeline.image_decode import normalise
+    from data_pipeline.loader.collate import collate_image_text, collate_region, collate_video_text
+    from data_pipeline.media.image_decode import normalise
 
     def texts(n):
         return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}

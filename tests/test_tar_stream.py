@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from webdataset.tariterators import tar_file_iterator
 
-from data_pipeline.tar_stream import TarFormatError, tar_members
+from data_pipeline.io.tar_stream import TarFormatError, tar_members
 
 
 def members(count: int = 7) -> list[tuple[str, bytes]]:

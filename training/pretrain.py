@@ -115,7 +115,7 @@ class Trainer:
         self.dtype = compute_dtype(config.optim.precision)
         self.fingerprint = config.fingerprint()
 
-        from data_pipeline.mixer import MixedLoader
+        from data_pipeline.loader.mixer import MixedLoader
         from data_pipeline.spec import parse_data_spec
         from training.model import create_model
 

@@ -1,10 +1,10 @@
 """One planned sample to its tar members: media (as stored), `json` metadata, `txt` caption."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import schema
 from .images import store_image
 from .records import MediaError, Rejection, Sample
 from .validate import clean_captions, clean_regions
@@ -62,10 +62,7 @@ def _finish(sample: Sample, media: tuple[str, bytes], meta: dict, rejected: list
     if not meta["captions"] and not meta["regions"]:
         rejected.append(Rejection("no valid caption or region left", "sample", sample.origins[0], sample.key, sample.media))
         return None
-    members = [media, ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
-    if meta["captions"]:
-        members.append(("txt", meta["captions"][0].encode("utf-8")))
-    return EncodedSample(members, len(meta["captions"]), len(meta["regions"]))
+    return EncodedSample(schema.sample_members(*media, meta), len(meta["captions"]), len(meta["regions"]))
 
 
 def _encode_image(sample: Sample, path: Path, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
@@ -80,8 +77,8 @@ def _encode_image(sample: Sample, path: Path, options: EncodeOptions, rejected: 
             x, y, w, h = region["box"]
             region["box"] = [x * stored.width / width, y * stored.height / height,
                              w * stored.width / width, h * stored.height / height]
-    meta = {"source": options.source, "width": stored.width, "height": stored.height, "captions": captions,
-            "regions": regions, "original": {"path": _printable(sample.media), "width": width, "height": height}}
+    meta = schema.image_info(options.source, stored.width, stored.height, captions, regions,
+                             {"path": _printable(sample.media), "width": width, "height": height})
     return _finish(sample, (stored.extension, stored.data), meta, rejected)
 
 
@@ -99,7 +96,6 @@ def _encode_video(sample: Sample, path: Path, options: EncodeOptions, rejected: 
     if sample.regions:
         rejected.extend(Rejection("regions are not kept for videos", "region", r.origin, sample.key, sample.media, r.box)
                         for r in sample.regions)
-    meta = {"source": options.source, "width": info.width, "height": info.height, "captions": captions, "regions": [],
-            "duration": info.duration, "fps": info.fps, "start": start, "end": end, "frames": info.frames,
-            "original": {"path": _printable(sample.media), "width": info.width, "height": info.height}}
+    meta = schema.video_info(options.source, info.width, info.height, captions, info.duration, info.fps, start, end,
+                             info.frames, {"path": _printable(sample.media), "width": info.width, "height": info.height})
     return _finish(sample, ("mp4", data), meta, rejected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..schema import region_entry
 from .records import Region, Rejection, Text
 
 
@@ -61,5 +62,5 @@ def clean_regions(regions: list[Region], width: int, height: int, key: str, medi
         if not captions and label is None:
             rejected.append(Rejection("region has no valid caption or label", "region", region.origin, key, media, region.box))
             continue
-        kept.append({"box": box, "captions": captions, "label": label})
+        kept.append(region_entry(box, captions, label))
     return kept

@@ -7,7 +7,7 @@ import random
 import numpy as np
 from transformers import AutoTokenizer
 
-from ..sample_meta import BadSample
+from ..skips import BadSample
 from ..spec import TextSpec
 from .cleaning import BadText, clean_caption
 from .masking import IGNORE_INDEX, MaskingSpec, mask_tokens

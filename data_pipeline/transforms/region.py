@@ -14,8 +14,9 @@ import random
 import numpy as np
 from PIL import Image
 
-from ..image_decode import crop_resize, open_image, to_uint8_pixels
-from ..sample_meta import IMAGE_EXTENSIONS, BadSample, checked_box, media_of, parse_meta
+from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
+from ..schema import IMAGE_EXTENSIONS, checked_box, media_of, parse_meta
+from ..skips import BadSample
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
 from .geometry import normalised_cxcywh, patch_mask

@@ -8,18 +8,14 @@ import random
 import numpy as np
 from PIL import Image
 
-from ..image_decode import to_uint8_pixels
-from ..sample_meta import VIDEO_EXTENSIONS, BadSample, media_of, parse_meta
+from ..media.image_decode import to_uint8_pixels
+from ..media.video_decode import decode_clip
+from ..schema import VIDEO_EXTENSIONS, media_of, parse_meta
+from ..skips import BadSample
 from ..text import TextEncoder
-from ..video_decode import decode_clip
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
-
-
-def _seconds(info: dict, key: str) -> float | None:
-    value = info.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class VideoTextTransform:
@@ -35,7 +31,7 @@ class VideoTextTransform:
             raise BadSample("no_caption")
         caption = meta.captions[rng.randrange(len(meta.captions))]
         data = media_of(sample, VIDEO_EXTENSIONS)
-        clip = decode_clip(data, self.options["frames"], _seconds(meta.info, "start"), _seconds(meta.info, "end"),
+        clip = decode_clip(data, self.options["frames"], meta.seconds("start"), meta.seconds("end"),
                            self.training, rng, self.options["decode_timeout_s"])
         height, width = clip.shape[1:3]
         size = (self.res, self.res)

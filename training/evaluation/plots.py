@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from data_pipeline.image_decode import CLIP_MEAN, CLIP_STD
+from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD
 from training.evaluation.grounding import cxcywh_to_xyxy
 
 # Colours no demo shape has (red, green, blue, yellow, purple, orange), so boxes stand out.

@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from data_pipeline.image_decode import normalise
+from data_pipeline.media.image_decode import normalise
 from training.model.checkpoint_files import read_state_dict
 from training.model.config import VisionConfig
 

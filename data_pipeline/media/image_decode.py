@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .sample_meta import BadSample
+from ..skips import BadSample
 
 try:
     from . import _jpeg_region

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .sample_meta import BadSample
+from ..skips import BadSample
 
 _HEADER = struct.Struct("<4q")  # frames, height, width, channels; frames < 0 is an error
 

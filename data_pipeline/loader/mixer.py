@@ -15,9 +15,9 @@ import os
 import random
 from collections import Counter
 
+from ..spec import DataSpec
 from .corpus_loader import CorpusLoader
 from .shuffle import rng_state, set_rng_state
-from .spec import DataSpec
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ import copy
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .counters import Counters
+from ..io.shard_list import expand_shards
+from ..skips import Counters
+from ..spec import CorpusSpec, DataSpec
+from ..text import TextEncoder
+from ..transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from .reshard import reshard_streams
-from .shard_list import expand_shards
-from .spec import CorpusSpec, DataSpec
 from .stream import CorpusStream
-from .text import TextEncoder
-from .transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 
 
 def build_transform(corpus: CorpusSpec, spec: DataSpec):

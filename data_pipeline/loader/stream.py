@@ -23,12 +23,11 @@ import random
 from collections import defaultdict
 from typing import Callable, Iterator
 
+from ..io.shard_reader import read_shard
+from ..skips import BadSample, Counters
+from ..spec import CorpusSpec, DataSpec
 from .collate import COLLATE
-from .counters import Counters
-from .sample_meta import BadSample
-from .shard_reader import read_shard
 from .shuffle import ShuffleBuffer
-from .spec import CorpusSpec, DataSpec
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys
 
-from .counters import Counters
+from ..skips import Counters
 from .tar_stream import tar_members
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ every new rank computes the same deal without talking to the others.
 """
 from __future__ import annotations
 
-from .counters import Counters
+from ..skips import Counters
 from .stream import STATE_VERSION, Unit, epoch_shard_ids
 
 

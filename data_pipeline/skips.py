@@ -1,7 +1,16 @@
-"""Counts of skipped samples and shard trouble, by reason, for one corpus."""
+"""Samples and shards the pipeline skips: the signal that skips one (`BadSample`) and the
+per-corpus counts of skips by reason (`Counters`)."""
 from __future__ import annotations
 
 from collections import Counter
+
+
+class BadSample(ValueError):
+    """A sample to skip; `reason` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
 
 
 class Counters:

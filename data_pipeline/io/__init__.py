@@ -1,0 +1,1 @@
+"""Reading shards: shard lists (patterns, folders, URLs) and the one tar reader every caller uses."""

@@ -1,0 +1,1 @@
+"""Decoding media: images (pillow-simd, the libjpeg-turbo region decoder) and videos (decord)."""
