@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,17 +27,19 @@ def many_images(demo_corpus, tmp_path_factory) -> tuple[Path, Path]:
     long enough to be killed part-way and rejections must survive the resume."""
     root = tmp_path_factory.mktemp("many")
     media = root / "media"
-    media.mkdir()
+    (media / "sources").mkdir(parents=True)
     captions = {}
     for line in (demo_corpus / "annotations/captions_train.jsonl").read_text().splitlines():
         entry = json.loads(line)
         captions[entry["image"]] = entry["captions"]
     sources = sorted(captions)
+    for name in sources:  # the links must stay inside --media-root
+        shutil.copy(demo_corpus / "images" / name, media / "sources" / name)
     with open(root / "many.jsonl", "w") as f:
         for i in range(SAMPLES):
             name = sources[i % len(sources)]
             if i != 123:
-                os.symlink(demo_corpus / "images" / name, media / f"s{i:04d}.jpg")
+                os.symlink(Path("sources") / name, media / f"s{i:04d}.jpg")
             f.write(json.dumps({"image": f"s{i:04d}.jpg", "captions": captions[name]}) + "\n")
     return root / "many.jsonl", media
 

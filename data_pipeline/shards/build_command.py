@@ -32,7 +32,8 @@ Several --annotations files merge into one sample per media file (captions, then
   coco-captions   COCO captions_*.json
   coco-instances  COCO instances_*.json: boxes become regions labelled with the category name
   vg-regions      Visual Genome region_descriptions.json: phrase + box per region; image N is N.jpg
-  refcoco         refer-toolkit refs(unc).p with instances.json beside it (a pickle: trusted files only)
+  refcoco         refer-toolkit refs(unc).p with instances.json beside it (read without running
+                  anything: a pickle that asks for any class or function is refused)
   video-jsonl     {"video": PATH, "captions": [..], "start": S, "end": E} per line (start/end optional)
 
 A sample holds the media (jpg / png / webp as stored, mp4), a json member (source, stored
@@ -46,6 +47,11 @@ are decoded fully to check them and pass through unchanged unless --max-image-si
 exceeded; then they are resized (longer side = N) and re-encoded in their own format, and
 boxes are scaled per axis by stored/original size. Boxes partly outside the image are
 clipped. The shards are byte-identical for any --workers and after --resume.
+
+Nothing outside --media-root is read: a media path that is absolute, climbs out with '..' or
+leads out through a symbolic link is rejected. Malformed records (ids that are not integers
+or strings, missing fields, values of the wrong type) and clip times that are not finite,
+negative, not increasing or beyond the video are rejected, each with its reason.
 """
 
 

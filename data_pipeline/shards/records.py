@@ -2,7 +2,10 @@
 one `Sample` per media file of the corpus in memory."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field, fields
+
+from .values import shown
 
 
 class MediaError(Exception):
@@ -67,4 +70,12 @@ class Rejection:
     value: object = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Not asdict(): it deep-copies the value, which may be nested past the recursion limit.
+        entry = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if "value" in entry:
+            try:
+                json.dumps(entry["value"], allow_nan=False)
+            except (TypeError, ValueError, RecursionError):
+                # NaN, bytes from a refs pickle, nesting past the encoder's depth: kept as a short repr.
+                entry["value"] = shown(entry["value"])
+        return entry

@@ -1,17 +1,23 @@
-"""One planned sample to its tar members: media (as stored), `json` metadata, `txt` caption."""
+"""One planned sample to its tar members: media (as stored), `json` metadata, `txt` caption.
+
+Media paths come from annotation files, so they are resolved here, where the file is
+opened: a path that is absolute, climbs out with `..`, or reaches outside through a
+symbolic link is rejected, and the file is read from its resolved path only, so that no
+byte from outside --media-root ever reaches a shard.
+"""
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import schema
 from .images import store_image
 from .records import MediaError, Rejection, Sample
-from .validate import clean_captions, clean_regions
+from .validate import clean_captions, clean_regions, clip_problem
+from .values import shown
 from .videos import probe_video
-
-# A clip may end at the container's duration; allow for its rounding.
-CLIP_TOLERANCE_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -34,22 +40,56 @@ def _printable(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _read(path: Path) -> bytes:
-    if not path.is_file():
-        raise MediaError("missing file")
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def resolve_media(media_root: Path, media: str) -> str:
+    """The real path (every symbolic link followed) of `media`, a path relative to
+    `media_root`; `MediaError` unless it lies inside the real media root."""
+    if "\0" in media:
+        raise MediaError(f"media path holds a NUL character: {shown(media)}")
+    if os.path.isabs(media):
+        raise MediaError(f"media path leaves --media-root: {media} is absolute")
+    root = os.path.realpath(media_root)
+    joined = os.path.normpath(os.path.join(root, media))
+    if not _inside(joined, root):
+        raise MediaError(f"media path leaves --media-root: {media}")
     try:
-        return path.read_bytes()
+        real = os.path.realpath(joined)
+    except ValueError as error:  # a lone surrogate: no file name on this system
+        raise MediaError(f"media path is not a file name here ({error}): {shown(media)}") from None
+    if not _inside(real, root):
+        raise MediaError(f"media path leaves --media-root through a symbolic link: {media} resolves to {real}")
+    return real
+
+
+def _read(path: str) -> bytes:
+    """The bytes of the regular file at `path`, which holds no symbolic link (see `resolve_media`)."""
+    try:
+        # O_NOFOLLOW: a link put in place since the path was resolved is not followed;
+        # O_NONBLOCK: a FIFO is refused below instead of blocking the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MediaError("missing file") from None
     except OSError as error:
-        raise MediaError(f"cannot read file: {error.strerror}") from None
+        raise MediaError(f"cannot open file: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MediaError("not a regular file")
+        try:
+            return f.read()
+        except OSError as error:
+            raise MediaError(f"cannot read file: {error.strerror}") from None
 
 
 def encode_sample(sample: Sample, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
     """The sample's members, or None when it is rejected; every rejection goes to `rejected`."""
-    path = options.media_root / sample.media
     try:
+        data = _read(resolve_media(options.media_root, sample.media))
         if sample.kind == "video":
-            return _encode_video(sample, path, options, rejected)
-        return _encode_image(sample, path, options, rejected)
+            return _encode_video(sample, data, options, rejected)
+        return _encode_image(sample, data, options, rejected)
     except MediaError as error:
         rejected.append(Rejection(str(error), "sample", sample.origins[0], sample.key, sample.media))
     except Exception as error:  # one odd file must not end a build of millions; it is reported instead
@@ -65,8 +105,8 @@ def _finish(sample: Sample, media: tuple[str, bytes], meta: dict, rejected: list
     return EncodedSample(schema.sample_members(*media, meta), len(meta["captions"]), len(meta["regions"]))
 
 
-def _encode_image(sample: Sample, path: Path, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
-    stored, (width, height) = store_image(_read(path), options.max_image_side, options.jpeg_quality)
+def _encode_image(sample: Sample, data: bytes, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
+    stored, (width, height) = store_image(data, options.max_image_side, options.jpeg_quality)
     if sample.size is not None and tuple(sample.size) != (width, height):
         raise MediaError(f"the annotation gives the image as {sample.size[0]}x{sample.size[1]} but it is {width}x{height}")
     captions = clean_captions(sample.captions, sample.key, sample.media, rejected)
@@ -82,16 +122,12 @@ def _encode_image(sample: Sample, path: Path, options: EncodeOptions, rejected: 
     return _finish(sample, (stored.extension, stored.data), meta, rejected)
 
 
-def _encode_video(sample: Sample, path: Path, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
-    data = _read(path)
-    info = probe_video(path)
+def _encode_video(sample: Sample, data: bytes, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:
+    info = probe_video(data)
     start, end = sample.start, sample.end
-    if start is not None or end is not None:
-        lo = 0.0 if start is None else start
-        hi = info.duration if end is None else end
-        if lo < 0 or (hi is not None and hi <= lo) or (
-                info.duration is not None and hi is not None and hi > info.duration + CLIP_TOLERANCE_S):
-            raise MediaError(f"clip start={start} end={end} does not lie inside the {info.duration} s video")
+    problem = clip_problem(start, end, info.duration)
+    if problem:
+        raise MediaError(problem)
     captions = clean_captions(sample.captions, sample.key, sample.media, rejected)
     if sample.regions:
         rejected.extend(Rejection("regions are not kept for videos", "region", r.origin, sample.key, sample.media, r.box)

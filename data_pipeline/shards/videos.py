@@ -1,10 +1,10 @@
 """Video checks. A video goes into the shard unchanged; it is decoded once here so that a
 broken file is rejected at build time, and its real frame count, fps and duration are
-recorded."""
+recorded. It is probed from the bytes that go into the shard, not opened again by path."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import av
 
@@ -20,11 +20,11 @@ class VideoInfo:
     frames: int
 
 
-def probe_video(path: Path) -> VideoInfo:
-    if path.stat().st_size == 0:
+def probe_video(data: bytes) -> VideoInfo:
+    if not data:
         raise MediaError("cannot decode video: the file is empty (0 bytes)")
     try:
-        with av.open(str(path)) as container:
+        with av.open(io.BytesIO(data)) as container:
             if "mp4" not in container.format.name.split(","):
                 raise MediaError(f"unsupported video container {container.format.name} (mp4 is stored)")
             if not container.streams.video:

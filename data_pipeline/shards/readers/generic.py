@@ -8,12 +8,13 @@ video-jsonl:  {"video": "x.mp4", "captions": [...], "start": 1.5, "end": 9.0}  (
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Iterator
 
 from ..records import AnnotationError, Record, Rejection, Text
-from .text_files import ENCODING, caption_list, first_key, json_lines
+from ..validate import clip_problem
+from ..values import shown
+from .text_files import ENCODING, BadLine, caption_list, first_key, json_lines
 
 IMAGE_FIELDS = ("image", "path", "file_name", "filename", "filepath")
 VIDEO_FIELDS = ("video", "path", "file_name", "filename", "filepath")
@@ -25,8 +26,8 @@ def _line_records(path: Path, fmt: str, kind: str, path_fields: tuple[str, ...])
     for number, entry in json_lines(path):
         lines += 1
         origin = f"{path}:{number}"
-        if isinstance(entry, json.JSONDecodeError):
-            yield Rejection(f"line is not valid JSON ({entry.msg})", "record", origin)
+        if isinstance(entry, BadLine):
+            yield Rejection(entry.reason, "record", origin)
             continue
         if not isinstance(entry, dict):
             yield Rejection("line is not a JSON object", "record", origin)
@@ -43,11 +44,12 @@ def _line_records(path: Path, fmt: str, kind: str, path_fields: tuple[str, ...])
             continue
         record = Record(media, kind, origin, [Text(c, origin) for c in captions])
         if kind == "video":
-            clip = {name: entry.get(name) for name in ("start", "end")}
-            if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in clip.values()):
-                yield Rejection(f"start / end must be numbers of seconds, got {clip}", "record", origin, media=media)
+            start, end = entry.get("start"), entry.get("end")
+            problem = clip_problem(start, end)  # against the video's duration once it is probed
+            if problem:
+                yield Rejection(problem, "record", origin, media=media)
                 continue
-            record.start, record.end = clip["start"], clip["end"]
+            record.start, record.end = start, end
         yield record
     if lines and not objects:
         # Not one bad line but the wrong file: a mistake to stop at, not thousands of rejections.
@@ -62,23 +64,51 @@ def read_video_jsonl(path: Path, **_) -> Iterator[Record | Rejection]:
     return _line_records(path, "video-jsonl", "video", VIDEO_FIELDS)
 
 
+class _CountedLines:
+    """The lines of a file, counting those read: a row the csv reader fails on is not in its `line_num`."""
+
+    def __init__(self, lines):
+        self.lines, self.count = lines, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.count += 1
+        return line
+
+
 def read_csv(path: Path, **_) -> Iterator[Record | Rejection]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with open(path, newline="", **ENCODING) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
+        lines = _CountedLines(f)
+        reader = csv.DictReader(lines, delimiter=delimiter)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as error:
+            raise AnnotationError(path, f"is not a readable csv file (header: {error})") from None
         media_column = next((c for c in IMAGE_FIELDS if c in header), None)
         caption_column = next((c for c in CAPTION_FIELDS if c in header), None)
         if media_column is None or caption_column is None:
             raise AnnotationError(path, f"a csv file needs a header row naming an image column ({', '.join(IMAGE_FIELDS)}) "
-                                        f"and a caption column ({', '.join(CAPTION_FIELDS)}); the header is {header}")
-        try:
-            for row in reader:
-                origin = f"{path}:{reader.line_num}"
-                media = row.get(media_column)
-                if not media:
-                    yield Rejection(f"empty {media_column} column", "record", origin)
-                    continue
-                yield Record(media, "image", origin, [Text(row.get(caption_column) or "", origin)])
-        except csv.Error as error:
-            raise AnnotationError(path, f"is not a readable csv file (line {reader.line_num}: {error})") from None
+                                        f"and a caption column ({', '.join(CAPTION_FIELDS)}); the header is {shown(header)}")
+        while True:
+            read = lines.count
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                # The reader drops the bad row (a field over the size limit, ...) and goes on;
+                # should it ever stop advancing, the file is not csv that can be read.
+                if lines.count == read:
+                    raise AnnotationError(path, f"is not a readable csv file (line {read + 1}: {error})") from None
+                yield Rejection(f"row is not readable csv ({error})", "record", f"{path}:{lines.count}")
+                continue
+            origin = f"{path}:{lines.count}"
+            media = row.get(media_column)
+            if not media:
+                yield Rejection(f"empty {media_column} column", "record", origin)
+                continue
+            yield Record(media, "image", origin, [Text(row.get(caption_column) or "", origin)])
