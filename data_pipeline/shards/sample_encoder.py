@@ -57,8 +57,8 @@ def resolve_media(media_root: Path, media: str) -> str:
         raise MediaError(f"media path leaves --media-root: {media}")
     try:
         real = os.path.realpath(joined)
-    except ValueError as error:  # a lone surrogate: no file name on this system
-        raise MediaError(f"media path is not a file name here ({error}): {shown(media)}") from None
+    except ValueError:  # a lone surrogate (from a JSON escape) names no file on this system
+        raise MediaError(f"media path is not a valid file name: {shown(media)}") from None
     if not _inside(real, root):
         raise MediaError(f"media path leaves --media-root through a symbolic link: {media} resolves to {real}")
     return real
@@ -74,13 +74,17 @@ def _read(path: str) -> bytes:
         raise MediaError("missing file") from None
     except OSError as error:
         raise MediaError(f"cannot open file: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise MediaError("not a regular file")
-        try:
-            return f.read()
-        except OSError as error:
-            raise MediaError(f"cannot read file: {error.strerror}") from None
+        chunks = []
+        while chunk := os.read(fd, 1 << 22):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as error:
+        raise MediaError(f"cannot read file: {error.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def encode_sample(sample: Sample, options: EncodeOptions, rejected: list[Rejection]) -> EncodedSample | None:

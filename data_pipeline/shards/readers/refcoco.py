@@ -45,6 +45,10 @@ def _load_refs(path: Path, data: bytes) -> list:
     except _GlobalRefused as refused:
         raise AnnotationError(path, f"is refused: the pickle asks for the global {refused.name}, which a refs file never "
                                     "holds (only lists, dicts, strings and numbers); nothing in it was run") from None
+    except EOFError:
+        raise AnnotationError(path, "is not a refcoco refs pickle (the file ends before the pickle does)") from None
+    except KeyError as error:  # the pure-Python unpickler's lookup of an opcode it does not know
+        raise AnnotationError(path, f"is not a refcoco refs pickle (unknown opcode {shown(bytes(error.args[:1]))})") from None
     except Exception as error:  # unpickling garbage raises nearly anything
         raise AnnotationError(path, f"is not a refcoco refs pickle ({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(refs, list) or (refs and not any(_is_ref(r) for r in refs)):
