@@ -48,9 +48,12 @@ def _load_refs(path: Path, data: bytes) -> list:
     except EOFError:
         raise AnnotationError(path, "is not a refcoco refs pickle (the file ends before the pickle does)") from None
     except KeyError as error:  # the pure-Python unpickler's lookup of an opcode it does not know
-        raise AnnotationError(path, f"is not a refcoco refs pickle (unknown opcode {shown(bytes(error.args[:1]))})") from None
+        code = error.args[0] if error.args else None
+        opcode = bytes([code]) if isinstance(code, int) and 0 <= code < 256 else code
+        raise AnnotationError(path, f"is not a refcoco refs pickle (unknown opcode {shown(opcode)})") from None
     except Exception as error:  # unpickling garbage raises nearly anything
-        raise AnnotationError(path, f"is not a refcoco refs pickle ({type(error).__name__}: {str(error)[:200]})") from None
+        message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else shown(error.args)
+        raise AnnotationError(path, f"is not a refcoco refs pickle ({type(error).__name__}: {message[:200]})") from None
     if not isinstance(refs, list) or (refs and not any(_is_ref(r) for r in refs)):
         raise AnnotationError(path, "is not a refcoco refs pickle: expected a list of refs (dicts with 'ann_id')")
     return refs
