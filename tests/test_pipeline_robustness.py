@@ -19,6 +19,7 @@ from data_pipeline.loader.mixer import MixedLoader
 from data_pipeline.loader.stream import CorpusStream, CorpusUnusable, epoch_shard_ids
 from data_pipeline.media import video_decode
 from data_pipeline.skips import BadSample
+from data_pipeline.spec import SpecError
 from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, pipeline_shards, video_samples,  # noqa: F401
                               write_shards)
 
@@ -223,3 +224,14 @@ def test_a_stuck_worker_is_reported_naming_the_corpus(demo_tokenizer, pipeline_s
                                             r"loader.worker_timeout_s = 0.5 s"):
         loader.next_batch()
     loader.close()
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("max_bad_fraction", 0, "must be in (0, 1]"), ("bad_sample_window", 0, "must be > 0"),
+    ("max_member_bytes", -1, "must be > 0"), ("worker_timeout_s", -1, "must be >= 0"),
+    ("worker_timeout_s", True, "expected int/float"),
+])
+def test_the_limits_are_validated_naming_the_key(demo_tokenizer, key, value, problem):
+    with pytest.raises(SpecError) as info:
+        data_spec(demo_tokenizer, [{"name": "c", "kind": "image_text", "shards": ["x.tar"]}], loader={key: value})
+    assert str(info.value).startswith(f"loader.{key}: ") and problem in str(info.value)

@@ -26,7 +26,9 @@ import zlib
 from typing import BinaryIO, Callable, Iterator
 
 BLOCK = 512
-CHUNK = 1 << 20  # the most requested from the stream by one read
+ZERO_BLOCK = bytes(BLOCK)  # the end of the archive
+CHUNK = 1 << 20  # the most requested from the stream by one read of a member
+SKIP_CHUNK = 64 << 10  # and by one read of bytes passed over
 DEFAULT_MAX_MEMBER_BYTES = 512 << 20
 # No writer in use makes a member this big; a size beyond it is a damaged header, not data to skip.
 MAX_TAR_SIZE = 1 << 40
@@ -129,7 +131,7 @@ class _Reader:
     def skip(self, size: int, what: str) -> None:
         left = size
         while left > 0:
-            more = self._read(min(left, CHUNK))
+            more = self._read(min(left, SKIP_CHUNK))
             if not more:
                 raise EOFError(f"tar stream ends inside {what} ({size - left} of {size} bytes)")
             left -= len(more)
@@ -232,7 +234,7 @@ def tar_members(stream: BinaryIO, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYT
             if first:
                 raise NotATarError(f"{len(header)} bytes, shorter than one tar header: not a tar file")
             raise EOFError("tar stream ends inside a header")
-        if header == bytes(BLOCK):
+        if header == ZERO_BLOCK:
             return
         if not _checksum_ok(header):
             if first:
