@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
+
 KINDS = ("image_text", "region", "video_text")
 FLIP_MODES = ("swap", "skip", "off")
 
@@ -58,6 +60,14 @@ class LoaderSpec:
     shard_retries: int = 2
     retry_delay_s: float = 1.0
     prefetch_factor: int = 2
+    # A tar member larger than this is skipped unread (a damaged size or a stray huge file).
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    # Stop when more than max_bad_fraction of the last bad_sample_window samples a worker read
+    # were skipped: a corpus that is mostly unusable is a mistake to report, not to read forever.
+    bad_sample_window: int = 1000
+    max_bad_fraction: float = 0.5
+    # A worker that delivers no batch for this long is reported as stuck (0: wait forever).
+    worker_timeout_s: float = 600.0
 
 
 @dataclass
@@ -208,6 +218,13 @@ def parse_data_spec(raw: Any, root: Path | None = None) -> DataSpec:
         shard_retries=_take(loader_raw, "shard_retries", "loader", int, 2, check=_non_negative),
         retry_delay_s=float(_take(loader_raw, "retry_delay_s", "loader", (int, float), 1.0, check=_non_negative)),
         prefetch_factor=_take(loader_raw, "prefetch_factor", "loader", int, 2, check=_positive),
+        max_member_bytes=_take(loader_raw, "max_member_bytes", "loader", int, DEFAULT_MAX_MEMBER_BYTES,
+                               check=_positive),
+        bad_sample_window=_take(loader_raw, "bad_sample_window", "loader", int, 1000, check=_positive),
+        max_bad_fraction=float(_take(loader_raw, "max_bad_fraction", "loader", (int, float), 0.5,
+                                     check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")),
+        worker_timeout_s=float(_take(loader_raw, "worker_timeout_s", "loader", (int, float), 600.0,
+                                     check=_non_negative)),
     )
 
     corpora_raw = _take(raw, "corpora", "", list, check=lambda v: None if v else "must list at least one corpus")

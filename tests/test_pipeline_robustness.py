@@ -1,5 +1,7 @@
 """Bad input is skipped and counted, never fatal and never silent: planted bad samples,
-a truncated shard, a shard that cannot be opened, a video decoder that hangs."""
+a truncated shard, a shard that cannot be opened, files that are not shards, a video decoder
+that hangs. What cannot be read around stops the run with a message naming the corpus: a
+corpus of mostly bad samples, a corpus with no readable shard, a worker that is stuck."""
 from __future__ import annotations
 
 import json
@@ -10,13 +12,16 @@ from collections import Counter
 
 import pytest
 
-from data_pipeline.media import video_decode
-from data_pipeline.loader.corpus_loader import build_transform
-from data_pipeline.loader.mixer import MixedLoader
-from data_pipeline.skips import BadSample
 from data_pipeline.io.shard_list import expand_shards
-from data_pipeline.loader.stream import CorpusStream
-from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, write_shards  # noqa: F401
+from data_pipeline.loader import corpus_loader
+from data_pipeline.loader.corpus_loader import CorpusLoader, WorkerTimeout, build_transform
+from data_pipeline.loader.mixer import MixedLoader
+from data_pipeline.loader.stream import CorpusStream, CorpusUnusable, epoch_shard_ids
+from data_pipeline.media import video_decode
+from data_pipeline.skips import BadSample
+from data_pipeline.spec import SpecError
+from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, pipeline_shards, video_samples,  # noqa: F401
+                              write_shards)
 
 PLANTED = {  # key -> the reason it must be counted under
     "bad_jpeg": "image_decode",
@@ -127,3 +132,106 @@ def test_video_decode_result_is_a_function_of_the_rng(demo_corpus):
     a = video_decode.decode_clip(data, 3, None, None, True, random.Random(5), timeout_s=10)
     b = video_decode.decode_clip(data, 3, None, None, True, random.Random(5), timeout_s=10)
     assert a.shape == (3, 128, 128, 3) and (a == b).all()
+
+
+def drain(stream: CorpusStream) -> list[str]:
+    return [k for batch, _ in stream.batches_with_state() for k in batch["keys"]]
+
+
+def test_a_corpus_whose_every_sample_fails_stops_naming_it(demo_corpus, demo_tokenizer, tmp_path):
+    broken = [{**s, "json": b"{not json"} for s in coco_samples(demo_corpus)[:6]]
+    urls = [str(p) for p in write_shards(broken, tmp_path, "broken", 2)]
+    spec = data_spec(demo_tokenizer, [{"name": "broken", "kind": "image_text", "shards": urls, "batch_size": 2}],
+                     loader={"bad_sample_window": 20, "max_bad_fraction": 0.5})
+    corpus = spec.corpora[0]
+    # 50 passes bound the test should the limit not work; the stream itself never ends.
+    stream = CorpusStream(corpus, urls, spec, 0, 1, 0, 1, build_transform(corpus, spec), passes=50)
+    with pytest.raises(CorpusUnusable) as info:
+        drain(stream)
+    message = str(info.value)
+    assert message.startswith("corpus broken: 20 of the last 20 samples read by rank 0 worker 0 were skipped")
+    assert "loader.bad_sample_window = 20" in message and "(bad_json 20)" in message
+    assert stream.counters.as_dict() == {"bad_json": 20}
+
+
+def test_a_corpus_with_some_bad_samples_goes_on(demo_corpus, demo_tokenizer, tmp_path):
+    samples = coco_samples(demo_corpus)[:6]
+    samples[1], samples[4] = {**samples[1], "json": b"{"}, {**samples[4], "json": b"["}
+    urls = [str(p) for p in write_shards(samples, tmp_path, "some", 2)]
+    spec = data_spec(demo_tokenizer, [{"name": "some", "kind": "image_text", "shards": urls, "batch_size": 2}],
+                     loader={"bad_sample_window": 10, "max_bad_fraction": 0.5})
+    corpus = spec.corpora[0]
+    stream = CorpusStream(corpus, urls, spec, 0, 1, 0, 1, build_transform(corpus, spec), passes=10)
+    assert len(drain(stream)) == 40  # at most 4 of any 10 samples in a row are bad
+    assert stream.counters.as_dict() == {"bad_json": 20}
+
+
+def not_tar_files(folder, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        (folder / f"{i:05d}.parquet").write_bytes(b"PAR1" + bytes(1000) + b"PAR1")
+        paths.append(str(folder / f"{i:05d}.parquet"))
+    return paths
+
+
+def test_a_corpus_with_no_readable_shard_stops_naming_it_and_its_counters(demo_tokenizer, tmp_path):
+    urls = not_tar_files(tmp_path, 2)
+    spec = data_spec(demo_tokenizer, [{"name": "sidecars", "kind": "image_text", "shards": urls}],
+                     loader={"retry_delay_s": 5})
+    corpus = spec.corpora[0]
+    stream = CorpusStream(corpus, urls, spec, 0, 1, 0, 1, build_transform(corpus, spec), passes=3)
+    started = time.monotonic()
+    with pytest.raises(CorpusUnusable, match="corpus sidecars: rank 0 worker 0 read no sample from any of the "
+                                             "corpus's 2 shards .*skipped so far: shard_not_tar 2$"):
+        drain(stream)
+    assert time.monotonic() - started < 5  # no retry, no retry delay
+
+
+def test_a_worker_whose_shards_of_an_epoch_are_all_unreadable_goes_on(demo_corpus, demo_tokenizer, tmp_path):
+    good = [str(p) for p in write_shards(coco_samples(demo_corpus)[:8], tmp_path, "good", 2)]
+    urls = good + not_tar_files(tmp_path / "bad", 2)
+    spec = data_spec(demo_tokenizer, [{"name": "mixed", "kind": "image_text", "shards": urls, "batch_size": 2}])
+    corpus = spec.corpora[0]
+    shards_of = [set(epoch_shard_ids(4, spec.seed, "mixed", e, 0, 2)) for e in range(12)]
+    barren = next(e for e, ids in enumerate(shards_of) if ids == {2, 3})  # worker 0 gets only the bad files
+    stream = CorpusStream(corpus, urls, spec, 0, 1, 0, 2, build_transform(corpus, spec), passes=barren + 2)
+    keys = drain(stream)
+    good_reads = sum(len(ids & {0, 1}) for ids in shards_of[:barren + 2])
+    assert len(keys) == 4 * good_reads  # 4 samples per good shard
+    assert stream.counters.as_dict() == {"shard_not_tar": 2 * (barren + 2) - good_reads}
+
+
+def test_a_stuck_worker_is_reported_naming_the_corpus(demo_tokenizer, pipeline_shards, monkeypatch):
+    real = corpus_loader.build_transform
+
+    def slow_first_sample(corpus, spec):
+        transform, calls = real(corpus, spec), []
+
+        def slow(raw, rng):
+            if not calls:
+                time.sleep(2)  # what a hung read or decode looks like from the main process
+            calls.append(1)
+            return transform(raw, rng)
+        return slow
+
+    monkeypatch.setattr(corpus_loader, "build_transform", slow_first_sample)
+    urls = [str(p) for p in pipeline_shards["coco"]]
+    spec = data_spec(demo_tokenizer, [{"name": "coco", "kind": "image_text", "shards": urls, "batch_size": 2}],
+                     loader={"num_workers": 1, "worker_timeout_s": 0.5})
+    loader = CorpusLoader(spec.corpora[0], spec, 0, 1, num_workers=1)
+    with pytest.raises(WorkerTimeout, match=r"^corpus coco: no batch from its loader workers .* within "
+                                            r"loader.worker_timeout_s = 0.5 s"):
+        loader.next_batch()
+    loader.close()
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("max_bad_fraction", 0, "must be in (0, 1]"), ("bad_sample_window", 0, "must be > 0"),
+    ("max_member_bytes", -1, "must be > 0"), ("worker_timeout_s", -1, "must be >= 0"),
+    ("worker_timeout_s", True, "expected int/float"),
+])
+def test_the_limits_are_validated_naming_the_key(demo_tokenizer, key, value, problem):
+    with pytest.raises(SpecError) as info:
+        data_spec(demo_tokenizer, [{"name": "c", "kind": "image_text", "shards": ["x.tar"]}], loader={key: value})
+    assert str(info.value).startswith(f"loader.{key}: ") and problem in str(info.value)

@@ -6,6 +6,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from data_pipeline.shards.cli import main
@@ -169,3 +170,65 @@ def test_member_names_from_awkward_paths_group_into_samples(tmp_path, demo_corpu
                                   "k_x.jpg", "k_x.json", "k_x.txt"]
     samples = read_back(tmp_path / "out")
     assert [(s["__key__"], s["json"]["captions"]) for s in samples] == [("k_sub_dir_img_v2", ["nested"]), ("k_x", ["dotted"])]
+
+
+WORDS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+
+
+@pytest.fixture(scope="module")
+def img2dataset_output(demo_corpus, tmp_path_factory) -> Path:
+    """Two shards as img2dataset writes them (webdataset's TarWriter; keys of shard and index
+    digits; jpg, txt and its own json), with its parquet and stats files beside them."""
+    out = tmp_path_factory.mktemp("img2dataset")
+    images = sorted((demo_corpus / "images").glob("*.jpg"))[:8]
+    for shard in range(2):
+        with wds.TarWriter(str(out / f"{shard:05d}.tar")) as writer:
+            for index in range(4):
+                path = images[shard * 4 + index]
+                key = f"{shard:05d}{index:04d}"
+                with Image.open(path) as image:
+                    width, height = image.size
+                meta = {"url": f"https://example.com/{path.name}", "key": key, "status": "success",
+                        "error_message": None, "width": width, "height": height, "original_width": width * 2,
+                        "original_height": height * 2, "exif": "{}", "sha256": "ab" * 32}
+                writer.write({"__key__": key, "jpg": path.read_bytes(),
+                              "txt": f"a {WORDS[shard * 4 + index]} photo".encode(), "json": json.dumps(meta).encode()})
+        (out / f"{shard:05d}.parquet").write_bytes(b"PAR1 not really a parquet PAR1")
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps({"count": 4, "successes": 4, "failed_to_download": 0}))
+    return out
+
+
+def test_inspect_and_verify_read_img2dataset_shards(capsys, img2dataset_output):
+    for spec in (str(img2dataset_output), str(img2dataset_output / "*")):  # a glob also catches the sidecars
+        assert main(["inspect", spec, "--json"]) == 0
+        totals = json.loads(capsys.readouterr().out)
+        counts = {"samples": 8, "captions": 8, "regions": 0}
+        assert totals == {"shards": 2, **counts, "sources": {"(no source)": counts}}
+    assert main(["inspect", str(img2dataset_output), "--samples", "1"]) == 0
+    assert "000000000  jpg" in capsys.readouterr().out
+    assert main(["verify", str(img2dataset_output)]) == 0
+    out = capsys.readouterr().out
+    assert "checking the shards' structure only" in out and "2 of 2 shards good" in out
+
+
+def test_show_draws_img2dataset_samples(capsys, img2dataset_output, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert main(["show", str(img2dataset_output / "*"), "--out", str(grid), "--samples", "6", "--columns", "3",
+                 "--tile", "64"]) == 0
+    with Image.open(grid) as image:
+        assert image.size == (3 * 64, 2 * (64 + 4 * 12))
+        for row in range(2):
+            for column in range(3):
+                tile = image.crop((column * 64, row * (64 + 48), (column + 1) * 64, row * (64 + 48) + 64))
+                assert len(tile.getcolors(64 * 64)) > 20, (row, column)  # a picture, not a blank tile
+
+
+def test_tools_name_a_damaged_shard_without_a_traceback(capsys, img2dataset_output, tmp_path):
+    data = (img2dataset_output / "00001.tar").read_bytes()
+    for name, damaged in (("cut.tar", data[:len(data) // 2]), ("garbage.tar", data[:2048] + b"\xff" * 4096)):
+        (tmp_path / name).write_bytes(damaged)
+        for command in (["inspect"], ["verify"], ["show", "--out", str(tmp_path / "g.png")]):
+            assert main([command[0], str(tmp_path / name), *command[1:]]) == 1, (name, command)
+            captured = capsys.readouterr()
+            assert str(tmp_path / name) in captured.out + captured.err
+            assert "Traceback" not in captured.out + captured.err

@@ -1,27 +1,38 @@
-"""Reads the raw samples of one tar shard, from a given sample index on, with retries.
+"""The one shard reader: opens a shard URL, reads its tar members and groups them into raw
+samples (`__key__`, `__url__`, and each member's bytes under its extension).
 
-A sample is webdataset's grouping of the tar members that share a key (`__key__`,
-`jpg`, `json`, ...), still as bytes: nothing is decoded here, so skipping to a position
-after a resume costs reading, not decoding.
+Nothing is decoded here, so skipping to a position after a resume costs reading, not
+decoding. Entry points:
+  * `raw_samples`: every sample, and an exception from `READ_ERRORS` when the shard is
+    damaged or cannot be read; `checked_samples` (the shard tools) also refuses a shard
+    whose members the loader would pass over;
+  * `read_shard` (the loader, evaluation): the retry policy; it never raises for a bad
+    shard, it counts it. Only a failure of the stream itself (network, pipe, disk, a
+    stream cut short) is retried; a file that is not a tar or a damaged one is skipped at
+    once (`shard_not_tar`, `shard_corrupt`), since reading it again gives the same bytes.
 """
 from __future__ import annotations
 
+import http.client
 import logging
-import tarfile
+import sys
 import time
-import urllib.error
 import urllib.request
 from typing import Iterator
 
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys
 
 from ..skips import Counters
-from .tar_stream import tar_members
+from .grouping import group_samples
+from .tar_stream import DEFAULT_MAX_MEMBER_BYTES, NotATarError, SkipReport, TarFormatError, ignore_skips, tar_members
 
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 60.0
+# What reading a shard may raise: a damaged or foreign file (TarFormatError), a stream cut
+# short (EOFError), a failed open or read (OSError, which includes urllib's URLError).
+READ_ERRORS = (TarFormatError, EOFError, OSError, http.client.HTTPException)
+COUNT_NOTHING = sys.maxsize  # `count_from` that leaves member skips uncounted
 
 
 def open_shard(url: str):
@@ -31,41 +42,113 @@ def open_shard(url: str):
     would hide a dead server from the retry policy configured here."""
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
+    if url.startswith("file:"):
+        url = url[len("file:"):]
     return gopen(url, "rb")
 
 
-def raw_samples(url: str) -> Iterator[dict]:
-    """Every sample of the shard in stored order; errors propagate."""
+def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                on_skip: SkipReport = ignore_skips) -> Iterator[dict]:
+    """Every sample of the shard in stored order. Members passed over (too large, repeated,
+    unnamed, of an unknown type) go to `on_skip`; a bad shard raises one of READ_ERRORS."""
     stream = open_shard(url)
+    finished = False
     try:
-        files = ({"fname": name, "data": data, "__url__": url} for name, data in tar_members(stream))
-        yield from group_by_keys(files)
+        yield from group_samples(tar_members(stream, max_member_bytes, on_skip), url, on_skip)
+        finished = True
     finally:
-        stream.close()
+        if finished:
+            stream.close()  # a pipe reports its command's failure here
+        else:  # an error is already on its way, or the caller stopped early
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+
+
+def failure_reason(error: BaseException) -> str:
+    """The counter a shard that raised `error` is skipped under."""
+    if isinstance(error, NotATarError):
+        return "shard_not_tar"
+    if isinstance(error, TarFormatError):
+        return "shard_corrupt"
+    return "shard_unreadable"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth reading again: the stream failed, not its bytes."""
+    return not isinstance(error, TarFormatError)
 
 
 def read_shard(url: str, start: int, counters: Counters, retries: int = 2, retry_delay_s: float = 1.0,
+               max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, count_from: int | None = None,
                ) -> Iterator[tuple[int, dict]]:
-    """Yields (index in shard, raw sample) for index >= start.
+    """Yields (index in shard, raw sample) for index >= start; never raises for a bad shard.
 
-    A failure to open or read reopens the shard and skips to the first sample not yet
-    yielded, up to `retries` times; then the rest of the shard is skipped and counted."""
+    A transient failure reopens the shard and skips to the first sample not yet yielded, up
+    to `retries` times; then the rest of the shard is skipped (`shard_unreadable`). Members
+    passed over are counted once, for the samples from `count_from` (default `start`) on,
+    however often the shard is reread: they belong to the sample being assembled."""
     next_index = start
+    counted = start if count_from is None else count_from  # member skips before this sample are counted
     failures = 0
     while True:
+        seen = [0]  # samples grouped so far in this attempt: the sample a skip belongs to
+        pending: list[tuple[int, str]] = []
+
+        def on_skip(reason: str, detail: str) -> None:
+            pending.append((seen[0], reason))
+            log.debug("shard %s: passed over a member (%s): %s", url, reason, detail)
+
+        def commit(through: int) -> None:
+            nonlocal counted
+            for owner, reason in pending:
+                if counted <= owner <= through:
+                    counters.add(reason)
+            pending.clear()
+            counted = max(counted, through + 1)
+
         try:
-            for index, sample in enumerate(raw_samples(url)):
+            for index, sample in enumerate(raw_samples(url, max_member_bytes, on_skip)):
+                seen[0] = index + 1
+                commit(index)
                 if index >= next_index:
                     next_index = index + 1
                     yield index, sample
+            commit(COUNT_NOTHING - 1)
             return
-        except (OSError, EOFError, tarfile.TarError, ValueError, urllib.error.URLError) as exn:
+        except READ_ERRORS as exn:
             failures += 1
-            if failures > retries:
-                counters.add("shard_unreadable")
-                log.warning("skipping the rest of shard %s after %d attempts: %s", url, failures, exn)
+            if not is_transient(exn) or failures > retries:
+                commit(COUNT_NOTHING - 1)
+                reason = failure_reason(exn)
+                counters.add(reason)
+                after = f" after {failures} attempts" if is_transient(exn) else ""
+                log.warning("skipping %s %s%s (%s: %s)", "the rest of shard" if next_index else "shard", url, after,
+                            reason, exn)
                 return
             counters.add("shard_retry")
-            log.info("retrying shard %s (attempt %d): %s", url, failures + 1, exn)
+            log.info("retrying shard %s (attempt %d): %s: %s", url, failures + 1, type(exn).__name__, exn)
             if retry_delay_s:
                 time.sleep(retry_delay_s)
+
+
+class ShardDamaged(Exception):
+    """A shard the shard tools refuse: `reason` is the loader's counter for it."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _refuse(reason: str, detail: str) -> None:
+    raise ShardDamaged(reason, detail)
+
+
+def checked_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict]:
+    """`raw_samples` for the shard tools, which report a shard rather than read around its
+    damage: anything the loader would skip or count raises ShardDamaged."""
+    try:
+        yield from raw_samples(url, max_member_bytes, _refuse)
+    except READ_ERRORS as exn:
+        raise ShardDamaged(failure_reason(exn), f"{type(exn).__name__}: {exn}") from None

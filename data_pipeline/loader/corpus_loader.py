@@ -23,6 +23,10 @@ from .reshard import reshard_streams
 from .stream import CorpusStream
 
 
+class WorkerTimeout(RuntimeError):
+    """A corpus's DataLoader worker delivered no batch within `loader.worker_timeout_s`."""
+
+
 def build_transform(corpus: CorpusSpec, spec: DataSpec):
     text = TextEncoder(spec.text)
     if corpus.kind == "image_text":
@@ -79,7 +83,8 @@ class CorpusLoader:
                                 copy.deepcopy(self.states), self.batches % self.workers)
         options = {}
         if self.num_workers > 0:
-            options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork"}
+            options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork",
+                       "timeout": self.spec.loader.worker_timeout_s}
         # A generator of its own: a DataLoader iterator draws its workers' base seed from the
         # generator it is given, by default torch's global one, and a loader restarted on resume
         # would then shift the trainer's random stream (ITM negatives) against an unbroken run.
@@ -92,7 +97,18 @@ class CorpusLoader:
     def next_batch(self) -> dict:
         if self._iterator is None:
             self._start()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except RuntimeError as exn:
+            if "timed out" not in str(exn):  # torch's words for its `timeout`; other errors name themselves
+                raise
+            skipped = self.skipped()
+            self.close()
+            raise WorkerTimeout(
+                f"corpus {self.corpus.name}: no batch from its loader workers (rank {self.rank}, worker "
+                f"{self.batches % self.workers}'s turn) within loader.worker_timeout_s = "
+                f"{self.spec.loader.worker_timeout_s:g} s: a worker is stuck reading a shard or decoding a "
+                f"sample; skipped so far: {skipped or 'nothing'}") from None
         worker = batch.pop("_worker")
         if worker != self.batches % self.workers:
             raise RuntimeError(f"corpus {self.corpus.name}: batch {self.batches} came from worker {worker}, "

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Callable, Iterator
 
-from ..io.shard_reader import read_shard
+from ..io.shard_reader import COUNT_NOTHING, read_shard
 from ..skips import BadSample, Counters
 from ..spec import CorpusSpec, DataSpec
 from .collate import COLLATE
@@ -32,6 +32,32 @@ from .shuffle import ShuffleBuffer
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+
+class CorpusUnusable(RuntimeError):
+    """A corpus a worker cannot make batches from: every shard unreadable, or most samples bad."""
+
+
+class SkipWindow:
+    """The skip reasons of the last `size` samples read (None for a sample used), and
+    whether more than `max_fraction` of them were skipped."""
+
+    def __init__(self, size: int, max_fraction: float):
+        self.reasons: deque = deque(maxlen=size)
+        self.max_fraction = max_fraction
+        self.skipped = 0
+
+    def add(self, reason: str | None) -> bool:
+        """Records one sample; True when the window is full and over the limit."""
+        full = len(self.reasons) == self.reasons.maxlen
+        if full and self.reasons[0] is not None:
+            self.skipped -= 1
+        self.reasons.append(reason)
+        self.skipped += reason is not None
+        return len(self.reasons) == self.reasons.maxlen and self.skipped > self.max_fraction * len(self.reasons)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(r for r in self.reasons if r is not None).most_common())
 
 
 # A unit of reading: (shard id, start, picks) reads the shard `urls[shard id]` from index
@@ -71,6 +97,8 @@ class CorpusStream:
         self.passes = passes
         self.collate = COLLATE[corpus.kind]
         self.counters = Counters()
+        self.window = SkipWindow(spec.loader.bad_sample_window, spec.loader.max_bad_fraction)
+        self.barren: set[int] = set()  # shard ids read since the last sample arrived, none giving one
         self.epoch = 0
         self.cursor = (0, 0)  # (position in this epoch's shard list, next sample index in that shard)
         self.batches = 0
@@ -92,9 +120,10 @@ class CorpusStream:
         return [(i, 0, ()) for i in epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch,
                                                     self.slot, self.slots)]
 
-    def _read(self, url: str, start: int):
+    def _read(self, url: str, start: int, count_from: int | None = None):
         loader = self.spec.loader
-        return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s)
+        return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s,
+                          loader.max_member_bytes, count_from)
 
     def _read_unit(self, unit: Unit, begin: int) -> Iterator[tuple[int, dict]]:
         """(index, raw sample) of the unit's samples at index >= begin."""
@@ -106,7 +135,9 @@ class CorpusStream:
         first = wanted[0] if wanted else tail
         last = wanted[-1] if wanted else None
         singles = set(wanted)
-        for index, raw in self._read(self.urls[shard], first):
+        # The single samples were read (and their skipped members counted) by the worker whose
+        # buffer held them; only the tail is new reading.
+        for index, raw in self._read(self.urls[shard], first, COUNT_NOTHING if tail is None else tail):
             if index in singles or (tail is not None and index >= tail):
                 yield index, raw
             if tail is None and index >= last:
@@ -116,26 +147,29 @@ class CorpusStream:
         """(epoch, raw sample) in shuffled order, forever."""
         while True:
             units = self.units(self.epoch)
-            planned = self.epoch in self.plan
-            full_pass = self.cursor == (0, 0) and not self.buffer.entries
-            produced = 0
             pos, start = self.cursor
             while pos < len(units):
+                barren = True
                 for index, raw in self._read_unit(units[pos], start):
+                    barren = False
+                    self.barren.clear()
                     self.cursor = (pos, index + 1)
                     out = self.buffer.push((pos, index), raw)
                     if out is not None:
-                        produced += 1
                         yield self.epoch, out[1]
+                if barren and start == 0 and units[pos][1] == 0:  # a whole shard read, and no sample in it
+                    self.barren.add(units[pos][0])
                 pos, start = pos + 1, 0
                 self.cursor = (pos, 0)
             for _, raw in self.buffer.drain():
-                produced += 1
                 yield self.epoch, raw
-            if full_pass and not produced and not planned:
-                raise RuntimeError(
-                    f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample in a whole "
-                    f"pass over its {len(units)} shards (epoch {self.epoch}); see the shard_unreadable counter")
+            # A worker whose shards of one epoch all fail goes on to the next epoch's; once it has
+            # tried every shard of the corpus without a sample, no epoch will give it one.
+            if len(self.barren) == len(self.urls):
+                raise CorpusUnusable(
+                    f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample from any of "
+                    f"the corpus's {len(self.urls)} shards (epoch {self.epoch}); skipped so far: "
+                    f"{self._counts()}")
             self.plan.pop(self.epoch, None)
             self.epoch += 1
             self.cursor = (0, 0)
@@ -152,13 +186,14 @@ class CorpusStream:
             try:
                 item = self.transform(raw, rng)
             except BadSample as bad:
-                self.counters.add(bad.reason)
+                self._skip(bad.reason)
                 log.debug("corpus %s: skipped %s: %s", self.corpus.name, key, bad)
                 continue
             except Exception as exn:  # an unforeseen failure of one sample must not stop the run
-                self.counters.add(f"error_{type(exn).__name__}")
+                self._skip(f"error_{type(exn).__name__}")
                 log.warning("corpus %s: skipped %s: %s: %s", self.corpus.name, key, type(exn).__name__, exn)
                 continue
+            self.window.add(None)
             item["epoch"] = epoch
             pending.append(item)
             if len(pending) == self.corpus.batch_size:
@@ -172,6 +207,21 @@ class CorpusStream:
             batch["epochs"] = [s["epoch"] for s in pending]
             self.batches += 1
             yield batch, self.state_dict()
+
+    def _counts(self) -> str:
+        return ", ".join(f"{reason} {n}" for reason, n in self.counters.as_dict().items()) or "nothing"
+
+    def _skip(self, reason: str) -> None:
+        self.counters.add(reason)
+        if self.window.add(reason):
+            loader = self.spec.loader
+            size = len(self.window.reasons)
+            found = ", ".join(f"{r} {n}" for r, n in self.window.by_reason().items())
+            raise CorpusUnusable(
+                f"corpus {self.corpus.name}: {self.window.skipped} of the last {size} samples read by rank "
+                f"{self.rank} worker {self.worker} were skipped, more than loader.max_bad_fraction = "
+                f"{loader.max_bad_fraction} of loader.bad_sample_window = {loader.bad_sample_window} ({found}); "
+                f"skipped so far: {self._counts()}")
 
     def state_dict(self) -> dict:
         return {
@@ -219,7 +269,7 @@ class CorpusStream:
         found = {}
         for pos, indices in sorted(wanted.items()):
             last = max(indices)
-            for index, raw in self._read(shards[pos], min(indices)):
+            for index, raw in self._read(shards[pos], min(indices), COUNT_NOTHING):  # counted when first read
                 if index in indices:
                     found[(pos, index)] = raw
                 if index >= last:

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
 import av
 from PIL import Image, ImageDraw, ImageFont
 
-from .shard_reader import SpecError, expand_spec, iter_samples, media_member
+from ..io.shard_list import ShardListError, expand_shards
+from ..io.shard_reader import ShardDamaged, checked_samples
+from ..schema import media_extension, parse_meta
 
 BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
                (240, 50, 230), (128, 128, 0))
@@ -24,10 +24,11 @@ BACKGROUND = (255, 255, 255)
 def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
         "show", help="draw samples with their boxes and captions into a PNG grid",
-        description="Draw the first samples of SPEC (a directory, brace pattern or glob) into one PNG: each image "
-                    "(a video's first frame) scaled into a square tile, every region's box drawn in its own colour "
+        description="Draw the first samples of SPEC (a directory, brace pattern, glob or URL; this project's shards "
+                    "or img2dataset / video2dataset ones) into one PNG: each image (a video's first frame) scaled "
+                    "into a square tile, every region's box (where the sample has regions) drawn in its own colour "
                     "with its caption or label at its corner, and the sample's key and first caption under the tile.")
-    parser.add_argument("spec", metavar="SPEC", help="shards: directory, brace pattern or glob")
+    parser.add_argument("spec", metavar="SPEC", help="shards: directory, brace pattern, glob or URL")
     parser.add_argument("--out", type=Path, required=True, metavar="PNG", help="output image")
     parser.add_argument("--samples", type=int, default=12, metavar="N", help="samples to draw (default 12)")
     parser.add_argument("--columns", type=int, default=4, metavar="N", help="tiles per row (default 4)")
@@ -45,9 +46,13 @@ def tile_scale(width: int, height: int, tile: int) -> float:
     return tile / max(width, height)
 
 
-def draw_tile(members: dict[str, bytes], key: str, tile: int) -> Image.Image:
-    extension, data = media_member(members)
-    meta = json.loads(members["json"])
+def draw_tile(sample: dict, tile: int) -> Image.Image:
+    """The sample's picture with its regions (if any) and caption; raises on a sample it cannot draw."""
+    meta = parse_meta(sample)
+    extension = media_extension(sample)
+    if extension is None:
+        raise ValueError("no media member")
+    data = sample[extension]
     picture = first_frame(data) if extension == "mp4" else Image.open(io.BytesIO(data)).convert("RGB")
     scale = tile_scale(picture.width, picture.height, tile)
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
@@ -55,12 +60,12 @@ def draw_tile(members: dict[str, bytes], key: str, tile: int) -> Image.Image:
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for index, region in enumerate(meta["regions"]):
+    for index, region in enumerate(meta.regions):
         colour = BOX_COLOURS[index % len(BOX_COLOURS)]
-        x, y, w, h = (v * scale for v in region["box"])
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=2)
-        draw.text((x + 3, y + 2), (region["captions"] or [region["label"] or ""])[0][:40], fill=colour, font=font)
-    lines = textwrap.wrap(f"{key}: {(meta['captions'] or [''])[0]}", width=max(10, tile // 6))[:TEXT_LINES]
+        x, y, w, h = (v * scale for v in region.box)
+        draw.rectangle([x, y, x + max(w - 1, 0), y + max(h - 1, 0)], outline=colour, width=2)
+        draw.text((x + 3, y + 2), region.texts[0][:40], fill=colour, font=font)
+    lines = textwrap.wrap(f"{meta.key}: {(meta.captions or [''])[0]}", width=max(10, tile // 6))[:TEXT_LINES]
     for number, line in enumerate(lines):
         draw.text((2, tile + number * LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
     return canvas
@@ -71,19 +76,24 @@ def run(args: argparse.Namespace) -> int:
         print("x2vlm-shards show: error: --samples and --columns must be at least 1, --tile at least 16", file=sys.stderr)
         return 2
     try:
-        paths = expand_spec(args.spec)
-    except SpecError as error:
+        urls = expand_shards([args.spec], where="SPEC")
+    except ShardListError as error:
         print(f"x2vlm-shards show: error: {error}", file=sys.stderr)
         return 2
     tiles = []
-    for path in paths:
+    for url in urls:
         try:
-            for key, members in iter_samples(path):
-                tiles.append(draw_tile(members, key, args.tile))
+            for sample in checked_samples(url):
+                try:
+                    tiles.append(draw_tile(sample, args.tile))
+                except Exception as error:  # noqa: BLE001 - any undrawable sample is reported, not a traceback
+                    print(f"x2vlm-shards show: error: {url}: cannot draw sample {sample['__key__']} "
+                          f"({type(error).__name__}: {error})", file=sys.stderr)
+                    return 1
                 if len(tiles) == args.samples:
                     break
-        except (tarfile.TarError, KeyError, ValueError, OSError) as error:
-            print(f"x2vlm-shards show: error: {path}: cannot draw its samples ({type(error).__name__}: {error})",
+        except ShardDamaged as error:
+            print(f"x2vlm-shards show: error: {url} is not a readable shard ({error}); run x2vlm-shards verify",
                   file=sys.stderr)
             return 1
         if len(tiles) == args.samples:
