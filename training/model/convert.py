@@ -19,7 +19,7 @@ Buffers the official code saves (``relative_position_index``, ``position_ids``) 
 decoder copies are dropped. The report lists official keys that found no place and model keys
 the checkpoint did not provide.
 
-The image-only checkpoints (the 4M / 16M base and large releases) have no video parameters:
+Image-only checkpoints (the official 4M base and large ones) have no video parameters:
 a checkpoint without ``absolute_frame_pos_embed`` is taken as image-only, and this model's
 ``video.*`` parameters are reported as not in the source architecture, left at their initial
 values; ``--strict`` accepts that and refuses any other missing or unmatched key.
