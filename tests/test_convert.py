@@ -98,7 +98,8 @@ def test_strict_accepts_an_image_only_checkpoint_and_leaves_its_video_parameters
     _official_checkpoint(source, tmp_path / "image_only.th", drop=("video.",))
 
     torch.manual_seed(5)
-    assert main([str(tmp_path / "image_only.th"), "--model-config", "tiny", "--out", str(tmp_path / "out.pt"), "--strict"]) == 0
+    args = [str(tmp_path / "image_only.th"), "--model-config", "tiny", "--out", str(tmp_path / "out.pt"), "--strict"]
+    assert main(args) == 0
     report = capsys.readouterr().out
     assert ("video.frame_pos_embed: not in the source architecture (image-only checkpoint), stays at its initial value"
             in report)
@@ -125,7 +126,8 @@ def test_strict_takes_the_video_parameter_from_a_video_checkpoint_and_still_refu
 
     # Image-only, and the box head missing too: only the video parameter is expected to be absent.
     _official_checkpoint(source, tmp_path / "no_box_head.th", drop=("video.", "bbox_head."))
-    assert main([str(tmp_path / "no_box_head.th"), "--model-config", "tiny", "--out", str(tmp_path / "x.pt"), "--strict"]) == 1
+    args = [str(tmp_path / "no_box_head.th"), "--model-config", "tiny", "--out", str(tmp_path / "x.pt"), "--strict"]
+    assert main(args) == 1
     assert not (tmp_path / "x.pt").exists()
     report = capsys.readouterr().out
     assert "video.frame_pos_embed: not in the source architecture" in report

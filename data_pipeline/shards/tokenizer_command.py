@@ -55,7 +55,7 @@ def _annotation(value: str) -> tuple[str, Path]:
 
 
 def add_subcommand(subparsers) -> None:
-    parser = subparsers.add_parser("tokenizer", help="train a tokenizer (WordPiece or unigram) from shards or annotation files",
+    parser = subparsers.add_parser("tokenizer", help="train a tokenizer (WordPiece or unigram) from shards or annotations",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", required=True, choices=KINDS, help="wordpiece (BERT) or unigram (XLM-R)")
     parser.add_argument("--vocab-size", required=True, type=int, metavar="N", help="most tokens, special tokens included")
