@@ -83,3 +83,53 @@ def test_unmatched_keys_are_reported_and_strict_refuses(tmp_path, capsys):
     assert "official keys with no place in this model: 1\n  text_encoder.bert.pooler.dense.weight" in report
     assert "model keys not in the checkpoint (left as initialised): 6\n  bbox_head.0.bias" in report
     assert main(args) == 0 and (tmp_path / "out.pt").exists()
+
+
+def _official_checkpoint(model, path, drop=()):
+    official = {official_name(k): v for k, v in model.state_dict().items() if not k.startswith(drop)}
+    official["temp"] = official["temp"].reshape(())
+    torch.save({"model": official}, path)
+
+
+def test_strict_accepts_an_image_only_checkpoint_and_leaves_its_video_parameters_as_initialised(tmp_path, capsys):
+    # The official 4M base / large checkpoints: trained on images, no absolute_frame_pos_embed.
+    torch.manual_seed(0)
+    source = create_model("tiny", load_pretrained=False)
+    _official_checkpoint(source, tmp_path / "image_only.th", drop=("video.",))
+
+    torch.manual_seed(5)
+    args = [str(tmp_path / "image_only.th"), "--model-config", "tiny", "--out", str(tmp_path / "out.pt"), "--strict"]
+    assert main(args) == 0
+    report = capsys.readouterr().out
+    assert ("video.frame_pos_embed: not in the source architecture (image-only checkpoint), stays at its initial value"
+            in report)
+    assert "model keys not in the checkpoint (left as initialised): 0" in report
+
+    converted = read_state_dict(tmp_path / "out.pt")
+    torch.manual_seed(5)
+    initial = create_model("tiny", load_pretrained=False).state_dict()
+    assert torch.equal(converted["video.frame_pos_embed"], initial["video.frame_pos_embed"])
+    assert not torch.equal(converted["video.frame_pos_embed"], source.state_dict()["video.frame_pos_embed"])
+    for name, value in source.state_dict().items():
+        if not name.startswith("video."):
+            assert torch.equal(converted[name], value.reshape(converted[name].shape)), name
+
+
+def test_strict_takes_the_video_parameter_from_a_video_checkpoint_and_still_refuses_other_missing_keys(tmp_path, capsys):
+    torch.manual_seed(0)
+    source = create_model("tiny", load_pretrained=False)
+    _official_checkpoint(source, tmp_path / "video.th")
+    assert main([str(tmp_path / "video.th"), "--model-config", "tiny", "--out", str(tmp_path / "video.pt"), "--strict"]) == 0
+    assert "not in the source architecture" not in capsys.readouterr().out
+    assert torch.equal(read_state_dict(tmp_path / "video.pt")["video.frame_pos_embed"],
+                       source.state_dict()["video.frame_pos_embed"])
+
+    # Image-only, and the box head missing too: only the video parameter is expected to be absent.
+    _official_checkpoint(source, tmp_path / "no_box_head.th", drop=("video.", "bbox_head."))
+    args = [str(tmp_path / "no_box_head.th"), "--model-config", "tiny", "--out", str(tmp_path / "x.pt"), "--strict"]
+    assert main(args) == 1
+    assert not (tmp_path / "x.pt").exists()
+    report = capsys.readouterr().out
+    assert "video.frame_pos_embed: not in the source architecture" in report
+    assert "model keys not in the checkpoint (left as initialised): 6\n  bbox_head.0.bias" in report
+    assert "  video.frame_pos_embed\n" not in report

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import build_command, demo_command, inspect_command, show_command, verify_command
+from . import build_command, demo_command, inspect_command, show_command, tokenizer_command, verify_command
 
-SUBCOMMANDS = (build_command, inspect_command, verify_command, show_command, demo_command)
+SUBCOMMANDS = (build_command, inspect_command, verify_command, show_command, demo_command, tokenizer_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

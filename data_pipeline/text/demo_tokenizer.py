@@ -1,22 +1,24 @@
-"""A WordPiece tokenizer built from the demo corpus's texts, saved as a transformers
-tokenizer directory (BertTokenizerFast), so that the demo and the tests need no download.
+"""The demo tokenizer: a whole-word WordPiece (`tokenizer_training`) of the demo corpus's
+texts, saved as a transformers tokenizer directory (BertTokenizerFast), so that the demo and
+the tests need no download.
 
     python -m data_pipeline.text.demo_tokenizer --corpus DEMO_DIR --out DIR
 
 The vocabulary is small on purpose: the rarer words split into '##' pieces, so whole-word
-masking has something to do. The output is a pure function of the corpus.
+masking has something to do. The output is a pure function of the corpus. The texts are read
+as the demo writes them (each category name once, captions as written), not through
+`x2vlm-shards tokenizer`: the demo model's learning figures are tied to this vocabulary.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import BertTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from .tokenizer_training import train_tokenizer
+
 DEFAULT_VOCAB_SIZE = 80
 
 
@@ -36,39 +38,11 @@ def demo_texts(corpus: Path) -> list[str]:
     return texts
 
 
-def wordpiece_vocabulary(texts: list[str], vocab_size: int) -> list[str]:
-    """Special tokens, every character as a word start and as a '##' continuation, then
-    the most frequent words (ties by spelling) until `vocab_size`.
-
-    Chosen by counting rather than with `tokenizers`' WordPieceTrainer, whose merges break
-    ties in hash order and so give a different vocabulary on every run."""
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    chars = sorted({ch for word in counts for ch in word})
-    vocab = SPECIAL_TOKENS + chars + [f"##{ch}" for ch in chars]
-    if len(vocab) > vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} is below the {len(vocab)} special and character tokens")
-    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
-    return vocab + words[: vocab_size - len(vocab)]
-
-
-def train_wordpiece(texts: list[str], out: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> BertTokenizerFast:
-    vocab = {token: i for i, token in enumerate(wordpiece_vocabulary(texts, vocab_size))}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out))
-    return fast
+def train_wordpiece(texts: list[str], out: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The demo's whole-word WordPiece of `texts`, saved to `out`."""
+    tokenizer = train_tokenizer(texts, "wordpiece", vocab_size, whole_words=True)
+    tokenizer.save_pretrained(str(out))
+    return tokenizer
 
 
 def build_demo_tokenizer(corpus: Path, out: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:

@@ -18,6 +18,11 @@ Official names (github zengyan-97/X2-VLM, ``models/xvlm.py``) map as follows; ``
 Buffers the official code saves (``relative_position_index``, ``position_ids``) and the tied
 decoder copies are dropped. The report lists official keys that found no place and model keys
 the checkpoint did not provide.
+
+Image-only checkpoints (the official 4M base and large ones) have no video parameters:
+a checkpoint without ``absolute_frame_pos_embed`` is taken as image-only, and this model's
+``video.*`` parameters are reported as not in the source architecture, left at their initial
+values; ``--strict`` accepts that and refuses any other missing or unmatched key.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ _RENAMES = [
     (re.compile(r"^(vision_proj|text_proj|itm_head|bbox_head)\."), r"\1."),
 ]
 _TEXT_LAYER = re.compile(r"^text_encoder\.(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(.*)$")
+_VIDEO_PARAMETERS = re.compile(r"^video\.")  # what only a video-trained source has
+_OFFICIAL_VIDEO_KEY = "absolute_frame_pos_embed"
 
 
 @dataclasses.dataclass
@@ -56,9 +63,13 @@ class ConversionReport:
     unmatched_official: list[str]  # official keys with no place in this model
     missing_in_checkpoint: list[str]  # model keys the checkpoint did not provide
     shape_mismatches: list[str]
+    # model keys the source architecture never had (video, for an image-only checkpoint): expected
+    not_in_source: list[str] = dataclasses.field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"converted {self.converted} tensors; dropped {len(self.dropped)} buffers / tied copies"]
+        out += [f"{k}: not in the source architecture (image-only checkpoint), stays at its initial value"
+                for k in self.not_in_source]
         for title, keys in (
             ("official keys with no place in this model", self.unmatched_official),
             ("model keys not in the checkpoint (left as initialised)", self.missing_in_checkpoint),
@@ -103,10 +114,13 @@ def convert_state_dict(official: dict, model: torch.nn.Module) -> tuple[dict, Co
             continue
         converted[name] = value
     tied = {"mlm_head.decoder.weight"}  # the word embedding matrix itself
-    missing = sorted(k for k in target if k not in converted and k not in tied)
+    absent = sorted(k for k in target if k not in converted and k not in tied)
+    image_only = _OFFICIAL_VIDEO_KEY not in official
+    not_in_source = [k for k in absent if image_only and _VIDEO_PARAMETERS.search(k)]
+    missing = [k for k in absent if k not in not_in_source]
     if "text.embeddings.word_embeddings.weight" in converted:
         converted["mlm_head.decoder.weight"] = converted["text.embeddings.word_embeddings.weight"]
-    return converted, ConversionReport(len(converted), dropped, unmatched, missing, mismatched)
+    return converted, ConversionReport(len(converted), dropped, unmatched, missing, mismatched, not_in_source)
 
 
 def _fit_frames(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -131,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="official X²-VLM checkpoint (.th state dict)")
     parser.add_argument("--model-config", required=True, help="configs/model YAML path or name (x2vlm_base)")
     parser.add_argument("--out", type=Path, required=True, help="where to write this model's state dict (.pt)")
-    parser.add_argument("--strict", action="store_true", help="fail when any key is unmatched or missing")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail when any key is unmatched or missing (the video parameters an image-only "
+                             "checkpoint never had excepted)")
     args = parser.parse_args(argv)
 
     model = create_model(args.model_config, load_pretrained=False)
