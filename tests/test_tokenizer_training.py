@@ -219,7 +219,7 @@ def test_bad_inputs_exit_2_naming_what_is_wrong(demo_corpus, tmp_path, capsys):
         (_command(out, "wordpiece", "--annotations", f"coco-captions:{tmp_path / 'missing.json'}"),
          f"annotation file not found: {tmp_path / 'missing.json'}"),
         (_command(out, "wordpiece", "--annotations", f"vg-regions:{coco}"), f"{coco}: "),
-        (_command(out, "wordpiece", "--shards", f"{tmp_path}/nothing-*.tar"), f"no file matches '{tmp_path}/nothing-*.tar'"),
+        (_command(out, "wordpiece", "--shards", f"{tmp_path}/nothing-*.tar"), f"no shard matches '{tmp_path}/nothing-*.tar'"),
         (_command(out, "wordpiece", "--shards", str(garbage)), f"shard {garbage} cannot be read"),
         (_command(out, "unigram", "--annotations", f"jsonl:{empty}"), "the inputs hold no caption or region text"),
         (_command(out, "unigram", "--annotations", f"coco-captions:{coco}", "--whole-words"),
