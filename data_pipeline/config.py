@@ -271,7 +271,8 @@ def build(cls: type, raw: Any, where: str = ""):
         annotation = hints[f.name]
         if rule.type_from is not None:
             chooser, types_by_value = rule.type_from
-            annotation = types_by_value[values[chooser]]
+            choice = values[chooser] if chooser in values else getattr(cls, chooser)  # given, else its default
+            annotation = types_by_value[choice]
         value = _convert(raw[name], annotation, key)
         _check_rule(rule, value, key)
         values[f.name] = value

@@ -121,7 +121,7 @@ class KindSettings:
 class DataSpec:
     corpora: list[CorpusSpec] = setting(nonempty=True)
     text: TextSpec = setting()
-    seed: int = setting(0, min=0)
+    seed: int = setting(0, min=0, max=2**32 - 1)
     image_res: int = setting(224, min=1)
     patch_size: int = setting(16, min=1)
     # `kinds:` in the YAML; a kind not listed has ratio 1.0.

@@ -39,7 +39,7 @@ UNCATCHABLE_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
 class RunSection:
     name: str = setting("run", nonempty=True)
     output_dir: str = setting("runs/run", nonempty=True)
-    seed: int = setting(0, min=0)
+    seed: int = setting(0, min=0, max=2**32 - 1)
     max_steps: int = setting(1000, min=1)
     # Write consolidated fp32 weights (OUTPUT/export) from memory when the run finishes.
     export_on_finish: bool = False
