@@ -7,5 +7,6 @@
   transforms/  per-sample augmentation (crops, flip, RandAugment, boxes, patch masks)
   text/        caption cleaning, tokenising, MLM masking
   loader/      streams, shuffle, reshard, per-corpus DataLoader, mixer, collate
+  config.py    the configuration mechanism of every config (sections, checks, YAML loader)
   spec.py      the data configuration
 """

@@ -33,7 +33,7 @@ from .media.image_decode import crop_resize, normalise, open_image, to_uint8_ten
 from .media.video_decode import decode_clip
 from .schema import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, checked_box, media_of, parse_meta
 from .skips import BadSample, Counters
-from .spec import DataSpec, TextSpec
+from .spec import DataSpec, TextSpec, VideoTextOptions
 from .text import TextEncoder
 from .transforms.geometry import normalised_cxcywh, patch_mask
 
@@ -53,8 +53,8 @@ class EvalDataSpec:
     region_shards: list[str] = field(default_factory=list)
     video_shards: list[str] = field(default_factory=list)
     batch_size: int = 32  # samples (images or videos) per batch
-    video_frames: int = 3
-    decode_timeout_s: float = 10.0
+    video_frames: int = VideoTextOptions.frames
+    decode_timeout_s: float = VideoTextOptions.decode_timeout_s
     max_samples: int | None = None  # per kind, the first ones in shard order; None reads all
 
     def __post_init__(self):
@@ -72,11 +72,11 @@ class EvalDataSpec:
                       ) -> "EvalDataSpec":
         """Eval settings that match a training data spec: its tokenizer and text length, image
         resolution, patch size and video frame count (of its first video corpus)."""
-        text = TextSpec(tokenizer=data.text.tokenizer, max_tokens=data.text.max_tokens, max_words=data.text.max_words)
         videos = data.corpora_of("video_text")
-        if videos and "video_frames" not in options:
-            options["video_frames"] = videos[0].options["frames"]
-        return cls(text=text, image_res=data.image_res, patch_size=data.patch_size, image_shards=list(image_shards),
+        if videos:
+            options.setdefault("video_frames", videos[0].options.frames)
+            options.setdefault("decode_timeout_s", videos[0].options.decode_timeout_s)
+        return cls(text=data.text, image_res=data.image_res, patch_size=data.patch_size, image_shards=list(image_shards),
                    region_shards=list(region_shards), video_shards=list(video_shards), **options)
 
     def shards_of(self, kind: str) -> list[str]:

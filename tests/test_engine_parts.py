@@ -19,7 +19,8 @@ import torch
 
 from training import rng_state
 from training.checkpoint import MARKER, CheckpointManager, complete_checkpoints, rank_state_name, retained_steps, tag_for
-from training.config import ConfigError, deepspeed_config, load_run_config
+from data_pipeline.config import ConfigError
+from training.config import deepspeed_config, load_run_config
 from training.optim import parameter_groups, schedule_factor
 from training.signals import IMMEDIATE_EXIT_CODE, PreemptionHandler
 
@@ -82,12 +83,12 @@ def test_run_config_loads_references_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("extra, overrides, message", [
-    ("optim: {lrr: 1}\n", [], "unknown key 'optim.lrr'"),
-    ("", ["optim.lr=fast"], "'optim.lr' must be float"),
-    ("", ["optim.precision=fp8"], "'optim.precision' must be one of"),
-    ("", ["checkpoint.every_steps=0"], "'checkpoint.every_steps' must be > 0"),
-    ("", ["model=missing.yaml"], "'model' names missing.yaml"),
-    ("", ["deepspeed.gradient_clipping=0.5"], "'deepspeed.gradient_clipping' is set by the run config"),
+    ("optim: {lrr: 1}\n", [], "optim.lrr: unknown key"),
+    ("", ["optim.lr=fast"], "optim.lr: expected float"),
+    ("", ["optim.precision=fp8"], "optim.precision: must be one of"),
+    ("", ["checkpoint.every_steps=0"], "checkpoint.every_steps: must be >= 1"),
+    ("", ["model=missing.yaml"], "model: names missing.yaml"),
+    ("", ["deepspeed.gradient_clipping=0.5"], "deepspeed.gradient_clipping: set by the run config"),
     ("", ["optim.lr"], "expected key=value"),
 ])
 def test_run_config_errors_name_the_key(tmp_path, extra, overrides, message):

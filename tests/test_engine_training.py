@@ -131,7 +131,7 @@ def test_export_of_a_zero3_checkpoint_equals_the_weights_in_memory(tmp_path, sha
 def test_configuration_mistakes_stop_before_training(tmp_path, shards):
     base = write_run_config(tmp_path / "a", shards, max_steps=2)
     cases = [
-        (["--set", "optim.warmup_stepz=3"], 2, "unknown key 'optim.warmup_stepz'"),
+        (["--set", "optim.warmup_stepz=3"], 2, "optim.warmup_stepz: unknown key"),
         (["--set", f"data.corpora.0.shards={tmp_path}/nowhere-{{000000..000003}}.tar"], 2, "nowhere-000000.tar"),
         (["--set", "optim.global_batch.image_text=9"], 2, "'optim.global_batch.image_text' = 9 cannot be split over 2 ranks"),
         (["--set", "data.image_res=96"], 2, "'vision.image_size' is 64 but data 'image_res' is 96"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training.model import CONFIG_DIR, ConfigError, load_model_config
+from data_pipeline.config import ConfigError
+from training.model import CONFIG_DIR, load_model_config
 from training.model.config import model_config_from_dict
 
 
@@ -27,13 +28,13 @@ def _tiny() -> dict:
         (lambda c: c["text"].update(fusion_star=1), "text.fusion_star: unknown key"),
         (lambda c: c["text"].update(fusion_start=3), "text.fusion_start: must lie between"),
         (lambda c: c["text"].update(hidden_size="32"), "text.hidden_size: expected int, got str"),
-        (lambda c: c["text"].update(kind="gpt2"), "text.kind: must be bert, roberta or xlm-roberta"),
+        (lambda c: c["text"].update(kind="gpt2"), "text.kind: must be one of bert, roberta, xlm-roberta"),
         (lambda c: c.pop("vision"), "vision: missing required key"),
         (lambda c: c.update(temperature=0.9), "temperature_min: need 0 < temperature_min"),
-        (lambda c: c["losses"].update(itm_negatives="everywhere"), "losses.itm_negatives: must be global or local"),
+        (lambda c: c["losses"].update(itm_negatives="everywhere"), "losses.itm_negatives: must be one of global, local"),
         (lambda c: c["losses"].update(weights={"region": {"box": 1.0}}), "losses.weights.region.box: unknown loss term"),
-        (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: unknown batch kind"),
-        (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: expected a non-negative"),
+        (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: unknown key"),
+        (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: must be >= 0"),
         (lambda c: c["vision"].update(image_size=True), "vision.image_size: expected int, got bool"),
     ],
 )
@@ -49,7 +50,7 @@ def test_file_errors_name_the_file(tmp_path):
     config = _tiny()
     config["embed_dim"] = 0
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match=f"{path}: embed_dim: must be positive"):
+    with pytest.raises(ConfigError, match=f"{path}: embed_dim: must be >= 1"):
         load_model_config(path)
 
 

@@ -1,13 +1,15 @@
 """The corpora YAML: validation with errors that name the key, and shard list expansion."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from data_pipeline.io.shard_list import expand_shards
-from data_pipeline.spec import SpecError, load_data_spec, parse_data_spec
+from data_pipeline.config import ConfigError
+from data_pipeline.spec import load_data_spec, parse_data_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +25,7 @@ def test_defaults_and_kind_options():
     spec = parse_data_spec(minimal())
     corpus = spec.corpora[0]
     assert (corpus.weight, corpus.batch_size) == (1.0, 32)
-    assert corpus.options == {"crop_scale": [0.2, 1.0], "flip": "swap", "rand_augment": True}
+    assert dataclasses.asdict(corpus.options) == {"crop_scale": [0.2, 1.0], "flip": "swap", "rand_augment": True}
     assert (spec.image_res, spec.patch_size, spec.text.max_masks, spec.text.mask_prob) == (224, 16, 12, 0.5)
     assert spec.kind_ratio == {"image_text": 1.0, "region": 1.0, "video_text": 1.0}
 
@@ -35,7 +37,7 @@ def test_defaults_and_kind_options():
     ({"corpora": [{"name": "a", "kind": "region", "shards": "x", "options": {"max_region": 3}}]},
      "corpora[0].options.max_region: unknown key"),
     ({"corpora": [{"name": "a", "kind": "image_text", "shards": "x", "options": {"flip": "maybe"}}]},
-     "corpora[0].options.flip: expected one of swap, skip, off"),
+     "corpora[0].options.flip: must be one of swap, skip, off"),
     ({"corpora": [{"name": "a", "kind": "image_text", "shards": "x"}, {"name": "a", "kind": "region", "shards": "y"}]},
      "corpora[1].name: duplicate corpus name"),
     ({"corpora": [{"name": "a", "kind": "image_text"}]}, "corpora[0].shards: missing"),
@@ -46,7 +48,7 @@ def test_defaults_and_kind_options():
     ({"seeds": 3}, "seeds: unknown key"),
 ])
 def test_errors_name_the_key(change, message):
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         parse_data_spec(minimal(**change))
     assert str(info.value).startswith(message), str(info.value)
 
@@ -61,7 +63,7 @@ def test_yaml_root_anchors_relative_paths(tmp_path):
     assert spec.text.tokenizer == str(tmp_path / "conf" / ".." / "tok")
     bad = tmp_path / "bad.yaml"
     bad.write_text("corpora: [")
-    with pytest.raises(SpecError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_data_spec(bad)
 
 

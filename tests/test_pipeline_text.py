@@ -12,7 +12,7 @@ from data_pipeline.spec import TextSpec
 from data_pipeline.text import TextEncoder, clean_caption
 from data_pipeline.text.cleaning import BadText
 from data_pipeline.text.demo_tokenizer import build_demo_tokenizer
-from data_pipeline.text.masking import IGNORE_INDEX, MaskingSpec, mask_tokens
+from data_pipeline.text.masking import IGNORE_INDEX, mask_tokens
 from pipeline_helpers import demo_tokenizer  # noqa: F401  (fixture)
 
 
@@ -50,7 +50,7 @@ def word_spans(word_start: list[bool]) -> list[range]:
 
 
 def test_mask_tokens_rules():
-    spec = MaskingSpec(mask_prob=0.5, max_masks=12, span_prob=0.2, span_max=3, whole_word=True)
+    spec = TextSpec("unused", mask_prob=0.5, max_masks=12, span_prob=0.2, span_max=3, whole_word=True)
     # [CLS] + 30 tokens in words of 1-3 pieces + [SEP]
     ids = [2] + list(range(10, 40)) + [3]
     pieces = [1, 2, 3, 1, 1, 2, 1, 3, 1, 1, 2, 1, 1, 3, 1, 2, 1, 1, 1, 1]
@@ -87,7 +87,7 @@ def test_mask_tokens_rules():
 
 
 def test_mask_spans_and_short_texts():
-    spec = MaskingSpec(mask_prob=0.5, max_masks=12, span_prob=1.0, span_max=3, whole_word=False)
+    spec = TextSpec("unused", mask_prob=0.5, max_masks=12, span_prob=1.0, span_max=3, whole_word=False)
     ids = [2] + list(range(10, 22)) + [3]
     word_start = [True] * len(ids)
     # With span_prob 1, every choice is a run of 2 or 3 tokens: some chosen token has a chosen neighbour.
@@ -97,7 +97,7 @@ def test_mask_spans_and_short_texts():
         assert len(chosen) == 6 or len(chosen) == 5
         assert any(i + 1 in chosen for i in chosen)
     # One text token: exactly it is masked.
-    _, labels = mask_tokens([2, 17, 3], [True] * 3, random.Random(0), MaskingSpec(), 4, [17])
+    _, labels = mask_tokens([2, 17, 3], [True] * 3, random.Random(0), TextSpec("unused"), 4, [17])
     assert labels == [IGNORE_INDEX, 17, IGNORE_INDEX]
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from data_pipeline.demo_corpus.drawing import encode_mp4
 from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD, crop_resize, open_image
-from data_pipeline.spec import KIND_OPTION_DEFAULTS, TextSpec
+from data_pipeline.spec import ImageTextOptions, RegionOptions, TextSpec, VideoTextOptions
 from data_pipeline.text import TextEncoder
 from data_pipeline.transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from data_pipeline.transforms.flip import swap_sides
@@ -68,7 +68,7 @@ def test_swap_sides():
 
 @pytest.mark.parametrize("mode", ["swap", "skip"])
 def test_flip_keeps_caption_true(text, mode):
-    options = {**KIND_OPTION_DEFAULTS["image_text"], "crop_scale": [0.9, 1.0], "flip": mode}
+    options = ImageTextOptions(crop_scale=[0.9, 1.0], flip=mode)
     transform = ImageTextTransform(64, options, text)
     image = red_left_blue_right()
     flips = []
@@ -92,7 +92,7 @@ def test_flip_keeps_caption_true(text, mode):
 
 
 def test_flip_off_never_flips(text):
-    options = {**KIND_OPTION_DEFAULTS["image_text"], "flip": "off", "crop_scale": [0.9, 1.0]}
+    options = ImageTextOptions(flip="off", crop_scale=[0.9, 1.0])
     transform = ImageTextTransform(64, options, text)
     image = red_left_blue_right()
     for i in range(12):
@@ -140,7 +140,7 @@ def test_region_boxes_and_patch_masks(text):
         pixels_in[y:y + h, x:x + w] = colour
     image = Image.fromarray(pixels_in)
     regions = [{"box": box, "captions": [t], "label": None} for box, _, t in REGIONS]
-    options = {**KIND_OPTION_DEFAULTS["region"], "max_regions": 10}
+    options = RegionOptions(max_regions=10)
     transform = RegionTransform(res, patch, options, text)
     seen_flip = set()
     for i in range(30):
@@ -176,7 +176,7 @@ def test_region_boxes_and_patch_masks(text):
 
 def test_region_sample_without_valid_box_is_bad(text):
     from data_pipeline.skips import BadSample
-    transform = RegionTransform(64, 16, KIND_OPTION_DEFAULTS["region"], text)
+    transform = RegionTransform(64, 16, RegionOptions(), text)
     image = Image.new("RGB", (100, 80), GREY)
     for box in ([90, 10, 30, 20], [10, 10, 0, 5], [-5, 0, 10, 10]):
         with pytest.raises(BadSample) as info:
@@ -203,7 +203,7 @@ def test_video_clip_shares_crop_and_flip(text):
     meta = {"source": "test", "captions": ["red on the left"], "regions": [], "fps": 8, "duration": 1.25,
             "start": None, "end": None, "frames": 10}
     sample = {"__key__": "v_1", "mp4": encode_mp4(frames, 8), "json": json.dumps(meta).encode()}
-    transform = VideoTextTransform(32, {**KIND_OPTION_DEFAULTS["video_text"], "frames": 4}, text)
+    transform = VideoTextTransform(32, VideoTextOptions(frames=4), text)
     flips = set()
     for i in range(10):
         out = transform(sample, random.Random(i))
@@ -274,7 +274,7 @@ def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
 def test_evaluation_mode_is_plain_resize(text):
     image = red_left_blue_right()
     sample = image_sample("e_1", image, ["a red square to the left of a blue square"])
-    transform = ImageTextTransform(64, KIND_OPTION_DEFAULTS["image_text"], text, training=False)
+    transform = ImageTextTransform(64, ImageTextOptions(), text, training=False)
     outs = [transform(sample, random.Random(seed)) for seed in range(6)]
     for out in outs[1:]:
         assert np.array_equal(out["image"], outs[0]["image"])

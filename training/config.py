@@ -2,7 +2,10 @@
 checkpointing and logging, with `--set key=value` overrides, validated on load.
 
 Sections `model`, `data` and `deepspeed` are either a path (relative to the run file, or to
-the working directory) or an inline mapping; their contents are validated by their owners.
+the working directory) or an inline mapping; their contents are validated by their owners
+(`check_sections`). Every field of the run's own sections declares its type, default and
+range below; data_pipeline/config.py builds and checks them, and values from the file and
+from `--set` are read by the same YAML loader.
 """
 from __future__ import annotations
 
@@ -10,58 +13,70 @@ import copy
 import dataclasses
 import hashlib
 import json
-import types
+import signal
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from data_pipeline.config import ConfigError, build, parse_yaml, read_yaml_file, setting, subkey
+from data_pipeline.spec import KINDS
 
+if typing.TYPE_CHECKING:
+    from data_pipeline.spec import DataSpec
+    from training.model.config import ModelConfig
 
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the key and the file."""
+REFERENCED_SECTIONS = ("model", "data", "deepspeed")
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCHEDULES = ("linear", "cosine")
+# The run config owns these; a DeepSpeed JSON that sets them would be a second source of truth.
+RUN_OWNED_DEEPSPEED_KEYS = ("gradient_clipping", "gradient_accumulation_steps", "bf16", "fp16", "optimizer",
+                            "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu")
+# The kernel delivers these without asking the process: no handler can checkpoint on them.
+UNCATCHABLE_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
 
 
 @dataclass
 class RunSection:
-    name: str = "run"
-    output_dir: str = "runs/run"
-    seed: int = 0
-    max_steps: int = 1000
+    name: str = setting("run", nonempty=True)
+    output_dir: str = setting("runs/run", nonempty=True)
+    seed: int = setting(0, min=0, max=2**32 - 1)
+    max_steps: int = setting(1000, min=1)
     # Write consolidated fp32 weights (OUTPUT/export) from memory when the run finishes.
     export_on_finish: bool = False
 
 
 @dataclass
 class OptimSection:
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    new_param_lr_scale: float = 2.0
-    warmup_steps: int = 1000
-    schedule: str = "linear"
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    precision: str = "bf16"
+    lr: float = setting(1e-4, gt=0)
+    weight_decay: float = setting(0.01, min=0)
+    betas: list[float] = setting([0.9, 0.98], length=2, min=0, lt=1)
+    eps: float = setting(1e-8, gt=0)
+    new_param_lr_scale: float = setting(2.0, gt=0)
+    warmup_steps: int = setting(1000, min=0)
+    schedule: str = setting("linear", choices=SCHEDULES)
+    # The schedule ends at this fraction of the peak learning rate.
+    min_lr_ratio: float = setting(0.0, min=0, max=1)
+    grad_clip: float = setting(1.0, min=0)  # 0: no clipping
+    grad_accum: int = setting(1, min=1)
+    precision: str = setting("bf16", choices=PRECISIONS)
     # Samples per optimizer step over all ranks, per data kind (image_text, region, video_text);
     # when set it overrides the corpora's per-rank batch sizes.
-    global_batch: dict = field(default_factory=dict)
+    global_batch: dict[str, int] = setting({}, keys=KINDS, min=1)
 
 
 @dataclass
 class CheckpointSection:
-    every_steps: int = 1000
-    keep_last: int = 3
-    keep_every: typing.Optional[int] = None
-    resume: str = "auto"
+    every_steps: int = setting(1000, min=1)
+    keep_last: int = setting(3, min=1)
+    keep_every: typing.Optional[int] = setting(None, min=1)
+    # 'auto' (the newest complete checkpoint), 'none', or a checkpoint folder.
+    resume: str = setting("auto", nonempty=True)
     allow_config_change: bool = False
 
 
 @dataclass
 class LoggingSection:
-    every_steps: int = 10
+    every_steps: int = setting(10, min=1)
     tensorboard: bool = True
     progress_bar: typing.Optional[bool] = None
     # One JSONL file per rank with the sample keys of every step (for coverage audits).
@@ -70,37 +85,76 @@ class LoggingSection:
 
 @dataclass
 class GuardSection:
-    max_consecutive_nonfinite: int = 5
-    signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    max_consecutive_nonfinite: int = setting(5, min=1)
+    # Pre-emption signals: the first asks for a checkpoint, the second exits at once.
+    signals: list[str] = setting(["SIGUSR1", "SIGTERM"], nonempty=True)
+
+    def check(self, where: str) -> None:
+        from training.signals import PreemptionHandler
+
+        for i, name in enumerate(self.signals):
+            key = f"{subkey(where, 'signals')}[{i}]"
+            try:
+                (number,) = PreemptionHandler([name]).signals
+            except ValueError:
+                raise ConfigError(f"{key}: unknown signal name {name!r}") from None
+            if number in UNCATCHABLE_SIGNALS:
+                raise ConfigError(f"{key}: {number.name} cannot be caught, so it cannot trigger a checkpoint; "
+                                  f"use a catchable signal such as SIGUSR1 or SIGTERM")
 
 
 @dataclass
 class EvalSection:
     # Evaluate every N steps and at the end (0: never) on held-out shards (patterns or lists).
-    every_steps: int = 0
-    image_shards: list[str] = field(default_factory=list)
-    region_shards: list[str] = field(default_factory=list)
-    video_shards: list[str] = field(default_factory=list)
-    itm_top_k: int = 16
-    batch_size: int = 32
+    every_steps: int = setting(0, min=0)
+    image_shards: list[str] = setting([])
+    region_shards: list[str] = setting([])
+    video_shards: list[str] = setting([])
+    itm_top_k: int = setting(16, min=0)  # 0: ITC only
+    batch_size: int = setting(32, min=1)
     # Only the first N samples of each kind, to keep evaluation during training short.
-    max_samples: typing.Optional[int] = None
+    max_samples: typing.Optional[int] = setting(None, min=1)
+
+    def shards(self) -> dict[str, list[str]]:
+        return {"image_shards": self.image_shards, "region_shards": self.region_shards,
+                "video_shards": self.video_shards}
+
+    def check(self, where: str) -> None:
+        for name, patterns in self.shards().items():
+            for i, pattern in enumerate(patterns):
+                if not pattern:
+                    raise ConfigError(f"{subkey(where, name)}[{i}]: must not be empty")
+        if self.every_steps and not any(self.shards().values()):
+            raise ConfigError(f"{subkey(where, 'every_steps')}: {self.every_steps}, but no eval shards are given "
+                              f"(eval.image_shards, eval.region_shards, eval.video_shards)")
 
 
 @dataclass
 class RunConfig:
-    model: typing.Any
-    data: typing.Any
-    deepspeed: typing.Any
-    run: RunSection = field(default_factory=RunSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    logging: LoggingSection = field(default_factory=LoggingSection)
-    guard: GuardSection = field(default_factory=GuardSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    source: str = "<inline>"
+    # The referenced sections, as mappings; `check_sections` validates them.
+    model: dict
+    data: dict
+    deepspeed: dict
+    run: RunSection = setting(RunSection)
+    optim: OptimSection = setting(OptimSection)
+    checkpoint: CheckpointSection = setting(CheckpointSection)
+    logging: LoggingSection = setting(LoggingSection)
+    guard: GuardSection = setting(GuardSection)
+    eval: EvalSection = setting(EvalSection)
+    source: str = field(default="<inline>", init=False)
     # Folder of each section's file, for the paths inside it (shard patterns, weights).
-    reference_dirs: dict = field(default_factory=dict)
+    reference_dirs: dict = field(default_factory=dict, init=False)
+
+    def check(self, where: str) -> None:
+        zero = self.deepspeed.get("zero_optimization")
+        stage = zero.get("stage") if isinstance(zero, dict) else None
+        if stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{subkey(where, 'deepspeed.zero_optimization.stage')}: must be 0, 1, 2 or 3, "
+                              f"got {stage!r}")
+        for key in RUN_OWNED_DEEPSPEED_KEYS:
+            if key in self.deepspeed:
+                raise ConfigError(f"{subkey(where, 'deepspeed.' + key)}: set by the run config (optim / data "
+                                  f"sections); remove it")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -115,72 +169,14 @@ class RunConfig:
         return hashlib.sha256(json.dumps(essential, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-REFERENCED_SECTIONS = ("model", "data", "deepspeed")
-PRECISIONS = ("bf16", "fp16", "fp32")
-SCHEDULES = ("linear", "cosine")
-# The run config owns these; a DeepSpeed JSON that sets them would be a second source of truth.
-RUN_OWNED_DEEPSPEED_KEYS = ("gradient_clipping", "gradient_accumulation_steps", "bf16", "fp16", "optimizer",
-                            "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu")
-
-
-def _type_ok(value, annotation) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is typing.Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
-def _build(cls, data, where: str, source: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "reference_dirs")}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}" if where else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: missing key '{key}'")
-            continue
-        annotation = hints[name]
-        value = data[name]
-        if annotation is float and isinstance(value, str):
-            # PyYAML reads 3e-4 (no dot) as a string.
-            try:
-                value = data[name] = float(value)
-            except ValueError:
-                pass
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, data[name], key, source)
-        elif not _type_ok(data[name], annotation):
-            raise ConfigError(f"{source}: '{key}' must be {getattr(annotation, '__name__', annotation)}, got {data[name]!r}")
-        else:
-            kwargs[name] = float(data[name]) if annotation is float else data[name]
-    return cls(**kwargs)
-
-
 def parse_override(text: str, source: str) -> tuple[list[str], object]:
+    """`key.path=value`; the value is read as YAML, as it would be in the file."""
     if "=" not in text:
         raise ConfigError(f"{source}: --set {text!r}: expected key=value, for example --set optim.lr=3e-4")
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"{source}: --set {text!r}: empty key")
-    return key.split("."), yaml.safe_load(raw) if raw else ""
+    return key.split("."), parse_yaml(raw, f"{source}: {key}: --set value {raw!r}") if raw else ""
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
@@ -192,10 +188,11 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             where = ".".join(path[:i + 1])
             if isinstance(node, list):  # data.corpora.0.shards: a list index
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"{source}: --set {text}: '{where}' is not an index of that list (0..{len(node) - 1})")
+                    raise ConfigError(f"{source}: {where}: --set {text}: not an index of that list "
+                                      f"(0..{len(node) - 1})")
                 part = int(part)
             elif not isinstance(node, dict):
-                raise ConfigError(f"{source}: --set {text}: '{'.'.join(path[:i])}' is not a mapping")
+                raise ConfigError(f"{source}: {'.'.join(path[:i])}: --set {text}: not a mapping")
             if i == len(path) - 1:
                 node[part] = value
             else:
@@ -208,12 +205,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
 def _load_file(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what}: file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{what}: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    loaded = read_yaml_file(path, what)
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what}: {path} must hold a mapping")
     return loaded
@@ -224,15 +216,18 @@ def resolve_reference(value, base: Path, key: str, source: str) -> tuple[dict, s
     if isinstance(value, dict):
         return value, f"{source}:{key}"
     if not isinstance(value, str):
-        raise ConfigError(f"{source}: '{key}' must be a path or a mapping, got {value!r}")
+        raise ConfigError(f"{source}: {key}: expected a path or a mapping, got {value!r}")
     candidates = [Path(value)] if Path(value).is_absolute() else [base / value, Path(value)]
     for candidate in candidates:
         if candidate.is_file():
-            return _load_file(candidate, f"{source}: '{key}'"), candidate
-    raise ConfigError(f"{source}: '{key}' names {value}, which exists neither beside the run file nor under the working directory")
+            return _load_file(candidate, f"{source}: {key}"), candidate
+    raise ConfigError(f"{source}: {key}: names {value}, which exists neither beside the run file nor under the "
+                      f"working directory")
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The run file with its referenced files and the overrides; the run's own sections are
+    validated here, the model and data sections by `check_sections`."""
     path = Path(path)
     source = str(path)
     raw = _load_file(path, "--config")
@@ -245,37 +240,71 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     reference_dirs = {}
     for key in REFERENCED_SECTIONS:
         if key not in raw:
-            raise ConfigError(f"{source}: missing key '{key}'")
+            raise ConfigError(f"{source}: {key}: missing required key")
         raw[key], origin = resolve_reference(raw[key], base, key, source)
         reference_dirs[key] = Path(origin).parent if isinstance(origin, Path) else base
-    config = _build(RunConfig, apply_overrides(raw, nested, source), "", source)
+    raw = apply_overrides(raw, nested, source)
+    try:
+        config = build(RunConfig, raw, "")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     config.source = source
     config.reference_dirs = reference_dirs
-    validate(config)
     return config
 
 
-def validate(config: RunConfig) -> None:
-    source = config.source
-    if config.optim.precision not in PRECISIONS:
-        raise ConfigError(f"{source}: 'optim.precision' must be one of {PRECISIONS}, got {config.optim.precision!r}")
-    if config.optim.schedule not in SCHEDULES:
-        raise ConfigError(f"{source}: 'optim.schedule' must be one of {SCHEDULES}, got {config.optim.schedule!r}")
-    positive = {"run.max_steps": config.run.max_steps, "optim.grad_accum": config.optim.grad_accum,
-                "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep_last": config.checkpoint.keep_last,
-                "logging.every_steps": config.logging.every_steps, "optim.lr": config.optim.lr,
-                "guard.max_consecutive_nonfinite": config.guard.max_consecutive_nonfinite}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: '{key}' must be > 0, got {value}")
-    if len(config.optim.betas) != 2:
-        raise ConfigError(f"{source}: 'optim.betas' must hold two numbers, got {config.optim.betas}")
-    stage = config.deepspeed.get("zero_optimization", {}).get("stage")
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"{source}: 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
-    for key in RUN_OWNED_DEEPSPEED_KEYS:
-        if key in config.deepspeed:
-            raise ConfigError(f"{source}: 'deepspeed.{key}' is set by the run config (optim / data sections); remove it")
+def check_sections(config: RunConfig) -> tuple["ModelConfig", "DataSpec"]:
+    """The model and data sections validated by their owners, keys named from the run file
+    (`model.text.vocab_size`, `data.corpora[0].shards`); the files the run names (tokenizer,
+    shards, pre-trained towers, eval shards) checked to exist; and the settings that involve
+    both sections. All before any process group or model exists. (`checkpoint.resume` is
+    checked by `check_resume`, since `--resume` replaces it.)"""
+    from data_pipeline.spec import check_data_files, parse_data_spec
+    from training.model.config import model_config_from_dict
+
+    try:
+        model = model_config_from_dict(config.model, "model")
+        data = parse_data_spec(config.data, root=config.reference_dirs.get("data"), where="data")
+        _check_across_sections(model, data)
+        check_data_files(data, "data")
+        _check_run_files(config, model)
+    except ConfigError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
+    return model, data
+
+
+def _check_across_sections(model: "ModelConfig", data: "DataSpec") -> None:
+    if data.text.max_tokens > model.text.max_position_embeddings:
+        raise ConfigError(f"data.text.max_tokens: {data.text.max_tokens} exceeds the model's "
+                          f"text.max_position_embeddings ({model.text.max_position_embeddings})")
+    for i, corpus in enumerate(data.corpora):
+        if corpus.kind == "video_text" and corpus.options.frames > model.vision.max_frames:
+            raise ConfigError(f"data.corpora[{i}].options.frames: {corpus.options.frames} exceeds the model's "
+                              f"vision.max_frames ({model.vision.max_frames})")
+
+
+def check_resume(resume: str, key: str) -> None:
+    """'auto', 'none' or a complete checkpoint folder."""
+    from training.checkpoint import MARKER, read_marker
+
+    if resume not in ("auto", "none") and read_marker(Path(resume)) is None:
+        raise ConfigError(f"{key}: {resume} is not a complete checkpoint folder (no readable {MARKER} marker)")
+
+
+def _check_run_files(config: RunConfig, model: "ModelConfig") -> None:
+    from data_pipeline.io.shard_list import expand_shards
+
+    for key, path in (("model.vision.pretrained", model.vision.pretrained),
+                      ("model.text.pretrained", model.text.pretrained)):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{key}: {path} does not exist")
+    if config.eval.every_steps:
+        for name, patterns in config.eval.shards().items():
+            if patterns:
+                try:
+                    expand_shards(patterns, where=f"eval.{name}")
+                except (OSError, ValueError) as error:
+                    raise ConfigError(str(error)) from None
 
 
 def deepspeed_config(config: RunConfig, micro_batch_size: int) -> dict:

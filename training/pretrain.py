@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from data_pipeline.config import ConfigError
 from training import distributed, rng_state
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointManager
-from training.config import ConfigError, RunConfig, deepspeed_config, load_run_config
+from training.config import RunConfig, check_resume, check_sections, deepspeed_config, load_run_config
 from training.metrics import MetricsLogger
 from training.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
@@ -73,7 +74,7 @@ def apply_global_batch(data_spec, config: RunConfig, world_size: int) -> None:
         key = f"optim.global_batch.{kind}"
         corpora = data_spec.corpora_of(kind)
         if not corpora:
-            raise ConfigError(f"{config.source}: '{key}': the data config has no corpus of kind {kind!r}")
+            raise ConfigError(f"{config.source}: {key}: the data config has no corpus of kind {kind}")
         share = world_size * config.optim.grad_accum
         if total % share:
             raise ConfigError(f"{config.source}: '{key}' = {total} cannot be split over {world_size} ranks x "
@@ -313,20 +314,24 @@ def json_line(step: int, batches: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = load_run_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
-        return 2
     trainer = None
     try:
-        try:
-            trainer = Trainer(config, args.resume)
-        except (ValueError, FileNotFoundError) as error:
-            # Config, data spec, shard list and model config problems, all found before step 1.
-            print(f"x2vlm-pretrain: {error}", file=sys.stderr)
-            return 2
+        # Every configuration mistake that needs no process group is found here, on every rank
+        # alike, before anything starts; the rest (a batch the world size cannot split, a
+        # tokenizer larger than the vocabulary) while the trainer is built.
+        config = load_run_config(args.config, args.overrides)
+        check_sections(config)
+        if args.resume is not None:
+            check_resume(args.resume, "--resume")
+        else:
+            check_resume(config.checkpoint.resume, f"{config.source}: checkpoint.resume")
+        trainer = Trainer(config, args.resume)
         return trainer.run()
+    except ConfigError as error:
+        # Only the project's own configuration errors: a ValueError from DeepSpeed, timm or the
+        # tokenizer is a failure to investigate, with its traceback.
+        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as error:
         print(f"x2vlm-pretrain: {error}", file=sys.stderr)
         return NONFINITE_EXIT_CODE

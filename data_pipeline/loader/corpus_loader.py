@@ -14,6 +14,7 @@ import copy
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..config import ConfigError
 from ..io.shard_list import expand_shards
 from ..skips import Counters
 from ..spec import CorpusSpec, DataSpec
@@ -70,8 +71,8 @@ class CorpusLoader:
         self.workers = max(1, num_workers)
         self.urls = expand_shards(corpus.shards, where=f"corpus {corpus.name}: shards")
         if len(self.urls) < world_size * self.workers:
-            raise ValueError(
-                f"corpus {corpus.name}: {len(self.urls)} shards for {world_size} ranks x {self.workers} workers; "
+            raise ConfigError(
+                f"corpus {corpus.name}: shards: {len(self.urls)} shards for {world_size} ranks x {self.workers} workers; "
                 f"every worker needs at least one shard per epoch (write more, smaller shards or use fewer workers)")
         self.batches = 0
         self.states: list[dict | None] = [None] * self.workers

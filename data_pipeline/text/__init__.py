@@ -1,6 +1,6 @@
 """Caption cleaning, tokenisation and MLM masking."""
 from .cleaning import clean_caption
 from .encoder import TextEncoder
-from .masking import MaskingSpec, mask_tokens
+from .masking import mask_tokens
 
-__all__ = ["clean_caption", "TextEncoder", "MaskingSpec", "mask_tokens"]
+__all__ = ["clean_caption", "TextEncoder", "mask_tokens"]

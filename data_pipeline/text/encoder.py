@@ -7,10 +7,11 @@ import random
 import numpy as np
 from transformers import AutoTokenizer
 
+from ..config import ConfigError
 from ..skips import BadSample
 from ..spec import TextSpec
 from .cleaning import BadText, clean_caption
-from .masking import IGNORE_INDEX, MaskingSpec, mask_tokens
+from .masking import IGNORE_INDEX, mask_tokens
 
 
 def word_start_rule(tokenizer):
@@ -29,19 +30,18 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
         t = self.tokenizer
         if not t.is_fast:
-            raise ValueError(f"text.tokenizer: {spec.tokenizer} has no fast (tokenizers) version; the loader needs one")
+            raise ConfigError(f"text.tokenizer: {spec.tokenizer} has no fast (tokenizers) version; the loader needs one")
         # The Rust tokenizer itself: the transformers wrapper costs more per call than the
         # tokenising, and its Encoding already carries the tokens the masking needs.
         self.backend = t.backend_tokenizer
         if t.mask_token_id is None or t.pad_token_id is None:
-            raise ValueError(f"text.tokenizer: {spec.tokenizer} has no mask or pad token; MLM needs both")
+            raise ConfigError(f"text.tokenizer: {spec.tokenizer} has no mask or pad token; MLM needs both")
         self.cls_id = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
         self.sep_id = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
         self.pad_id, self.mask_id = t.pad_token_id, t.mask_token_id
         special = set(t.all_special_ids)
         self.random_ids = [i for i in range(len(t)) if i not in special]
         self.is_word_start = word_start_rule(t)
-        self.masking = MaskingSpec(spec.mask_prob, spec.max_masks, spec.span_prob, spec.span_max, spec.whole_word)
 
     def encode(self, caption: str, rng: random.Random) -> dict[str, np.ndarray]:
         try:
@@ -55,7 +55,7 @@ class TextEncoder:
         tokens = encoding.tokens[: len(ids)]
         word_start = [True] + [self.is_word_start(tok, i) for i, tok in enumerate(tokens)] + [True]
         ids = [self.cls_id] + ids + [self.sep_id]
-        mlm_ids, labels = mask_tokens(ids, word_start, rng, self.masking, self.mask_id, self.random_ids)
+        mlm_ids, labels = mask_tokens(ids, word_start, rng, self.spec, self.mask_id, self.random_ids)
         pad = self.spec.max_tokens - len(ids)
         return {
             "text_ids": np.array(ids + [self.pad_id] * pad, dtype=np.int64),

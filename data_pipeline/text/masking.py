@@ -10,23 +10,17 @@ is never a candidate.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from ..spec import TextSpec
 
 IGNORE_INDEX = -100
 
 
-@dataclass
-class MaskingSpec:
-    mask_prob: float = 0.5
-    max_masks: int = 12
-    span_prob: float = 0.2
-    span_max: int = 3
-    whole_word: bool = True
-
-
-def mask_tokens(ids: list[int], word_start: list[bool], rng: random.Random, spec: MaskingSpec,
+def mask_tokens(ids: list[int], word_start: list[bool], rng: random.Random, spec: TextSpec,
                 mask_id: int, random_ids: list[int]) -> tuple[list[int], list[int]]:
-    """`ids` is `[CLS] text [SEP]`; `word_start[i]` says whether token i begins a word.
+    """`ids` is `[CLS] text [SEP]`; `word_start[i]` says whether token i begins a word. The
+    masking settings are the data spec's `text` section (mask_prob, max_masks, span_prob,
+    span_max, whole_word).
 
     Returns (masked input ids, labels) of len(ids); labels are IGNORE_INDEX where not masked."""
     n = len(ids)

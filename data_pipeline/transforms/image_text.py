@@ -10,6 +10,7 @@ from PIL import Image
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
 from ..schema import IMAGE_EXTENSIONS, media_of, parse_meta
 from ..skips import BadSample
+from ..spec import ImageTextOptions
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
@@ -17,7 +18,7 @@ from .randaugment import FULL_OPS, apply_plan, sample_plan
 
 
 class ImageTextTransform:
-    def __init__(self, res: int, options: dict, text: TextEncoder, training: bool = True):
+    def __init__(self, res: int, options: ImageTextOptions, text: TextEncoder, training: bool = True):
         self.res = res
         self.options = options
         self.text = text
@@ -33,12 +34,12 @@ class ImageTextTransform:
         if not self.training:
             out = crop_resize(image, (0, 0, image.width, image.height), size)
             return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key}
-        box = random_resized_crop_box(image.width, image.height, tuple(self.options["crop_scale"]), rng)
-        flip = decide_flip(rng, [caption], self.options["flip"])
+        box = random_resized_crop_box(image.width, image.height, tuple(self.options.crop_scale), rng)
+        flip = decide_flip(rng, [caption], self.options.flip)
         out = crop_resize(image, box, size)
         if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
-            caption = flipped_texts([caption], flip, self.options["flip"])[0]
-        if self.options["rand_augment"]:
+            caption = flipped_texts([caption], flip, self.options.flip)[0]
+        if self.options.rand_augment:
             out = apply_plan(out, sample_plan(rng, FULL_OPS))
         return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}

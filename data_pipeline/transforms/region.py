@@ -17,6 +17,7 @@ from PIL import Image
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
 from ..schema import IMAGE_EXTENSIONS, checked_box, media_of, parse_meta
 from ..skips import BadSample
+from ..spec import RegionOptions
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
 from .geometry import normalised_cxcywh, patch_mask
@@ -50,7 +51,7 @@ def box_in_output(box, crop, flip: bool, res: int, min_inside: float):
 
 
 class RegionTransform:
-    def __init__(self, res: int, patch_size: int, options: dict, text: TextEncoder):
+    def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder):
         self.res = res
         self.patch_size = patch_size
         self.options = options
@@ -65,14 +66,14 @@ class RegionTransform:
             raise BadSample("no_region")
         target = rng.randrange(len(regions))
         crop = crop_containing(regions[target][0], width, height, rng)
-        mode = self.options["flip"]
+        mode = self.options.flip
         all_texts = meta.captions + [t for _, texts in regions for t in texts]
         flip = decide_flip(rng, all_texts, mode)
 
         out = crop_resize(image, crop, (self.res, self.res))
         if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.options["rand_augment"]:
+        if self.options.rand_augment:
             out = apply_plan(out, sample_plan(rng, COLOUR_OPS))
 
         texts, boxes, masks = [], [], []
@@ -84,9 +85,9 @@ class RegionTransform:
         others = [i for i in range(len(regions)) if i != target]
         rng.shuffle(others)
         for i in [target] + others:
-            if len(texts) >= self.options["max_regions"]:
+            if len(texts) >= self.options.max_regions:
                 break
-            placed = box_in_output(regions[i][0], crop, flip, self.res, self.options["min_perc_in_image"])
+            placed = box_in_output(regions[i][0], crop, flip, self.res, self.options.min_perc_in_image)
             if placed is None:
                 continue
             region_texts = regions[i][1]

@@ -12,6 +12,7 @@ from ..media.image_decode import to_uint8_pixels
 from ..media.video_decode import decode_clip
 from ..schema import VIDEO_EXTENSIONS, media_of, parse_meta
 from ..skips import BadSample
+from ..spec import VideoTextOptions
 from ..text import TextEncoder
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
@@ -19,7 +20,7 @@ from .randaugment import FULL_OPS, apply_plan, sample_plan
 
 
 class VideoTextTransform:
-    def __init__(self, res: int, options: dict, text: TextEncoder, training: bool = True):
+    def __init__(self, res: int, options: VideoTextOptions, text: TextEncoder, training: bool = True):
         self.res = res
         self.options = options
         self.text = text
@@ -31,16 +32,16 @@ class VideoTextTransform:
             raise BadSample("no_caption")
         caption = meta.captions[rng.randrange(len(meta.captions))]
         data = media_of(sample, VIDEO_EXTENSIONS)
-        clip = decode_clip(data, self.options["frames"], meta.seconds("start"), meta.seconds("end"),
-                           self.training, rng, self.options["decode_timeout_s"])
+        clip = decode_clip(data, self.options.frames, meta.seconds("start"), meta.seconds("end"),
+                           self.training, rng, self.options.decode_timeout_s)
         height, width = clip.shape[1:3]
         size = (self.res, self.res)
         flip, plan = False, []
         if self.training:
-            box = random_resized_crop_box(width, height, tuple(self.options["crop_scale"]), rng)
-            flip = decide_flip(rng, [caption], self.options["flip"])
-            caption = flipped_texts([caption], flip, self.options["flip"])[0]
-            if self.options["rand_augment"]:
+            box = random_resized_crop_box(width, height, tuple(self.options.crop_scale), rng)
+            flip = decide_flip(rng, [caption], self.options.flip)
+            caption = flipped_texts([caption], flip, self.options.flip)[0]
+            if self.options.rand_augment:
                 plan = sample_plan(rng, FULL_OPS)
         else:
             box = (0, 0, width, height)

@@ -15,13 +15,28 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.config import ConfigError
 from data_pipeline.eval_data import EvalDataSpec
-from data_pipeline.spec import TextSpec
+from data_pipeline.spec import TextSpec, VideoTextOptions
 from training.evaluation.evaluator import evaluate
 from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
 
+
 class UsageError(ValueError):
-    pass
+    """A mistake in the command line; reported in one line with exit code 2."""
+
+
+def at_least(minimum: int):
+    """An argparse type: an int >= MINIMUM (argparse reports anything else with exit code 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,13 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--region-shards", action="append", default=[], metavar="PATTERN",
                         help="region (grounding) eval shards")
     parser.add_argument("--video-shards", action="append", default=[], metavar="PATTERN", help="video-text eval shards")
-    parser.add_argument("--image-res", type=int, default=None,
+    parser.add_argument("--image-res", type=at_least(1), default=None,
                         help="input resolution (default: the model's vision.image_size)")
-    parser.add_argument("--max-tokens", type=int, default=40, help="text length in tokens, as in training (40)")
-    parser.add_argument("--video-frames", type=int, default=3, help="frames per video (3)")
-    parser.add_argument("--itm-top-k", type=int, default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images or videos per encoding batch (32)")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples per kind")
+    parser.add_argument("--max-tokens", type=at_least(3), default=TextSpec.max_tokens,
+                        help=f"text length in tokens, as in training ({TextSpec.max_tokens})")
+    parser.add_argument("--video-frames", type=at_least(1), default=VideoTextOptions.frames,
+                        help=f"frames per video ({VideoTextOptions.frames})")
+    parser.add_argument("--itm-top-k", type=at_least(0), default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images or videos per encoding batch (32)")
+    parser.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate only the first N samples per kind")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
@@ -61,7 +78,10 @@ def load_model(model_dir: Path | None, model_config: str | None):
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).is_file()]
     if missing:
         raise UsageError(f"{model_dir}: not an exported model directory, missing {' and '.join(missing)}")
-    return load_exported(model_dir)
+    try:
+        return load_exported(model_dir)
+    except KeyError as error:  # weights that do not fit the model config beside them
+        raise UsageError(error.args[0]) from None
 
 
 def patch_size_of(model) -> int:
@@ -82,6 +102,8 @@ def format_table(metrics: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> dict[str, float]:
     if not (args.image_shards or args.region_shards or args.video_shards):
         raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
+    if not Path(args.tokenizer).is_dir():
+        raise UsageError(f"--tokenizer {args.tokenizer}: not a directory (a tokenizer saved with save_pretrained)")
     if args.grounding_png and not args.region_shards:
         raise UsageError("--grounding-png needs --region-shards")
     model = load_model(args.model_dir, args.model_config).to(args.device)
@@ -90,6 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.image_res is not None and args.image_res != built_for and not dynamic:
         raise UsageError(f"--image-res {args.image_res}: the model was built for {built_for} px inputs "
                          f"(vision.image_size; set vision.timm_kwargs.dynamic_img_size for other sizes)")
+    if args.video_shards and args.video_frames > model.config.vision.max_frames:
+        raise UsageError(f"--video-frames {args.video_frames}: the model takes at most {model.config.vision.max_frames} "
+                         f"frames (vision.max_frames)")
     spec = EvalDataSpec(
         text=TextSpec(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
         image_res=args.image_res or model.config.vision.image_size,
@@ -108,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         metrics = run(args)
-    except (UsageError, ValueError, KeyError, OSError) as error:
+    except (UsageError, ConfigError, FileNotFoundError) as error:
+        # Mistakes in the command line, the model config or the shard names; any other error is a
+        # failure to investigate, with its traceback.
         print(f"x2vlm-eval: {error}", file=sys.stderr)
         return 2
     print(format_table(metrics))

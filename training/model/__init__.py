@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.model.config import ConfigError, ModelConfig, load_model_config, model_config_from_dict
+from training.model.config import ModelConfig, load_model_config, model_config_from_dict
 from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -27,4 +27,4 @@ def create_model(config: ModelConfig | dict | str | Path, load_pretrained: bool 
     return model
 
 
-__all__ = ["CONFIG_DIR", "ConfigError", "ModelConfig", "TextEncoding", "VisionEncoding", "X2VLM", "create_model", "load_model_config"]
+__all__ = ["CONFIG_DIR", "ModelConfig", "TextEncoding", "VisionEncoding", "X2VLM", "create_model", "load_model_config"]
