@@ -184,7 +184,7 @@ def short_error(error: BaseException) -> str:
     """The line of a (long, multi-line) torch.load error that says what was refused."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
-        if "Unsupported global" in line or "WeightsUnpickler error" in line:
+        if "GLOBAL" in line or "WeightsUnpickler error" in line:  # what the unpickler refused
             return line.split(". Please use")[0]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 

@@ -85,13 +85,12 @@ class RunLock:
         """Takes the lock or raises LockHeld naming the holder; returns a note when a lock left
         by another trainer was taken over."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        replaced = None
         for _ in range(5):  # a new file replaced a stale one under us: look again
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 locked = _try_flock(fd)
                 previous = Holder.parse(_read(fd))
-                if previous is not None and (previous.host, previous.pid) == (self.me.host, self.me.pid):
-                    previous = None
                 if locked is False or (locked is None and previous is not None):
                     if previous is None or not may_take_over(previous, self.me):
                         holder = previous.describe() if previous else "an unknown process (no description)"
@@ -99,6 +98,7 @@ class RunLock:
                                        f"{self.path}; remove it only if that trainer is gone)")
                     if locked is False:  # the holder's open file stays locked: start a new one
                         _replace_if_same(self.path, fd)
+                        replaced = previous
                         os.close(fd)
                         fd = None
                         continue
@@ -108,6 +108,7 @@ class RunLock:
                     continue
                 _write(fd, json.dumps(asdict(self.me)))
                 self.fd, fd = fd, None
+                previous = previous or replaced
                 return f"took over the lock left by {previous.describe()}" if previous else None
             finally:
                 if fd is not None:

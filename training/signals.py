@@ -99,7 +99,7 @@ class LauncherWatch:
 
         while True:
             for process in self.processes:
-                if not process.is_running():  # gone, or its pid reused by another process
+                if not _alive(process):
                     print(f"[launcher] the launcher process {process.pid} is gone: stopping this rank (pid "
                           f"{os.getpid()}) without a checkpoint, exit {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
                     try:
@@ -107,6 +107,17 @@ class LauncherWatch:
                     finally:
                         os._exit(IMMEDIATE_EXIT_CODE)
             time.sleep(self.POLL_SECONDS)
+
+
+def _alive(process) -> bool:
+    """Neither gone, nor its pid reused by another process, nor dead but not yet reaped (a
+    zombie: a killed launcher whose own parent has not waited for it yet)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _is_deepspeed_launcher(process) -> bool:
