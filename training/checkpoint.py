@@ -214,8 +214,8 @@ def find_resumable(root: Path, resume: str | None, rank: int = 0, world_size: in
             print(f"[resume] skipping {path}: {'; '.join(problems)}{more}", file=sys.stderr, flush=True)
     named = "; ".join(problem for problems in skipped for problem in problems)
     where = f"under {root}" if resume == "auto" else f"{resume}"
-    raise CheckpointError(f"no checkpoint {where} can be trusted: {named}. Move the damaged folders away to start "
-                          f"from an older one, or pass --resume none to start afresh")
+    raise CheckpointError(f"no checkpoint {where} can be trusted: {named}. Move the damaged folders away, or pass "
+                          f"--resume none to start afresh")
 
 
 # -- saving and loading -----------------------------------------------------------------------------

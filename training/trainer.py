@@ -200,7 +200,8 @@ class Trainer:
         if self.is_main:
             dropped = drop_rows_after(self.output_dir / "metrics.jsonl", self.step)
             if dropped:
-                print(f"[resume] metrics.jsonl: dropped {dropped} rows after step {self.step}", flush=True)
+                print(f"[metrics] metrics.jsonl: dropped {dropped} rows after step {self.step}, where this run "
+                      f"starts", flush=True)
         self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
                                      world_size=self.world_size)
         if config.logging.trained_keys:
