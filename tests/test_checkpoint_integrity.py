@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,26 @@ def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
     assert drop_rows_after(log, 4) == 5
     assert [json.loads(line) for line in log.read_text().splitlines()] == rows[:4]
     assert drop_rows_after(log, 4) == 0 and drop_rows_after(tmp_path / "none.jsonl", 4) == 0
+
+
+def test_the_universal_conversion_runs_weights_only(tmp_path):
+    """ds_to_universal (the conversion for a resume on another world size) loads with
+    weights_only=False; run through training.safe_load it refuses a payload that DeepSpeed's
+    own entry point would execute."""
+    marker = tmp_path / "ran"
+    source = tmp_path / "step_00000002"
+    source.mkdir()
+    write_payload(source / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", marker)
+    write_payload(source / "mp_rank_00_model_states.pt", marker)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def convert(*runner: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *runner, "--input_folder", str(source),
+                               "--output_folder", str(tmp_path / "universal"), "--num_extract_workers", "1",
+                               "--num_merge_workers", "1"], capture_output=True, text=True, env=env, timeout=300)
+
+    safe = convert("training.safe_load", "deepspeed.checkpoint.ds_to_universal")
+    assert safe.returncode != 0 and "GLOBAL posix.system" in safe.stderr, safe.stderr[-2000:]
+    assert not marker.exists()
+    unsafe = convert("deepspeed.checkpoint.ds_to_universal")  # the control: DeepSpeed alone runs it
+    assert marker.exists(), unsafe.stderr[-2000:]

@@ -1,11 +1,15 @@
 """Pre-emption signals: the first asks for a checkpoint at the end of the current step, the
 second exits at once. The exit code after a signal-triggered checkpoint tells a batch script
-to requeue the job."""
+to requeue the job. And the launcher's death, which sends no signal: the rank exits at once."""
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import threading
+import time
+
+import psutil  # a dependency of DeepSpeed
 
 REQUEUE_EXIT_CODE = 85
 IMMEDIATE_EXIT_CODE = 86
@@ -65,8 +69,6 @@ class LauncherWatch:
     @staticmethod
     def launchers() -> list:
         """The parent, and the DeepSpeed launcher processes above it."""
-        import psutil
-
         chain = []
         try:
             process = psutil.Process().parent()
@@ -87,16 +89,12 @@ class LauncherWatch:
         return cls(cls.launchers() if launched else [], before_exit).start()
 
     def start(self) -> "LauncherWatch":
-        import threading
-
         if self.processes:
             self._thread = threading.Thread(target=self._watch, name="launcher-watch", daemon=True)
             self._thread.start()
         return self
 
     def _watch(self) -> None:
-        import time
-
         while True:
             for process in self.processes:
                 if not _alive(process):
@@ -112,8 +110,6 @@ class LauncherWatch:
 def _alive(process) -> bool:
     """Neither gone, nor its pid reused by another process, nor dead but not yet reaped (a
     zombie: a killed launcher whose own parent has not waited for it yet)."""
-    import psutil
-
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -121,8 +117,6 @@ def _alive(process) -> bool:
 
 
 def _is_deepspeed_launcher(process) -> bool:
-    import psutil
-
     try:
         cmdline = process.cmdline()
     except psutil.Error:
