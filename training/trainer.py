@@ -112,8 +112,9 @@ def hold_output_dir(output_dir: Path, rank: int) -> RunLock | None:
 class Trainer:
     def __init__(self, config: RunConfig, resume: str | None):
         self.config = config
+        self.lock = None
         # Before the process group: whether a launcher started this rank is read from RANK.
-        self.launcher_watch = LauncherWatch.for_this_rank()
+        self.launcher_watch = LauncherWatch.for_this_rank(before_exit=self._release_lock)
         self.rank, self.world_size, self.device = distributed.init()
         # First, so that a pre-emption during start-up checkpoints after step 1 instead of killing.
         self.signals = PreemptionHandler(config.guard.signals).install()
@@ -126,7 +127,6 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.metrics = self.keys_log = self.loader = None
         self.lock = hold_output_dir(self.output_dir, self.rank)
-        self.launcher_watch.before_exit = self._release_lock
         try:
             self._build(resume)
         except BaseException:
