@@ -2,6 +2,7 @@
 signals and the checkpoint manager (on a real single-process DeepSpeed engine)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,8 +19,10 @@ import pytest
 import torch
 
 from training import rng_state
-from training.checkpoint import MARKER, CheckpointManager, complete_checkpoints, rank_state_name, retained_steps, tag_for
 from data_pipeline.config import ConfigError
+from training import safe_load
+from training.checkpoint import (MARKER, CheckpointManager, complete_checkpoints, find_resumable, rank_state_name,
+                                 retained_steps, tag_for)
 from training.config import deepspeed_config, load_run_config
 from training.optim import parameter_groups, schedule_factor
 from training.signals import IMMEDIATE_EXIT_CODE, PreemptionHandler
@@ -100,13 +103,15 @@ def test_run_config_errors_name_the_key(tmp_path, extra, overrides, message):
     assert str(run) in str(error.value)
 
 
-def test_rng_capture_restores_every_generator():
+def test_rng_capture_restores_every_generator(tmp_path):
     rng_state.seed_everything(11)
-    saved = rng_state.capture()
-    first = (random.random(), np.random.rand(), torch.rand(2))
+    np.random.randn()  # numpy's cached Gaussian is part of its state
+    torch.save(rng_state.capture(), tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    saved = torch.load(tmp_path / "rng.pt", weights_only=True)  # tensors and plain types only
     rng_state.restore(saved)
-    again = (random.random(), np.random.rand(), torch.rand(2))
-    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    assert first[:3] == again[:3] and torch.equal(first[3], again[3])
 
 
 def test_first_signal_requests_checkpoint_second_exits_at_once(tmp_path):
@@ -167,12 +172,27 @@ def train_step(engine):
     engine.step()
 
 
+class Holder:
+    """A stateful object as the checkpoint manager sees one."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
+
+
 def test_checkpoint_manager_commits_prunes_and_reloads(tmp_path, single_rank_deepspeed):
     engine = make_engine(single_rank_deepspeed, seed=0)
-    manager = CheckpointManager(tmp_path, rank=0, world_size=1, barrier=lambda: None, keep_last=2, keep_every=2)
+    holder = Holder({})
+    manager = CheckpointManager(tmp_path, engine, {"trainer": holder}, rank=0, world_size=1, keep_last=2, keep_every=2)
     for step in range(1, 6):
         train_step(engine)
-        manager.save(engine, step, {"step": step, "data": [step]}, fingerprint="abc")
+        holder.state = {"step": step, "data": [step]}
+        manager.save(step, fingerprint="abc")
     assert [c.step for c in complete_checkpoints(tmp_path)] == [2, 4, 5]
     assert (tmp_path / "latest").read_text() == tag_for(5)
     expected = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
@@ -181,13 +201,22 @@ def test_checkpoint_manager_commits_prunes_and_reloads(tmp_path, single_rank_dee
     partial = tmp_path / tag_for(6)
     partial.mkdir()
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"half")
-    info = manager.resolve("auto")
+    info = find_resumable(tmp_path, "auto")
     assert info.step == 5 and info.world_size == 1 and info.fingerprint == "abc"
+    # The marker lists every file of the checkpoint with its size and sha256.
+    assert set(info.files) == {p.name for p in info.path.iterdir() if p.name != MARKER}
+    state_file = info.path / rank_state_name(0)
+    assert info.files[state_file.name] == {"size": state_file.stat().st_size,
+                                           "sha256": hashlib.sha256(state_file.read_bytes()).hexdigest()}
 
     fresh = make_engine(single_rank_deepspeed, seed=1)
+    fresh_holder = Holder({})
     assert not torch.equal(next(fresh.module.parameters()), next(iter(expected.values())))
-    own, states = manager.load(fresh, info, universal=False)
-    assert own == {"step": 5, "data": [5]} and states == [own]
+    fresh_manager = CheckpointManager(tmp_path, fresh, {"trainer": fresh_holder}, rank=0, world_size=1,
+                                      keep_last=2, keep_every=2)
+    fresh_manager.load(info)
+    assert fresh_holder.state == {"step": 5, "data": [5]}
+    assert safe_load.load(state_file) == {"trainer": fresh_holder.state}
     for name, param in fresh.module.named_parameters():
         assert torch.equal(param, expected[name]), name
 
@@ -198,8 +227,9 @@ def test_checkpoint_manager_commits_prunes_and_reloads(tmp_path, single_rank_dee
         assert torch.equal(a, b), name
 
     # The next save replaces the partial folder of the same step.
-    manager.save(fresh, 6, {"step": 6}, fingerprint="abc")
+    fresh_holder.state = {"step": 6}
+    fresh_manager.save(6, fingerprint="abc")
     assert (partial / MARKER).exists() and (partial / rank_state_name(0)).exists()
     assert [c.step for c in complete_checkpoints(tmp_path)] == [2, 4, 5, 6]
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        manager.resolve(str(tmp_path / "nowhere"))
+        find_resumable(tmp_path, str(tmp_path / "nowhere"))

@@ -19,7 +19,7 @@ from data_pipeline.loader.mixer import MixedLoader
 from data_pipeline.loader.stream import CorpusStream, CorpusUnusable, epoch_shard_ids
 from data_pipeline.media import video_decode
 from data_pipeline.skips import BadSample
-from data_pipeline.spec import SpecError
+from data_pipeline.config import ConfigError
 from pipeline_helpers import (coco_samples, data_spec, demo_tokenizer, pipeline_shards, video_samples,  # noqa: F401
                               write_shards)
 
@@ -232,6 +232,6 @@ def test_a_stuck_worker_is_reported_naming_the_corpus(demo_tokenizer, pipeline_s
     ("worker_timeout_s", True, "expected int/float"),
 ])
 def test_the_limits_are_validated_naming_the_key(demo_tokenizer, key, value, problem):
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         data_spec(demo_tokenizer, [{"name": "c", "kind": "image_text", "shards": ["x.tar"]}], loader={key: value})
     assert str(info.value).startswith(f"loader.{key}: ") and problem in str(info.value)

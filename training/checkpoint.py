@@ -1,9 +1,13 @@
-"""Crash-safe checkpoints around DeepSpeed's `save_checkpoint` / `load_checkpoint`.
+"""Crash-safe, verified checkpoints around DeepSpeed's `save_checkpoint` / `load_checkpoint`.
 
 Layout under ROOT:
   step_00000020/                DeepSpeed's files for that tag, plus
-    trainer_state_rank00000.pt  each rank's own state (data stream, RNG, step, epoch)
-    COMPLETE                    JSON written by rank 0 after every rank finished (the commit)
+    trainer_state_rank00000.pt  each rank's own state: {name: state_dict()} of the stateful
+                                objects given to the manager (tensors and plain types only)
+    run_config.yaml             the resolved run config (export needs nothing else)
+    COMPLETE                    JSON written by rank 0 after every rank finished (the commit):
+                                step, world size, config fingerprint, and the size and sha256
+                                of every file above
   step_00000020_universal/      a universal copy, made on demand when the world size changes
   latest                        the tag of the newest complete checkpoint (for people; resume
                                 decides by COMPLETE markers, never by this file)
@@ -11,9 +15,17 @@ Layout under ROOT:
 Why our own marker: DeepSpeed's rank 0 writes its `latest` file before the final barrier, so a
 job killed during a save can leave `latest` naming a half-written folder, and under ZeRO-1/2
 only rank 0's `client_state` is written, so per-rank state goes in files of our own.
+
+Saving and loading are one code path each way for every piece of state: the DeepSpeed
+engine (model, optimizer, scheduler) and a dict of stateful objects (`state_dict()` /
+`load_state_dict()`, and `load_resharded(states)` for a resume on another world size).
+Every file is loaded weights-only (training/safe_load.py) and only after its checksum
+verified (training/checkpoint_integrity.py); `--resume auto` falls back, checkpoint by
+checkpoint, to the newest one that verifies.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,11 +34,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
-import torch
+from training import distributed, safe_load
+from training.checkpoint_integrity import (files_under, hash_file, install_recording_engine, SaveLog,
+                                           unlisted_files, verify_files, write_hashed)
 
 RUN_CONFIG_FILE = "run_config.yaml"
 TAG_PATTERN = re.compile(r"^step_(\d{8})$")
@@ -37,6 +51,7 @@ UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 
 
 
 CRASH_ENV = "X2VLM_CRASH_AT"
+FAIL_ENV = "X2VLM_FAIL_AT"
 
 
 def crash_point(name: str, step: int, rank: int) -> None:
@@ -47,6 +62,15 @@ def crash_point(name: str, step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def failure_point(name: str, step: int, rank: int, path: Path) -> None:
+    """Failed-write testing: X2VLM_FAIL_AT=NAME:STEP:RANK makes that write of the save of STEP
+    on RANK fail as a full disk would (ENOSPC), after its file was created. NAME is
+    `engine_write` (this rank's first DeepSpeed file) or `state_write` (its trainer state)."""
+    wanted = os.environ.get(FAIL_ENV)
+    if wanted and wanted == f"{name}:{step}:{rank}":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -55,33 +79,46 @@ def rank_state_name(rank: int) -> str:
     return f"trainer_state_rank{rank:05d}.pt"
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint could be resumed, or one could not be written; the message names the files."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
     step: int
     world_size: int
     fingerprint: str
+    files: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def tag(self) -> str:
         return self.path.name
 
 
+def _read_marker_json(path: Path) -> dict:
+    meta = json.loads((path / MARKER).read_text())
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    return meta
+
+
 def read_marker(path: Path) -> CheckpointInfo | None:
-    marker = path / MARKER
+    """The commit record of the checkpoint folder PATH, or None where it has no readable one."""
     try:
-        meta = json.loads(marker.read_text())
-        return CheckpointInfo(path, int(meta["step"]), int(meta["world_size"]), str(meta["fingerprint"]))
-    except (OSError, ValueError, KeyError):
+        meta = _read_marker_json(Path(path))
+        files = meta.get("files", {})
+        if not isinstance(files, dict):
+            raise ValueError("'files' is not a mapping")
+        return CheckpointInfo(Path(path), int(meta["step"]), int(meta["world_size"]), str(meta["fingerprint"]), files)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _fsync_tree(path: Path) -> None:
-    for item in sorted(path.rglob("*")):
-        if item.is_file():
-            with open(item, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,24 +131,29 @@ def _fsync_dir(path: Path) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
+def committed_folders(root: Path) -> list[Path]:
+    """Every step folder under ROOT that holds a marker (readable or not), oldest first."""
+    if not Path(root).is_dir():
+        return []
+    found = [child for child in Path(root).iterdir() if TAG_PATTERN.match(child.name) and (child / MARKER).exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
 def complete_checkpoints(root: Path) -> list[CheckpointInfo]:
-    """Every committed checkpoint under ROOT, oldest first."""
-    found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if TAG_PATTERN.match(child.name):
-                info = read_marker(child)
-                if info is not None:
-                    found.append(info)
-    return sorted(found, key=lambda i: i.step)
+    """Every committed checkpoint under ROOT with a readable marker, oldest first."""
+    return [info for info in map(read_marker, committed_folders(root)) if info is not None]
 
 
 def retained_steps(steps: list[int], keep_last: int, keep_every: int | None) -> set[int]:
@@ -121,47 +163,161 @@ def retained_steps(steps: list[int], keep_last: int, keep_every: int | None) -> 
     return keep
 
 
+# -- verification --------------------------------------------------------------------------------
+def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[str]:
+    """What is wrong with the checkpoint folder PATH (empty: it can be trusted). With several
+    ranks each hashes its share of the files and every rank gets every rank's findings."""
+    path = Path(path)
+    try:
+        meta = _read_marker_json(path)
+    except (OSError, ValueError) as error:
+        return [f"{path / MARKER}: unreadable ({error})"]
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return [f"{path / MARKER}: lists no file checksums (written by an older version, or damaged)"]
+    if TAG_PATTERN.match(path.name) and meta.get("step") != int(TAG_PATTERN.match(path.name).group(1)):
+        return [f"{path / MARKER}: step {meta.get('step')!r} does not match the folder name"]
+    names = sorted(files)
+    problems = verify_files(path, files, names[rank::world_size])
+    if rank == 0:
+        problems += unlisted_files(path, files, exclude={MARKER})
+    if world_size == 1:
+        return problems
+    return [problem for share in distributed.all_gather(problems) for problem in share]
+
+
+def find_resumable(root: Path, resume: str | None, rank: int = 0, world_size: int = 1) -> CheckpointInfo | None:
+    """The checkpoint to resume from. 'none' / None: start fresh. 'auto': the newest
+    committed checkpoint under ROOT that verifies; those skipped are reported on rank 0, and
+    when none verifies the run must not start afresh over them (CheckpointError). Otherwise a
+    checkpoint folder, which must verify."""
+    if resume in (None, "none"):
+        return None
+    if resume == "auto":
+        candidates = list(reversed(committed_folders(root)))
+        if not candidates:
+            return None
+    else:
+        if not (Path(resume) / MARKER).exists():
+            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no {MARKER} marker)")
+        candidates = [Path(resume)]
+    skipped = []
+    for path in candidates:
+        problems = verify_checkpoint(path, rank, world_size)
+        info = read_marker(path) if not problems else None
+        if info is not None:
+            return info
+        problems = problems or [f"{path / MARKER}: unreadable"]
+        skipped.append(problems)
+        if rank == 0:
+            more = "; trying the previous one" if path != candidates[-1] else ""
+            print(f"[resume] skipping {path}: {'; '.join(problems)}{more}", file=sys.stderr, flush=True)
+    named = "; ".join(problem for problems in skipped for problem in problems)
+    where = f"under {root}" if resume == "auto" else f"{resume}"
+    raise CheckpointError(f"no checkpoint {where} can be trusted: {named}. Move the damaged folders away, or pass "
+                          f"--resume none to start afresh")
+
+
+# -- saving and loading -----------------------------------------------------------------------------
 class CheckpointManager:
-    def __init__(self, root: Path, rank: int, world_size: int, barrier: Callable[[], None],
+    """Saves and restores the DeepSpeed ENGINE and the STATES (name -> stateful object) of
+    every rank, one step folder per checkpoint."""
+
+    def __init__(self, root: Path, engine, states: dict[str, Stateful], rank: int, world_size: int,
                  keep_last: int = 3, keep_every: int | None = None):
         if keep_last < 1:
             raise ValueError(f"checkpoint.keep_last must be >= 1, got {keep_last}")
         self.root = Path(root)
+        self.engine = engine
+        self.states = states
         self.rank = rank
         self.world_size = world_size
-        self.barrier = barrier
         self.keep_last = keep_last
         self.keep_every = keep_every
+        self.writer = install_recording_engine(engine)
 
     # -- saving -----------------------------------------------------------------------------
-    def save(self, engine, step: int, trainer_state: dict, fingerprint: str, files: dict[str, str] | None = None) -> Path:
-        """Writes a checkpoint of every rank; FILES (name -> text) are written by rank 0 beside it
-        (the resolved run config, so that export needs nothing else)."""
+    def save(self, step: int, fingerprint: str, files: dict[str, str] | None = None) -> Path:
+        """Writes the checkpoint of STEP on every rank; FILES (name -> text) are written by
+        rank 0 beside it. A write that fails on any rank fails the save on every rank
+        (CheckpointError) after the partial folder was removed."""
         tag = tag_for(step)
         path = self.root / tag
+        log = SaveLog(path, before_write=self._first_engine_write(step))
         if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if path.exists():  # left by a save that was killed, or by a run that was rewound
-                shutil.rmtree(path)
-        self.barrier()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if path.exists():  # left by a save that was killed, or by a run that was rewound
+                    shutil.rmtree(path)
+                path.mkdir()
+            except OSError as error:
+                log.fail(Path(error.filename or path), error)
+        self._agree(step, path, log)
+
         crash_point("engine_save", step, self.rank)
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=dict(UNIVERSAL_INFO), save_latest=False)
+        self.writer.log = log
+        try:
+            self.engine.save_checkpoint(str(self.root), tag=tag, client_state=dict(UNIVERSAL_INFO), save_latest=False)
+        finally:
+            self.writer.log = None
         crash_point("rank_state", step, self.rank)
-        torch.save(trainer_state, path / rank_state_name(self.rank))
-        self.barrier()
+        state_path = path / rank_state_name(self.rank)
+        log.before_write = lambda p: failure_point("state_write", step, self.rank, p)
+        log.write(state_path, {name: obj.state_dict() for name, obj in self.states.items()})
+        records = distributed.all_gather((log.describe_failure(), log.records))
+        self._agree(step, path, log, gathered=[failure for failure, _ in records])
+
         if self.rank == 0:
-            for name, text in (files or {}).items():
-                (path / name).write_text(text, encoding="utf-8")
-            _fsync_tree(path)
-            crash_point("marker", step, self.rank)
-            meta = {"step": step, "world_size": self.world_size, "fingerprint": fingerprint, "time": time.time()}
-            write_atomically(path / MARKER, json.dumps(meta))
-            crash_point("latest", step, self.rank)
-            write_atomically(self.root / "latest", tag)
-            crash_point("prune", step, self.rank)
-            self._prune()
-        self.barrier()
+            try:
+                manifest = {name: record for _, ranks_records in records for name, record in ranks_records.items()}
+                for name, text in (files or {}).items():
+                    manifest[name] = write_hashed(path / name, lambda w, text=text: w.write(text.encode("utf-8")))
+                for name in files_under(path, exclude=set(manifest)):  # anything written another way
+                    manifest[name] = hash_file(path / name)
+                _fsync_dir(path)
+                crash_point("marker", step, self.rank)
+                meta = {"step": step, "world_size": self.world_size, "fingerprint": fingerprint, "time": time.time(),
+                        "files": dict(sorted(manifest.items()))}
+                write_atomically(path / MARKER, json.dumps(meta, indent=1))
+            except OSError as error:
+                log.fail(Path(error.filename or path), error)
+        self._agree(step, path, log)
+        if self.rank == 0:
+            try:
+                crash_point("latest", step, self.rank)
+                write_atomically(self.root / "latest", tag)
+                crash_point("prune", step, self.rank)
+                self._prune()
+            except OSError as error:  # the checkpoint itself is committed
+                print(f"[checkpoint] step {step}: {error}", file=sys.stderr, flush=True)
+        distributed.barrier()
         return path
+
+    def _first_engine_write(self, step: int):
+        written = []
+
+        def before_write(path: Path) -> None:
+            if not written:
+                written.append(path)
+                failure_point("engine_write", step, self.rank, path)
+        return before_write
+
+    def _agree(self, step: int, path: Path, log: SaveLog, gathered: list | None = None) -> None:
+        """Every rank learns whether a write failed anywhere; if so, each rank that hit a
+        failure says so in one line, rank 0 removes the partial folder, and all raise."""
+        mine = log.describe_failure()
+        failures = gathered if gathered is not None else distributed.all_gather(mine)
+        if not any(failures):
+            return
+        if mine:
+            print(f"[checkpoint] step {step}: rank {self.rank} could not write {mine}", file=sys.stderr, flush=True)
+        if self.rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        distributed.barrier()
+        failed = [rank for rank, failure in enumerate(failures) if failure]
+        raise CheckpointError(f"the checkpoint of step {step} could not be written to {path} (rank{'s' * (len(failed) > 1)} "
+                              f"{', '.join(map(str, failed))}: {next(f for f in failures if f)}); the partial folder "
+                              f"was removed")
 
     def _prune(self) -> None:
         complete = complete_checkpoints(self.root)
@@ -178,48 +334,60 @@ class CheckpointManager:
             if (committed and step not in keep) or stale_partial:
                 shutil.rmtree(child, ignore_errors=True)
 
-    # -- resuming -----------------------------------------------------------------------------
-    def resolve(self, resume: str | None) -> CheckpointInfo | None:
-        """'auto': the newest complete checkpoint under ROOT, or None; 'none'/None: start fresh;
-        otherwise a checkpoint folder, which must be complete."""
-        if resume in (None, "none"):
-            return None
-        if resume == "auto":
-            complete = complete_checkpoints(self.root)
-            return complete[-1] if complete else None
-        info = read_marker(Path(resume))
-        if info is None:
-            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no readable {MARKER} marker)")
-        return info
+    # -- loading ----------------------------------------------------------------------------
+    def load(self, info: CheckpointInfo) -> None:
+        """Restores the engine and every stateful object from INFO (verified by
+        find_resumable). On another world size the engine loads a universal copy and each
+        object gets the states of every old rank (`load_resharded`)."""
+        universal = info.world_size != self.world_size
+        load_dir = self.universal_copy(info) if universal else info.path.parent
+        with safe_load.weights_only_loading():
+            loaded, _ = self.engine.load_checkpoint(str(load_dir), tag=info.tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load the checkpoint {info.path}")
+        # DeepSpeed restores its optimizer-step count but not its micro-step count, from which it
+        # tells the gradient-accumulation boundary; a checkpoint is always taken at a boundary.
+        self.engine.micro_steps = self.engine.global_steps * self.engine.gradient_accumulation_steps()
+        if universal:
+            saved = [safe_load.load(info.path / rank_state_name(r)) for r in range(info.world_size)]
+            for name, obj in self.states.items():
+                obj.load_resharded([state[name] for state in saved])
+        else:
+            saved = safe_load.load(info.path / rank_state_name(self.rank))
+            for name, obj in self.states.items():
+                obj.load_state_dict(saved[name])
 
     def universal_copy(self, info: CheckpointInfo) -> Path:
-        """A universal checkpoint of INFO, converted once by rank 0, for loading at a new world size."""
+        """A universal checkpoint of INFO for loading at a new world size, converted once by
+        rank 0 (DeepSpeed's ds_to_universal, loading weights-only) and verified like any
+        checkpoint before each use."""
         target_root = info.path.with_name(info.tag + UNIVERSAL_SUFFIX)
-        done = target_root / MARKER
-        if self.rank == 0 and not done.exists():
-            if target_root.exists():
-                shutil.rmtree(target_root)
-            command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                       "--input_folder", str(info.path), "--output_folder", str(target_root / info.tag),
-                       "--num_extract_workers", "1", "--num_merge_workers", "1"]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"converting {info.path} to a universal checkpoint failed:\n{result.stderr[-4000:]}")
-            write_atomically(done, (info.path / MARKER).read_text())
-        self.barrier()
+        error = None
+        if self.rank == 0:
+            try:
+                if not (target_root / MARKER).exists() or verify_checkpoint(target_root):
+                    self._convert_to_universal(info, target_root)
+            except (OSError, CheckpointError) as failure:
+                error = str(failure)
+        error = distributed.broadcast(error)
+        if error:
+            raise CheckpointError(error)
+        problems = verify_checkpoint(target_root, self.rank, self.world_size)
+        if problems:
+            raise CheckpointError(f"the universal copy {target_root} does not verify: {'; '.join(problems)}")
         return target_root
 
-    def load(self, engine, info: CheckpointInfo, universal: bool) -> tuple[dict | None, list[dict]]:
-        """Loads model, optimizer and scheduler into ENGINE; returns this rank's trainer state
-        (None when the world size changed) and every saved rank's trainer state."""
-        if universal:
-            load_dir = self.universal_copy(info)
-        else:
-            load_dir = info.path.parent
-        loaded, _ = engine.load_checkpoint(str(load_dir), tag=info.tag, load_optimizer_states=True,
-                                           load_lr_scheduler_states=True)
-        if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {info.path}")
-        states = [torch.load(info.path / rank_state_name(r), weights_only=False) for r in range(info.world_size)]
-        own = states[self.rank] if info.world_size == self.world_size else None
-        return own, states
+    def _convert_to_universal(self, info: CheckpointInfo, target_root: Path) -> None:
+        if target_root.exists():
+            shutil.rmtree(target_root)
+        command = [sys.executable, "-m", "training.safe_load", "deepspeed.checkpoint.ds_to_universal",
+                   "--input_folder", str(info.path), "--output_folder", str(target_root / info.tag),
+                   "--num_extract_workers", "1", "--num_merge_workers", "1"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CheckpointError(f"converting {info.path} to a universal checkpoint failed:\n{result.stderr[-4000:]}")
+        files = {name: hash_file(target_root / name) for name in files_under(target_root, exclude={MARKER})}
+        meta = {"step": info.step, "world_size": info.world_size, "fingerprint": info.fingerprint,
+                "time": time.time(), "source": str(info.path), "files": files}
+        write_atomically(target_root / MARKER, json.dumps(meta, indent=1))

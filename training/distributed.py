@@ -58,3 +58,25 @@ def all_reduce_flags(flags: list[bool], device: torch.device) -> list[bool]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [bool(v) for v in tensor.tolist()]
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_gather(obj) -> list:
+    """OBJ (small, picklable) from every rank, in rank order, on every rank."""
+    if _world() == 1:
+        return [obj]
+    gathered = [None] * _world()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast(obj, src: int = 0):
+    """Rank SRC's OBJ (small, picklable) on every rank."""
+    if _world() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -3,6 +3,7 @@
 Writes DIR/model.safetensors (fp32, the optimizer's master weights gathered from every ZeRO
 partition by DeepSpeed's zero-to-fp32 utilities, any stage) and DIR/model.yaml (the model
 config), which `load_exported` (or `create_model` + `load_state_dict`) reads for fine-tuning.
+The checkpoint is read only once every file's checksum verified, and weights-only.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from training.checkpoint import RUN_CONFIG_FILE, read_marker
+from training import safe_load
+from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
 from training.model import X2VLM, create_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -24,7 +26,8 @@ CONFIG_FILE = "model.yaml"
 def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    with safe_load.weights_only_loading():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
 
 
@@ -32,6 +35,9 @@ def export(checkpoint: Path, out: Path) -> Path:
     checkpoint = Path(checkpoint)
     if read_marker(checkpoint) is None:
         raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (no COMPLETE marker)")
+    problems = verify_checkpoint(checkpoint)
+    if problems:
+        raise CheckpointError(f"{checkpoint} cannot be trusted: {'; '.join(problems)}")
     config_path = checkpoint / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: the checkpoint does not say which model it holds")
@@ -71,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="x2vlm-export",
         description="Write the consolidated fp32 weights (safetensors) and model config of a training "
-                    "checkpoint, from any ZeRO stage, for fine-tuning or evaluation.")
+                    "checkpoint, from any ZeRO stage, for fine-tuning or evaluation.",
+        epilog="Exit codes: 0 done; 2 not a complete checkpoint, or one whose files do not verify (named).")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, e.g. runs/demo/train/checkpoints/step_00000400")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.out)
-    except (FileNotFoundError, KeyError) as error:
+    except (FileNotFoundError, KeyError, CheckpointError) as error:
         print(f"x2vlm-export: {error}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")

@@ -57,6 +57,30 @@ class Window:
         return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrites the JSONL log PATH without the rows of steps after STEP: a run resumed from
+    the checkpoint of STEP writes them again. A torn last line (a crash mid-write) goes too.
+    Returns how many rows were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            later = row.get("step", 0) > step
+        except (ValueError, AttributeError, TypeError):
+            later = True
+        if later:
+            dropped += 1
+        else:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
+
+
 class MetricsLogger:
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, flops_per_step: float | None = None,
                  world_size: int = 1):

@@ -1,7 +1,8 @@
 """Capture and restore every random number generator a training step draws from.
 
 DeepSpeed saves none of them; without them a resumed run draws different dropout masks,
-ITM negatives and MLM masks than the uninterrupted run would have."""
+ITM negatives and MLM masks than the uninterrupted run would have. The captured state is
+tensors and plain types only, so that a checkpoint holding it loads weights-only."""
 from __future__ import annotations
 
 import random
@@ -11,9 +12,12 @@ import torch
 
 
 def capture() -> dict:
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -22,8 +26,11 @@ def capture() -> dict:
 
 
 def restore(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,11 +1,15 @@
 """Pre-emption signals: the first asks for a checkpoint at the end of the current step, the
 second exits at once. The exit code after a signal-triggered checkpoint tells a batch script
-to requeue the job."""
+to requeue the job. And the launcher's death, which sends no signal: the rank exits at once."""
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import threading
+import time
+
+import psutil  # a dependency of DeepSpeed
 
 REQUEUE_EXIT_CODE = 85
 IMMEDIATE_EXIT_CODE = 86
@@ -41,3 +45,81 @@ class PreemptionHandler:
     @property
     def requested(self) -> bool:
         return self.received is not None
+
+
+class LauncherWatch:
+    """Ends this rank when the process that launched it dies.
+
+    Killing the `deepspeed` launcher leaves its ranks running otherwise: the runner starts
+    DeepSpeed's per-node launcher (`deepspeed.launcher.launch`), which starts the ranks, and
+    neither passes a SIGKILL on. A daemon thread polls the rank's parent and, above a
+    DeepSpeed launcher, the launcher processes above it (the runner the user started); when
+    one of them is gone, the rank says so and exits at once (IMMEDIATE_EXIT_CODE), as after a
+    second pre-emption signal. Ranks started by srun are watched the same way (their parent
+    is slurmstepd). A plain single-process run is not watched: its parent is a shell, which
+    may well exit (nohup) while the run should go on."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, processes, before_exit=lambda: None):
+        self.processes = processes
+        self.before_exit = before_exit
+        self._thread = None
+
+    @staticmethod
+    def launchers() -> list:
+        """The parent, and the DeepSpeed launcher processes above it."""
+        chain = []
+        try:
+            process = psutil.Process().parent()
+            while process is not None and process.pid > 1:
+                chain.append(process)
+                if not _is_deepspeed_launcher(process):
+                    break
+                process = process.parent()
+        except psutil.Error:
+            pass
+        return chain
+
+    @classmethod
+    def for_this_rank(cls, before_exit=lambda: None) -> "LauncherWatch":
+        """Watches the launchers when a launcher started this rank (it set RANK, or srun set
+        SLURM_PROCID); call before the process group is set up, which sets RANK itself."""
+        launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
+        return cls(cls.launchers() if launched else [], before_exit).start()
+
+    def start(self) -> "LauncherWatch":
+        if self.processes:
+            self._thread = threading.Thread(target=self._watch, name="launcher-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while True:
+            for process in self.processes:
+                if not _alive(process):
+                    print(f"[launcher] the launcher process {process.pid} is gone: stopping this rank (pid "
+                          f"{os.getpid()}) without a checkpoint, exit {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
+                    try:
+                        self.before_exit()
+                    finally:
+                        os._exit(IMMEDIATE_EXIT_CODE)
+            time.sleep(self.POLL_SECONDS)
+
+
+def _alive(process) -> bool:
+    """Neither gone, nor its pid reused by another process, nor dead but not yet reaped (a
+    zombie: a killed launcher whose own parent has not waited for it yet)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _is_deepspeed_launcher(process) -> bool:
+    try:
+        cmdline = process.cmdline()
+    except psutil.Error:
+        return False
+    # `python -u -m deepspeed.launcher.launch ...` and `python .../bin/deepspeed ...`
+    return any(part.startswith("deepspeed.launcher") or os.path.basename(part) == "deepspeed" for part in cmdline[:4])

@@ -1,0 +1,380 @@
+"""The trainer: a resumable object that owns the data stream, the DeepSpeed engine, the random
+generators and the counters of one pre-training run.
+
+Each step takes an image-text batch, a region batch and (at its ratio) a video batch per
+micro-step, sums their weighted losses and makes one optimizer step every `optim.grad_accum`
+micro-steps. Everything that must survive a restart is in `state_dict()` /
+`load_state_dict()`; the checkpoint manager saves it beside the engine's state, every
+`checkpoint.every_steps` steps and when SIGUSR1 / SIGTERM arrives.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from training import distributed, rng_state
+from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, CheckpointManager, find_resumable
+from data_pipeline.config import ConfigError
+from training.config import RunConfig, deepspeed_config
+from training.metrics import MetricsLogger, drop_rows_after
+from training.run_lock import LockHeld, RunLock
+from training.signals import REQUEUE_EXIT_CODE, LauncherWatch, PreemptionHandler
+
+# The data pipeline's corpus kinds and the model's batch arguments.
+MODEL_KIND = {"image_text": "image", "region": "region", "video_text": "video"}
+# Testing the guard: X2VLM_NONFINITE_AT=STEP:MICRO:RANK makes the loss of micro-step MICRO
+# (from 0) of step STEP (from 1) on RANK NaN.
+NONFINITE_ENV = "X2VLM_NONFINITE_AT"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def move_batch(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
+    """Tensors to the device (floating ones in the compute dtype); other entries stay on the host."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point():
+                value = value.to(float_dtype)
+            moved[key] = value
+    return moved
+
+
+def apply_global_batch(data_spec, config: RunConfig, world_size: int) -> None:
+    """optim.global_batch fixes samples per optimizer step for a kind across all ranks, so that
+    a resume on another world size keeps the schedule's meaning; each corpus of the kind then
+    takes global / (world size x grad_accum) per micro-step."""
+    for kind, total in config.optim.global_batch.items():
+        key = f"optim.global_batch.{kind}"
+        corpora = data_spec.corpora_of(kind)
+        if not corpora:
+            raise ConfigError(f"{config.source}: {key}: the data config has no corpus of kind {kind}")
+        share = world_size * config.optim.grad_accum
+        if total % share:
+            raise ConfigError(f"{config.source}: '{key}' = {total} cannot be split over {world_size} ranks x "
+                              f"grad_accum {config.optim.grad_accum}: it must be a multiple of {share}")
+        for corpus in corpora:
+            corpus.batch_size = total // share
+
+
+def check_model_matches_data(model, data_spec, source: str) -> None:
+    image_size = model.config.vision.image_size
+    if image_size != data_spec.image_res:
+        raise ConfigError(f"{source}: model 'vision.image_size' is {image_size} but data 'image_res' is "
+                          f"{data_spec.image_res}; they must agree")
+    data_grid = data_spec.image_res // data_spec.patch_size
+    if data_grid != model.vision.grid_size:
+        raise ConfigError(f"{source}: data 'patch_size' {data_spec.patch_size} gives a {data_grid}x{data_grid} patch "
+                          f"grid but the vision tower has {model.vision.grid_size}x{model.vision.grid_size}; the "
+                          f"region patch masks would not fit the vision tokens")
+    from transformers import AutoTokenizer
+
+    tokens = len(AutoTokenizer.from_pretrained(data_spec.text.tokenizer))
+    if tokens > model.config.text.vocab_size:
+        raise ConfigError(f"{source}: the tokenizer {data_spec.text.tokenizer} has {tokens} tokens but the model's "
+                          f"'text.vocab_size' is {model.config.text.vocab_size}; its ids would not fit the embeddings")
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def planted_nonfinite(step: int, micro: int, rank: int) -> bool:
+    return os.environ.get(NONFINITE_ENV) == f"{step}:{micro}:{rank}"
+
+
+def hold_output_dir(output_dir: Path, rank: int) -> RunLock | None:
+    """Rank 0 takes the run's lock; every rank learns the outcome (LockHeld on all when refused)."""
+    lock, refusal = None, None
+    if rank == 0:
+        lock = RunLock(output_dir)
+        try:
+            note = lock.acquire()
+            if note:
+                print(f"[lock] {note}", file=sys.stderr, flush=True)
+        except LockHeld as error:
+            refusal = str(error)
+    refusal = distributed.broadcast(refusal)
+    if refusal:
+        raise LockHeld(refusal)
+    return lock
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, resume: str | None):
+        self.config = config
+        self.lock = None
+        # Before the process group: whether a launcher started this rank is read from RANK.
+        self.launcher_watch = LauncherWatch.for_this_rank(before_exit=self._release_lock)
+        self.rank, self.world_size, self.device = distributed.init()
+        # First, so that a pre-emption during start-up checkpoints after step 1 instead of killing.
+        self.signals = PreemptionHandler(config.guard.signals).install()
+        self.output_dir = Path(config.run.output_dir)
+        self.is_main = self.rank == 0
+        self.dtype = compute_dtype(config.optim.precision)
+        self.fingerprint = config.fingerprint()
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.metrics = self.keys_log = self.loader = None
+        self.lock = hold_output_dir(self.output_dir, self.rank)
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: str | None) -> None:
+        config = self.config
+        from data_pipeline.loader.mixer import MixedLoader
+        from data_pipeline.spec import parse_data_spec
+        from training.model import create_model
+
+        self.data_spec = parse_data_spec(config.data, root=config.reference_dirs.get("data"))
+        apply_global_batch(self.data_spec, config, self.world_size)
+        # Built first: a missing shard or a shard count the ranks cannot share fails before any
+        # model is built.
+        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size)
+        # Every rank builds identical initial weights; ZeRO-3 partitions each rank's own copy.
+        rng_state.seed_everything(config.run.seed)
+        model = create_model(config.model, load_pretrained=False)
+        check_model_matches_data(model, self.data_spec, config.source)
+        loaded_names = model.pretrained_parameter_names(model.load_pretrained_towers())
+        from training.optim import build_scheduler, parameter_groups
+
+        groups = parameter_groups(
+            model.named_parameters(), config.optim.lr, config.optim.weight_decay,
+            # Parameters the pre-trained towers did not provide learn faster, as X²-VLM trains;
+            # with no pre-trained towers every parameter is new and none is favoured.
+            is_new=lambda name: bool(loaded_names) and name not in loaded_names,
+            new_lr_scale=config.optim.new_param_lr_scale)
+        optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                      fused=self.device.type == "cuda")
+        scheduler = build_scheduler(optimizer, config.optim.warmup_steps, config.run.max_steps,
+                                    config.optim.schedule, config.optim.min_lr_ratio)
+
+        checkpoint_root = self.output_dir / "checkpoints"
+        resume_from = find_resumable(checkpoint_root, resume or config.checkpoint.resume, self.rank, self.world_size)
+        if resume_from and resume_from.fingerprint != self.fingerprint and not config.checkpoint.allow_config_change:
+            raise ConfigError(
+                f"{config.source}: the checkpoint {resume_from.path} was written with a different model, data or "
+                f"optim config (fingerprint {resume_from.fingerprint}, now {self.fingerprint}); set "
+                f"checkpoint.allow_config_change=true to resume anyway")
+        universal = bool(resume_from) and resume_from.world_size != self.world_size
+        ds_config = deepspeed_config(config, micro_batch_size=self.data_spec.corpora[0].batch_size)
+        if universal:
+            ds_config["checkpoint"] = {"load_universal": True}
+
+        import deepspeed
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        # DeepSpeed casts parameters to bf16/fp16 but not buffers; a float32 buffer (BEiT's zero
+        # key bias) would then promote half of an attention input back to float32.
+        for buffer in self.engine.module.buffers():
+            if buffer.is_floating_point():
+                buffer.data = buffer.data.to(self.dtype)
+        self.checkpoints = CheckpointManager(checkpoint_root, self.engine, {"trainer": self}, self.rank,
+                                             self.world_size, config.checkpoint.keep_last, config.checkpoint.keep_every)
+        if resume_from:
+            self.checkpoints.load(resume_from)
+            if self.step != resume_from.step:
+                raise CheckpointError(f"{resume_from.path}: the trainer state is of step {self.step}, the marker says "
+                                      f"{resume_from.step}")
+            if self.is_main:
+                how = (f"universal, from {resume_from.world_size} ranks to {self.world_size}" if universal
+                       else "same world size")
+                print(f"[resume] step {resume_from.step} from {resume_from.path} ({how})", flush=True)
+        else:
+            rng_state.seed_everything(config.run.seed + self.rank)
+
+        # Rows of steps after the checkpoint were written before the run stopped; they come again.
+        if self.is_main:
+            dropped = drop_rows_after(self.output_dir / "metrics.jsonl", self.step)
+            if dropped:
+                print(f"[metrics] metrics.jsonl: dropped {dropped} rows after step {self.step}, where this run "
+                      f"starts", flush=True)
+        self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
+                                     world_size=self.world_size)
+        if config.logging.trained_keys:
+            keys_path = self.output_dir / "trained_keys" / f"rank{self.rank:05d}.jsonl"
+            keys_path.parent.mkdir(parents=True, exist_ok=True)
+            drop_rows_after(keys_path, self.step)
+            self.keys_log = open(keys_path, "a", buffering=1)
+
+    # -- state that survives a restart ---------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "nonfinite_total": self.nonfinite_total,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "rng": rng_state.capture(), "data": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        rng_state.restore(state["rng"])
+        self.loader.load_state_dict(state["data"])
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """The states of every rank of a run with another world size: the counters (the same
+        on every rank), the unread rest of the data re-dealt, fresh generators per rank."""
+        first = states[0]
+        self.step = first["step"]
+        self.nonfinite_total = first["nonfinite_total"]
+        self.nonfinite_in_a_row = first["nonfinite_in_a_row"]
+        self.loader.load_resharded([state["data"] for state in states])
+        rng_state.seed_everything(self.config.run.seed + self.rank + 1000 * self.step)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> int:
+        config = self.config
+        while self.step < config.run.max_steps:
+            self.train_step()
+            self.step += 1
+            stop, = distributed.all_reduce_flags([self.signals.requested], self.device)
+            if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
+                self.metrics.flush(self.step, {"nonfinite_skipped": self.nonfinite_total})
+            if config.eval.every_steps and (self.step % config.eval.every_steps == 0 or self.step == config.run.max_steps):
+                self.evaluate()
+            if stop or self.step % config.checkpoint.every_steps == 0 or self.step == config.run.max_steps:
+                self.save()
+            if stop:
+                if self.is_main:
+                    print(f"[signal] checkpointed at step {self.step}; exiting with {REQUEUE_EXIT_CODE} to requeue",
+                          flush=True)
+                return REQUEUE_EXIT_CODE
+        if config.run.export_on_finish:
+            self.export_from_memory(self.output_dir / "export")
+        if self.is_main:
+            engine = self.engine
+            print(f"[done] {self.step} steps (DeepSpeed: {engine.global_steps} optimizer steps, {engine.skipped_steps} "
+                  f"skipped, {engine.micro_steps} micro-steps); data: {self.loader.stats()}", flush=True)
+        return 0
+
+    def train_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-steps; returns the loss figures."""
+        accum = self.config.optim.grad_accum
+        figures: dict[str, float] = {}
+        data_seconds = compute_seconds = 0.0
+        samples = 0
+        nonfinite = False
+        skipped_before = self.engine.skipped_steps
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            batches = next(self.loader)
+            t1 = time.perf_counter()
+            if self.keys_log is not None:
+                self.keys_log.write(json_line(self.step, batches))
+            inputs = {MODEL_KIND[kind]: move_batch(batch, self.device, self.dtype) for kind, batch in batches.items()}
+            samples += sum(len(batch.get("keys", ())) for batch in batches.values())
+            out = self.engine(**inputs)
+            loss = out["loss"]
+            if planted_nonfinite(self.step + 1, micro, self.rank):
+                loss = loss * math.nan
+            names = ["loss"] + [f"{kind}/{term}" for kind, terms in out["losses"].items() for term in terms]
+            # One host transfer for every figure of the micro-step (and the finiteness check).
+            values = torch.stack([loss.detach().float()] + [value.detach().float() for terms in out["losses"].values()
+                                                            for value in terms.values()]).tolist()
+            bad, = distributed.all_reduce_flags([not math.isfinite(values[0])], self.device)
+            nonfinite |= bad
+            # Backward and step on every micro-step keep DeepSpeed's micro-step count, from which
+            # it tells the accumulation boundary, equal to the trainer's. A non-finite loss makes
+            # its micro-step's gradients NaN on every rank, so that DeepSpeed's own overflow check
+            # (ZeRO 1-3, any precision) skips the whole optimizer step at the boundary: no update,
+            # gradients cleared, the schedule not advanced.
+            self.engine.backward(loss * math.nan if bad else loss)
+            self.engine.step()
+            compute_seconds += time.perf_counter() - t1
+            data_seconds += t1 - t0
+            for name, value in zip(names, values):
+                figures[name] = figures.get(name, 0.0) + value / accum
+        self._check_counters(nonfinite, self.engine.skipped_steps - skipped_before)
+        if nonfinite:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.is_main:
+                print(f"[guard] step {self.step + 1}: non-finite loss, update skipped "
+                      f"({self.nonfinite_in_a_row} in a row)", file=sys.stderr, flush=True)
+            if self.nonfinite_in_a_row >= self.config.guard.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row (guard.max_consecutive_nonfinite="
+                    f"{self.config.guard.max_consecutive_nonfinite}); last figures {figures}")
+        else:
+            self.nonfinite_in_a_row = 0
+        figures["lr"] = self.scheduler.get_last_lr()[0]
+        self.metrics.record(figures, samples, data_seconds, compute_seconds)
+        return figures
+
+    def _check_counters(self, nonfinite: bool, engine_skipped: int) -> None:
+        """DeepSpeed's step counts follow the trainer's, and a step with a non-finite loss was
+        not applied; anything else would go on training from a state nobody asked for."""
+        engine, accum, step = self.engine, self.config.optim.grad_accum, self.step + 1
+        if engine.global_steps != step or engine.micro_steps != step * accum:
+            raise RuntimeError(f"DeepSpeed counts {engine.global_steps} optimizer steps and {engine.micro_steps} "
+                               f"micro-steps after trainer step {step} of {accum} micro-steps; they must agree")
+        if nonfinite and not engine_skipped:
+            raise RuntimeError(f"step {step}: a loss was non-finite but DeepSpeed applied the update")
+
+    def evaluate(self) -> dict:
+        """Held-out retrieval and grounding metrics, on every rank (the ITM re-ranking is shared)."""
+        from data_pipeline.eval_data import EvalDataSpec
+        from training.evaluation import evaluate
+
+        section = self.config.eval
+        spec = EvalDataSpec.like_training(self.data_spec, section.image_shards, section.region_shards,
+                                          section.video_shards, batch_size=section.batch_size,
+                                          max_samples=section.max_samples)
+        started = time.perf_counter()
+        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k)
+        metrics["eval_s"] = time.perf_counter() - started
+        self.metrics.write({"step": self.step, **metrics}, "eval")
+        return metrics
+
+    def save(self) -> None:
+        started = time.perf_counter()
+        path = self.checkpoints.save(self.step, self.fingerprint,
+                                     files={RUN_CONFIG_FILE: yaml.safe_dump(self.config.to_dict(), sort_keys=False)})
+        if self.is_main:
+            print(f"[checkpoint] step {self.step} -> {path} ({time.perf_counter() - started:.2f} s)", flush=True)
+
+    def export_from_memory(self, out: Path) -> None:
+        """Consolidated fp32 weights straight from the optimizer's master copy (gathered from
+        every ZeRO partition: a collective, so every rank takes part)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+        from training.export import write_export
+
+        weights = {}
+        for name, param in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(param)
+            weights[name] = full.detach().float().cpu().contiguous()
+        if self.is_main:
+            write_export(weights, self.config.model, out, source=f"{self.output_dir} step {self.step} (in memory)")
+            print(f"[export] step {self.step} -> {out}", flush=True)
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.loader is not None:
+            self.loader.close()
+        if self.keys_log:
+            self.keys_log.close()
+        self._release_lock()
+
+
+def json_line(step: int, batches: dict) -> str:
+    return json.dumps({"step": step + 1, **{kind: {"corpus": batch.get("corpus"), "keys": list(batch.get("keys", ())),
+                                                  "epochs": list(batch.get("epochs", ()))}
+                                           for kind, batch in batches.items()}}) + "\n"
