@@ -15,6 +15,11 @@ re-reads only the shards the buffer points at, without decoding what it skips.
 After a change of world size or worker count (reshard.py) a slot first reads a plan: for
 each epoch then in progress, the units of reading (shard tails, whole shards, single
 samples) dealt to it; the plan is part of its state until read, then whole epochs go on.
+
+Evaluation mode (the data spec's `training: false`) reads one pass over the slot's shards in
+their stored order, without a shuffle buffer, through the transforms' evaluation mode (no
+augmentation; every text of a sample) into the evaluation collates, optionally stopping
+after `max_samples` samples.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Callable, Iterator
 from ..io.shard_reader import read_shard
 from ..skips import BadSample, Counters
 from ..spec import CorpusSpec, DataSpec
-from .collate import COLLATE
+from .collate import COLLATE, EVAL_COLLATE
 from .shuffle import ShuffleBuffer
 
 log = logging.getLogger(__name__)
@@ -49,16 +54,13 @@ def epoch_shard_ids(shards: int, seed: int, corpus: str, epoch: int, slot: int, 
     return order[slot::slots]
 
 
-def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[str]:
-    return [urls[i] for i in epoch_shard_ids(len(urls), seed, corpus, epoch, slot, slots)]
-
-
 class CorpusStream:
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
                  worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict],
-                 passes: int | None = None):
+                 passes: int | None = None, max_samples: int | None = None):
         """`passes=None` streams forever (training); a number stops after that many epochs
-        and yields the last, partial batch (evaluation, audits)."""
+        and yields the last, partial batch (evaluation, audits); in evaluation mode it is 1.
+        `max_samples` stops after that many samples have been batched."""
         slots = world_size * num_workers
         if len(urls) < slots:
             raise ValueError(
@@ -68,8 +70,10 @@ class CorpusStream:
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
         self.slot, self.slots = rank * num_workers + worker, slots
         self.transform = transform
-        self.passes = passes
-        self.collate = COLLATE[corpus.kind]
+        self.evaluation = not spec.training
+        self.passes = 1 if self.evaluation and passes is None else passes
+        self.max_samples = max_samples
+        self.collate = (EVAL_COLLATE if self.evaluation else COLLATE)[corpus.kind]
         self.counters = Counters()
         self.epoch = 0
         self.cursor = (0, 0)  # (position in this epoch's shard list, next sample index in that shard)
@@ -81,16 +85,20 @@ class CorpusStream:
 
     def _new_buffer(self, epoch: int) -> ShuffleBuffer:
         seed = f"{self.spec.seed}/{self.corpus.name}/buffer/{epoch}/{self.rank}/{self.worker}"
-        return ShuffleBuffer(self.spec.loader.shuffle_buffer, random.Random(seed))
+        return ShuffleBuffer(0 if self.evaluation else self.spec.loader.shuffle_buffer, random.Random(seed))
+
+    def shard_ids(self, epoch: int) -> list[int]:
+        if self.evaluation:  # stored order
+            return list(range(self.slot, len(self.urls), self.slots))
+        return epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
 
     def shards(self, epoch: int) -> list[str]:
-        return epoch_shards(self.urls, self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
+        return [self.urls[i] for i in self.shard_ids(epoch)]
 
     def units(self, epoch: int) -> list[Unit]:
         if epoch in self.plan:
             return self.plan[epoch]
-        return [(i, 0, ()) for i in epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch,
-                                                    self.slot, self.slots)]
+        return [(i, 0, ()) for i in self.shard_ids(epoch)]
 
     def _read(self, url: str, start: int):
         loader = self.spec.loader
@@ -132,7 +140,8 @@ class CorpusStream:
             for _, raw in self.buffer.drain():
                 produced += 1
                 yield self.epoch, raw
-            if full_pass and not produced and not planned:
+            # (A bounded read ends by itself; its caller judges an empty result.)
+            if full_pass and not produced and not planned and self.passes is None:
                 raise RuntimeError(
                     f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample in a whole "
                     f"pass over its {len(units)} shards (epoch {self.epoch}); see the shard_unreadable counter")
@@ -146,27 +155,34 @@ class CorpusStream:
     def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
         """(batch, stream state right after it), forever. Bad samples are counted, not batched."""
         pending: list[dict] = []
+        batched = 0
         for epoch, raw in self.raw_samples():
             key = raw.get("__key__", "")
             rng = random.Random(f"{self.spec.seed}/{self.corpus.name}/{epoch}/{key}")
             try:
                 item = self.transform(raw, rng)
             except BadSample as bad:
-                self.counters.add(bad.reason)
+                for reason in (*bad.dropped, bad.reason):
+                    self.counters.add(reason)
                 log.debug("corpus %s: skipped %s: %s", self.corpus.name, key, bad)
                 continue
             except Exception as exn:  # an unforeseen failure of one sample must not stop the run
                 self.counters.add(f"error_{type(exn).__name__}")
                 log.warning("corpus %s: skipped %s: %s: %s", self.corpus.name, key, type(exn).__name__, exn)
                 continue
+            for reason in item.pop("skipped", ()):  # texts or boxes dropped from a kept sample
+                self.counters.add(reason)
             item["epoch"] = epoch
             pending.append(item)
+            batched += 1
             if len(pending) == self.corpus.batch_size:
                 batch = self.collate(pending)
                 batch["epochs"] = [s["epoch"] for s in pending]
                 pending = []
                 self.batches += 1
                 yield batch, self.state_dict()
+            if batched == self.max_samples:
+                break
         if pending:
             batch = self.collate(pending)
             batch["epochs"] = [s["epoch"] for s in pending]
