@@ -194,15 +194,14 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Held-out retrieval and grounding metrics, on every rank (the ITM re-ranking is shared)."""
-        from data_pipeline.eval_data import EvalDataSpec
         from training.evaluation import evaluate
+        from training.evaluation.data import eval_spec_like_training
 
         section = self.config.eval
-        spec = EvalDataSpec.like_training(self.data_spec, section.image_shards, section.region_shards,
-                                          section.video_shards, batch_size=section.batch_size,
-                                          max_samples=section.max_samples)
+        spec = eval_spec_like_training(self.data_spec, section.image_shards, section.region_shards,
+                                       section.video_shards, batch_size=section.batch_size)
         started = time.perf_counter()
-        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k)
+        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples)
         metrics["eval_s"] = time.perf_counter() - started
         self.metrics.write({"step": self.step, **metrics}, "eval")
         return metrics

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.eval_data import EvalDataSpec
-from data_pipeline.spec import TextSpec
+from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import evaluate
 from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
 
 class UsageError(ValueError):
     pass
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,13 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--region-shards", action="append", default=[], metavar="PATTERN",
                         help="region (grounding) eval shards")
     parser.add_argument("--video-shards", action="append", default=[], metavar="PATTERN", help="video-text eval shards")
-    parser.add_argument("--image-res", type=int, default=None,
+    parser.add_argument("--image-res", type=positive_int, default=None,
                         help="input resolution (default: the model's vision.image_size)")
-    parser.add_argument("--max-tokens", type=int, default=40, help="text length in tokens, as in training (40)")
-    parser.add_argument("--video-frames", type=int, default=3, help="frames per video (3)")
+    parser.add_argument("--max-tokens", type=positive_int, default=40, help="text length in tokens, as in training (40)")
+    parser.add_argument("--video-frames", type=positive_int, default=3, help="frames per video (3)")
     parser.add_argument("--itm-top-k", type=int, default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images or videos per encoding batch (32)")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples per kind")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images or videos per encoding batch (32)")
+    parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only the first N samples per kind")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
@@ -90,13 +99,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.image_res is not None and args.image_res != built_for and not dynamic:
         raise UsageError(f"--image-res {args.image_res}: the model was built for {built_for} px inputs "
                          f"(vision.image_size; set vision.timm_kwargs.dynamic_img_size for other sizes)")
-    spec = EvalDataSpec(
-        text=TextSpec(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
-        image_res=args.image_res or model.config.vision.image_size,
-        patch_size=patch_size_of(model),
-        image_shards=args.image_shards, region_shards=args.region_shards, video_shards=args.video_shards,
-        batch_size=args.batch_size, video_frames=args.video_frames, max_samples=args.max_samples)
-    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k)
+    spec = eval_data_spec(
+        args.tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model),
+        args.image_shards, args.region_shards, args.video_shards, batch_size=args.batch_size,
+        video_frames=args.video_frames, max_tokens=args.max_tokens)
+    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k, max_samples=args.max_samples)
     if args.grounding_png:
         from training.evaluation.plots import draw_grounding_examples
 
