@@ -47,10 +47,11 @@ from data_pipeline import schema  # noqa: E402
 from data_pipeline.loader.corpus_loader import build_transform  # noqa: E402
 from data_pipeline.demo_corpus.drawing import encode_mp4, render_image, render_video_frames  # noqa: E402
 from data_pipeline.demo_corpus.scenes import random_image_scene, random_video_scene  # noqa: E402
-from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD  # noqa: E402
 from data_pipeline.spec import parse_data_spec  # noqa: E402
 from data_pipeline.loader.stream import CorpusStream  # noqa: E402
 from data_pipeline.text.demo_tokenizer import train_wordpiece  # noqa: E402
+# The baseline normalises on the CPU, as a torchvision pipeline does; ours hands uint8.
+from training.model.preprocessing import CLIP_MEAN, CLIP_STD  # noqa: E402
 
 
 def textured(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -29,6 +29,9 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 def synthetic_batches(args, num_patches: int, grid: int, image_size: int, vocab: int, device) -> tuple[dict, dict]:
     generator = torch.Generator().manual_seed(0)
 
+    def pixels(count: int) -> torch.Tensor:  # uint8, as the loader hands them
+        return torch.randint(0, 256, (count, 3, image_size, image_size), generator=generator, dtype=torch.uint8)
+
     def texts(count: int) -> dict:
         ids = torch.randint(1000, vocab, (count, args.text_length), generator=generator)
         ids[:, 0] = 101
@@ -39,7 +42,7 @@ def synthetic_batches(args, num_patches: int, grid: int, image_size: int, vocab:
         mlm_ids = torch.where(labels == -100, ids, torch.full_like(ids, 103))
         return {"text_ids": ids, "text_mask": mask, "mlm_ids": mlm_ids, "mlm_labels": labels}
 
-    image = {"images": torch.randn(args.image_batch, 3, image_size, image_size, generator=generator), **texts(args.image_batch)}
+    image = {"images": pixels(args.image_batch), **texts(args.image_batch)}
     count = args.region_texts
     corner = torch.rand(count, 2, generator=generator) * 0.6
     size = torch.rand(count, 2, generator=generator) * 0.35 + 0.05
@@ -50,7 +53,7 @@ def synthetic_batches(args, num_patches: int, grid: int, image_size: int, vocab:
     patches = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1)
     patches[:, 0] |= ~patches.any(dim=1)  # every region covers at least one patch
     region = {
-        "images": torch.randn(args.region_images, 3, image_size, image_size, generator=generator),
+        "images": pixels(args.region_images),
         "image_index": torch.arange(count) % args.region_images,
         "patch_mask": torch.cat([torch.ones(count, 1, dtype=torch.bool), patches], dim=1),
         "boxes": boxes,

@@ -8,9 +8,12 @@ from collections import Counter
 class BadSample(ValueError):
     """A sample to skip; `reason` is the counter it is reported under."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", dropped: tuple[str, ...] = ()):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        # Reasons of the parts (texts, boxes) dropped before the whole sample was given up;
+        # each is counted too.
+        self.dropped = tuple(dropped)
 
 
 class Counters:

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data_pipeline.eval_data import EvalDataSpec
-from data_pipeline.spec import TextSpec
+from data_pipeline.spec import DataSpec
 from pipeline_helpers import coco_samples, demo_tokenizer, write_shards  # noqa: F401  (fixture)
 from training.evaluation import evaluate
+from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import itm_rerank
 from training.model import create_model
 
@@ -28,7 +28,7 @@ def _pair_scores(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return (queries * 7 + candidates).float() / 100
 
 
-def _rank_main(rank: int, port: int, spec: EvalDataSpec, out_dir: str) -> None:
+def _rank_main(rank: int, port: int, spec: DataSpec, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     calls = []
 
@@ -38,15 +38,15 @@ def _rank_main(rank: int, port: int, spec: EvalDataSpec, out_dir: str) -> None:
 
     reranked = itm_rerank(_similarity(), 3, counted, pair_batch=4, device=torch.device("cpu"))
     torch.manual_seed(0)
-    metrics = evaluate(create_model("tiny", load_pretrained=False), spec, itm_top_k=5)
+    metrics = evaluate(create_model("tiny", load_pretrained=False), spec, itm_top_k=5, max_samples=9)
     torch.save({"reranked": reranked, "calls": calls, "metrics": metrics}, Path(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
 def test_two_ranks_report_what_one_process_reports(demo_corpus, demo_tokenizer, tmp_path):
     write_shards(coco_samples(demo_corpus, "eval"), tmp_path / "image", "coco", 2)
-    spec = EvalDataSpec(text=TextSpec(tokenizer=str(demo_tokenizer), max_tokens=24), image_res=64,
-                        image_shards=[f"{tmp_path}/image/*.tar"], batch_size=4, max_samples=9)
+    spec = eval_data_spec(str(demo_tokenizer), 64, 16, image_shards=[f"{tmp_path}/image/*.tar"], batch_size=4,
+                          max_tokens=24)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -56,7 +56,7 @@ def test_two_ranks_report_what_one_process_reports(demo_corpus, demo_tokenizer, 
 
     single = itm_rerank(_similarity(), 3, _pair_scores, 4, torch.device("cpu"))
     torch.manual_seed(0)
-    metrics = evaluate(create_model("tiny", load_pretrained=False), spec, itm_top_k=5)
+    metrics = evaluate(create_model("tiny", load_pretrained=False), spec, itm_top_k=5, max_samples=9)
     for result in results:
         assert torch.allclose(result["reranked"], single)
         assert result["metrics"] == pytest.approx(metrics)

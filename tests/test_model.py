@@ -48,14 +48,13 @@ def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin
     ]
     for config in towers:
         tower = VisionTower(config).eval()
-        tokens = tower(torch.randn(2, 3, config.image_size, config.image_size))
+        tokens = tower(torch.randint(0, 256, (2, 3, config.image_size, config.image_size), dtype=torch.uint8))
         assert tokens.shape == (2, 1 + tower.num_patches, tower.width), config.name
         torch.testing.assert_close(tokens[:, 0], tokens[:, 1:].mean(dim=1))
 
 
-def test_vision_tower_normalises_uint8_pixels_as_the_plain_path():
+def test_vision_tower_normalises_uint8_pixels_with_clip_mean_and_std():
     from data_pipeline.loader.collate import collate_image_text
-    from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD
     from training.model.config import VisionConfig
     from training.model.vision import VisionTower
 
@@ -65,9 +64,37 @@ def test_vision_tower_normalises_uint8_pixels_as_the_plain_path():
     hwc = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     text = {name: torch.zeros(4, dtype=torch.int64).numpy() for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
     batch = collate_image_text([{"image": image.numpy(), **text, "key": str(i)} for i, image in enumerate(hwc)])
-    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    plain = (hwc.permute(0, 3, 1, 2).double() / 255 - mean.double()) / std.double()  # independent of `normalise`
-    torch.testing.assert_close(tower(batch["images"]), tower(plain.float().contiguous()))
+    # CLIP's published constants, written out here: independent of the model's own copy.
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(3, 1, 1)
+    plain = ((hwc.permute(0, 3, 1, 2).double() / 255 - mean) / std).float().contiguous()
+    trunk_input = {}
+    tower.trunk.patch_embed.register_forward_pre_hook(lambda module, args: trunk_input.update(images=args[0]))
+    tokens = tower(batch["images"])
+    torch.testing.assert_close(trunk_input["images"], plain)
+    patches = tower.trunk.forward_features(plain)[:, tower.num_prefix_tokens:]
+    torch.testing.assert_close(tokens, torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1))
+
+
+def test_vision_tower_refuses_float_pixels_naming_what_it_takes():
+    from training.model.config import VisionConfig
+    from training.model.vision import VisionTower
+
+    config = VisionConfig("vit_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2})
+    tower = VisionTower(config).eval()
+    with pytest.raises(TypeError, match=r"takes uint8 pixels .* got a torch.float32 tensor of shape \(2, 3, 32, 32\)"):
+        tower(torch.rand(2, 3, 32, 32))
+
+
+def test_normalisation_is_cached_per_device_and_keeps_float32():
+    from training.model.preprocessing import _mean_std_on, normalise
+
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = normalise(torch.cat([white, torch.zeros_like(white)]))
+    assert out.dtype == torch.float32
+    for c, (m, s) in enumerate(zip([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])):
+        assert torch.allclose(out[0, c], torch.tensor((1 - m) / s)) and torch.allclose(out[1, c], torch.tensor(-m / s))
+    assert _mean_std_on(torch.device("cpu"))[0] is _mean_std_on(torch.device("cpu"))[0]
 
 
 def test_attention_is_masked_softmax_attention():
@@ -236,3 +263,16 @@ def test_roberta_text_tower_swaps_in():
     assert type(model.text).__name__ == "RobertaModel"
     out = model(image=image_batch(length=8))
     assert torch.isfinite(out["loss"])
+
+
+def test_the_model_package_imports_nothing_from_the_data_pipeline():
+    import ast
+    from pathlib import Path
+
+    import training.model
+
+    for path in Path(training.model.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "data_pipeline" for n in names), f"{path.name} imports {names}"

@@ -22,7 +22,7 @@ def test_vision_tower_loads_a_wrapped_beit_checkpoint_with_a_classifier_head(tmp
     target = VisionTower(TINY_BEIT).eval()
     missing, unexpected = target.load_pretrained(tmp_path / "beit.pth")
     assert (missing, unexpected) == ([], [])
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(source(images), target(images))
 
 

@@ -1,10 +1,15 @@
-"""Synthetic batches in the layout the data pipeline feeds the model (tiny config sizes)."""
+"""Synthetic batches in the layout the data pipeline feeds the model (tiny config sizes):
+uint8 pixels, as the loader hands them and the vision tower takes them."""
 from __future__ import annotations
 
 import torch
 
 IMAGE_SIZE = 64
 NUM_PATCHES = 16  # 64 px / 16 px patches, squared
+
+
+def _pixels(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
 
 
 def _texts(generator: torch.Generator, count: int, length: int) -> dict:
@@ -22,7 +27,7 @@ def _texts(generator: torch.Generator, count: int, length: int) -> dict:
 
 def image_batch(seed: int = 0, count: int = 4, length: int = 8) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    return {"images": torch.randn(count, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator), **_texts(generator, count, length)}
+    return {"images": _pixels(generator, count, 3, IMAGE_SIZE, IMAGE_SIZE), **_texts(generator, count, length)}
 
 
 def region_batch(seed: int = 0, images: int = 2, length: int = 8) -> dict:
@@ -36,7 +41,7 @@ def region_batch(seed: int = 0, images: int = 2, length: int = 8) -> dict:
         patch_mask[r, 1 + start : 1 + start + 4 + r] = True
     boxes = torch.rand(count, 4, generator=generator) * 0.4 + 0.2
     return {
-        "images": torch.randn(images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "images": _pixels(generator, images, 3, IMAGE_SIZE, IMAGE_SIZE),
         "image_index": image_index,
         "patch_mask": patch_mask,
         "boxes": boxes,
@@ -47,6 +52,6 @@ def region_batch(seed: int = 0, images: int = 2, length: int = 8) -> dict:
 def video_batch(seed: int = 0, count: int = 2, frames: int = 3, length: int = 8) -> dict:
     generator = torch.Generator().manual_seed(seed)
     return {
-        "frames": torch.randn(count, frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "frames": _pixels(generator, count, frames, 3, IMAGE_SIZE, IMAGE_SIZE),
         **_texts(generator, count, length),
     }

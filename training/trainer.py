@@ -38,16 +38,13 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def move_batch(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
-    """Tensors to the device (floating ones in the compute dtype); other entries stay on the host."""
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if value.is_floating_point():
-                value = value.to(float_dtype)
-            moved[key] = value
-    return moved
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors to the device as they are; other entries stay on the host. Pixels
+    go as uint8 (the vision tower normalises them and casts to its weights' dtype) and boxes
+    and other targets stay float32 whatever the compute dtype: a box coordinate rounded to
+    bf16 would move the target of the box losses by up to 1/256."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()
+            if isinstance(value, torch.Tensor)}
 
 
 def apply_global_batch(data_spec, config: RunConfig, world_size: int) -> None:
@@ -274,7 +271,7 @@ class Trainer:
             t1 = time.perf_counter()
             if self.keys_log is not None:
                 self.keys_log.write(json_line(self.step, batches))
-            inputs = {MODEL_KIND[kind]: move_batch(batch, self.device, self.dtype) for kind, batch in batches.items()}
+            inputs = {MODEL_KIND[kind]: move_batch(batch, self.device) for kind, batch in batches.items()}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             out = self.engine(**inputs)
             loss = out["loss"]
@@ -326,15 +323,14 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Held-out retrieval and grounding metrics, on every rank (the ITM re-ranking is shared)."""
-        from data_pipeline.eval_data import EvalDataSpec
         from training.evaluation import evaluate
+        from training.evaluation.data import eval_spec_like_training
 
         section = self.config.eval
-        spec = EvalDataSpec.like_training(self.data_spec, section.image_shards, section.region_shards,
-                                          section.video_shards, batch_size=section.batch_size,
-                                          max_samples=section.max_samples)
+        spec = eval_spec_like_training(self.data_spec, section.image_shards, section.region_shards,
+                                       section.video_shards, batch_size=section.batch_size)
         started = time.perf_counter()
-        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k)
+        metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples)
         metrics["eval_s"] = time.perf_counter() - started
         self.metrics.write({"step": self.step, **metrics}, "eval")
         return metrics

@@ -33,7 +33,7 @@ def build_transform(corpus: CorpusSpec, spec: DataSpec):
     if corpus.kind == "image_text":
         return ImageTextTransform(spec.image_res, corpus.options, text, spec.training)
     if corpus.kind == "region":
-        return RegionTransform(spec.image_res, spec.patch_size, corpus.options, text)
+        return RegionTransform(spec.image_res, spec.patch_size, corpus.options, text, spec.training)
     return VideoTextTransform(spec.image_res, corpus.options, text, spec.training)
 
 

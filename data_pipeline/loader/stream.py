@@ -15,6 +15,11 @@ re-reads only the shards the buffer points at, without decoding what it skips.
 After a change of world size or worker count (reshard.py) a slot first reads a plan: for
 each epoch then in progress, the units of reading (shard tails, whole shards, single
 samples) dealt to it; the plan is part of its state until read, then whole epochs go on.
+
+Evaluation mode (the data spec's `training: false`) reads one pass over the slot's shards in
+their stored order, without a shuffle buffer, through the transforms' evaluation mode (no
+augmentation; every text of a sample) into the evaluation collates, optionally stopping
+after `max_samples` samples.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Callable, Iterator
 from ..io.shard_reader import COUNT_NOTHING, read_shard
 from ..skips import BadSample, Counters
 from ..spec import CorpusSpec, DataSpec
-from .collate import COLLATE
+from .collate import COLLATE, EVAL_COLLATE
 from .shuffle import ShuffleBuffer
 
 log = logging.getLogger(__name__)
@@ -75,16 +80,13 @@ def epoch_shard_ids(shards: int, seed: int, corpus: str, epoch: int, slot: int, 
     return order[slot::slots]
 
 
-def epoch_shards(urls: list[str], seed: int, corpus: str, epoch: int, slot: int, slots: int) -> list[str]:
-    return [urls[i] for i in epoch_shard_ids(len(urls), seed, corpus, epoch, slot, slots)]
-
-
 class CorpusStream:
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
                  worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict],
-                 passes: int | None = None):
+                 passes: int | None = None, max_samples: int | None = None):
         """`passes=None` streams forever (training); a number stops after that many epochs
-        and yields the last, partial batch (evaluation, audits)."""
+        and yields the last, partial batch (evaluation, audits); in evaluation mode it is 1.
+        `max_samples` stops after that many samples have been batched."""
         slots = world_size * num_workers
         if len(urls) < slots:
             raise ValueError(
@@ -94,8 +96,10 @@ class CorpusStream:
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
         self.slot, self.slots = rank * num_workers + worker, slots
         self.transform = transform
-        self.passes = passes
-        self.collate = COLLATE[corpus.kind]
+        self.evaluation = not spec.training
+        self.passes = 1 if self.evaluation and passes is None else passes
+        self.max_samples = max_samples
+        self.collate = (EVAL_COLLATE if self.evaluation else COLLATE)[corpus.kind]
         self.counters = Counters()
         self.window = SkipWindow(spec.loader.bad_sample_window, spec.loader.max_bad_fraction)
         self.barren: set[int] = set()  # shard ids read since the last sample arrived, none giving one
@@ -109,16 +113,20 @@ class CorpusStream:
 
     def _new_buffer(self, epoch: int) -> ShuffleBuffer:
         seed = f"{self.spec.seed}/{self.corpus.name}/buffer/{epoch}/{self.rank}/{self.worker}"
-        return ShuffleBuffer(self.spec.loader.shuffle_buffer, random.Random(seed))
+        return ShuffleBuffer(0 if self.evaluation else self.spec.loader.shuffle_buffer, random.Random(seed))
+
+    def shard_ids(self, epoch: int) -> list[int]:
+        if self.evaluation:  # stored order
+            return list(range(self.slot, len(self.urls), self.slots))
+        return epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
 
     def shards(self, epoch: int) -> list[str]:
-        return epoch_shards(self.urls, self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
+        return [self.urls[i] for i in self.shard_ids(epoch)]
 
     def units(self, epoch: int) -> list[Unit]:
         if epoch in self.plan:
             return self.plan[epoch]
-        return [(i, 0, ()) for i in epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch,
-                                                    self.slot, self.slots)]
+        return [(i, 0, ()) for i in self.shard_ids(epoch)]
 
     def _read(self, url: str, start: int, count_from: int | None = None):
         loader = self.spec.loader
@@ -164,8 +172,9 @@ class CorpusStream:
             for _, raw in self.buffer.drain():
                 yield self.epoch, raw
             # A worker whose shards of one epoch all fail goes on to the next epoch's; once it has
-            # tried every shard of the corpus without a sample, no epoch will give it one.
-            if len(self.barren) == len(self.urls):
+            # tried every shard of the corpus without a sample, no epoch will give it one. (A
+            # bounded read, evaluation, ends by itself; its caller judges an empty result.)
+            if self.passes is None and len(self.barren) == len(self.urls):
                 raise CorpusUnusable(
                     f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample from any of "
                     f"the corpus's {len(self.urls)} shards (epoch {self.epoch}); skipped so far: "
@@ -180,12 +189,15 @@ class CorpusStream:
     def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
         """(batch, stream state right after it), forever. Bad samples are counted, not batched."""
         pending: list[dict] = []
+        batched = 0
         for epoch, raw in self.raw_samples():
             key = raw.get("__key__", "")
             rng = random.Random(f"{self.spec.seed}/{self.corpus.name}/{epoch}/{key}")
             try:
                 item = self.transform(raw, rng)
             except BadSample as bad:
+                for reason in bad.dropped:  # texts or boxes dropped before the sample was refused
+                    self.counters.add(reason)
                 self._skip(bad.reason)
                 log.debug("corpus %s: skipped %s: %s", self.corpus.name, key, bad)
                 continue
@@ -194,14 +206,19 @@ class CorpusStream:
                 log.warning("corpus %s: skipped %s: %s: %s", self.corpus.name, key, type(exn).__name__, exn)
                 continue
             self.window.add(None)
+            for reason in item.pop("skipped", ()):  # texts or boxes dropped from a kept sample
+                self.counters.add(reason)
             item["epoch"] = epoch
             pending.append(item)
+            batched += 1
             if len(pending) == self.corpus.batch_size:
                 batch = self.collate(pending)
                 batch["epochs"] = [s["epoch"] for s in pending]
                 pending = []
                 self.batches += 1
                 yield batch, self.state_dict()
+            if batched == self.max_samples:
+                break
         if pending:
             batch = self.collate(pending)
             batch["epochs"] = [s["epoch"] for s in pending]

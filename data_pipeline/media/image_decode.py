@@ -14,10 +14,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from functools import lru_cache
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..skips import BadSample
@@ -27,11 +25,6 @@ try:
 except ImportError:  # built without the extension (no libjpeg headers): Pillow decodes
     _jpeg_region = None
 
-# CLIP's normalisation, as X²-VLM uses.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
-_STD = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
 # The largest image accepted; above it a file is more likely an attack or a mistake.
 MAX_PIXELS = 12000 * 12000
 
@@ -181,20 +174,3 @@ def to_uint8_pixels(image: Image.Image) -> np.ndarray:
         image = image.convert("RGB")
     # Pillow packs RGB and RGBX alike into 3 bytes per pixel.
     return np.frombuffer(image.tobytes("raw", "RGB"), dtype=np.uint8).reshape(image.height, image.width, 3)
-
-
-def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB(X) image -> uint8 (3, H, W), a view of writable (H, W, 3) pixels."""
-    return torch.from_numpy(to_uint8_pixels(image).copy()).permute(2, 0, 1)
-
-
-@lru_cache(maxsize=None)
-def _mean_std_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Once per device: a copy to the GPU in every step would wait for the stream.
-    return _MEAN.to(device), _STD.to(device)
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 with CLIP mean and std, on the images' device."""
-    mean, std = _mean_std_on(images.device)
-    return images.float().sub_(mean).div_(std)

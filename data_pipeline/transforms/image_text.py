@@ -1,6 +1,8 @@
 """Image-text samples as X²-VLM pre-trains on them: RandomResizedCrop(res, scale 0.2-1,
-bicubic), text-aware horizontal flip, RandAugment(2, 7), CLIP normalisation; one caption
-drawn from the sample's captions, cleaned, tokenised and masked."""
+bicubic), text-aware horizontal flip, RandAugment(2, 7) -> uint8 pixels (the vision tower
+normalises them); one caption drawn from the sample's captions, cleaned, tokenised and masked.
+
+In evaluation mode: the whole image resized, and every caption (see evaluation.py)."""
 from __future__ import annotations
 
 import random
@@ -12,6 +14,7 @@ from ..schema import IMAGE_EXTENSIONS, media_of, parse_meta
 from ..skips import BadSample
 from ..spec import ImageTextOptions
 from ..text import TextEncoder
+from .evaluation import counting_dropped, encode_every, stacked, whole_image
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
@@ -26,14 +29,13 @@ class ImageTextTransform:
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         meta = parse_meta(sample)
+        if not self.training:
+            return self._evaluation(sample, meta, rng)
         if not meta.captions:
             raise BadSample("no_caption")
         caption = meta.captions[rng.randrange(len(meta.captions))]
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         size = (self.res, self.res)
-        if not self.training:
-            out = crop_resize(image, (0, 0, image.width, image.height), size)
-            return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key}
         box = random_resized_crop_box(image.width, image.height, tuple(self.options.crop_scale), rng)
         flip = decide_flip(rng, [caption], self.options.flip)
         out = crop_resize(image, box, size)
@@ -43,3 +45,12 @@ class ImageTextTransform:
         if self.options.rand_augment:
             out = apply_plan(out, sample_plan(rng, FULL_OPS))
         return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
+
+    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+        texts, encodings, dropped = encode_every(self.text, meta.captions, rng)
+        if not texts:
+            raise BadSample("no_caption", dropped=dropped)
+        with counting_dropped(dropped):
+            out = whole_image(open_image(media_of(sample, IMAGE_EXTENSIONS)), self.res)
+        return {"image": to_uint8_pixels(out), **stacked(encodings), "texts": texts, "key": meta.key,
+                "skipped": dropped}

@@ -5,6 +5,9 @@ resized to res x res and colour-augmented. The texts are the whole-image caption
 full-image box) and the regions that lie more than `min_perc_in_image` inside the crop,
 clipped to it, up to `max_regions` texts. The picked region comes first among the
 regions (X²-VLM shuffles it in with the others and may drop it).
+
+In evaluation mode (grounding): the whole image resized to res x res, and every text of every
+region with its box scaled to it; no whole-image caption (see evaluation.py).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from ..schema import IMAGE_EXTENSIONS, checked_box, media_of, parse_meta
 from ..skips import BadSample
 from ..spec import RegionOptions
 from ..text import TextEncoder
+from .evaluation import counting_dropped, encode_every, stacked, whole_image
 from .flip import decide_flip, flipped_texts
 from .geometry import normalised_cxcywh, patch_mask
 from .randaugment import COLOUR_OPS, apply_plan, sample_plan
@@ -51,14 +55,17 @@ def box_in_output(box, crop, flip: bool, res: int, min_inside: float):
 
 
 class RegionTransform:
-    def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder):
+    def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder, training: bool = True):
         self.res = res
         self.patch_size = patch_size
         self.options = options
         self.text = text
+        self.training = training
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         meta = parse_meta(sample)
+        if not self.training:
+            return self._evaluation(sample, meta, rng)
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         width, height = image.size
         regions = [(checked_box(r.box, width, height), r.texts) for r in meta.regions]
@@ -107,3 +114,29 @@ class RegionTransform:
             "flipped": flip,
             "texts": texts,
         }
+
+    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+        image = open_image(media_of(sample, IMAGE_EXTENSIONS))
+        width, height = image.size
+        res = self.res
+        texts, encodings, boxes, masks, dropped = [], [], [], [], []
+        for region in meta.regions:
+            try:
+                x, y, w, h = checked_box(region.box, width, height)
+            except BadSample as bad:
+                dropped.append(bad.reason)
+                continue
+            # The whole image becomes res x res: a box scales by res / width and res / height.
+            placed = (x * res / width, y * res / height, w * res / width, h * res / height)
+            kept, encoded, lost = encode_every(self.text, region.texts, rng)
+            dropped += lost
+            texts += kept
+            encodings += encoded
+            boxes += [normalised_cxcywh(*placed, res)] * len(kept)
+            masks += [patch_mask(*placed, res, self.patch_size)] * len(kept)
+        if not texts:
+            raise BadSample("no_region", dropped=dropped)
+        with counting_dropped(dropped):
+            out = whole_image(image, res)
+        return {"image": to_uint8_pixels(out), **stacked(encodings), "boxes": np.array(boxes, dtype=np.float32),
+                "patch_mask": np.stack(masks), "texts": texts, "key": meta.key, "skipped": dropped}

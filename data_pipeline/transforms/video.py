@@ -1,6 +1,9 @@
 """Video-text samples: `frames` frames by segment sampling, one random crop, flip and
 RandAugment plan shared by every frame of the clip -> uint8 (F, H, W, 3) pixels (the collate
-makes (B, F, 3, H, W) of them; the vision tower normalises)."""
+makes (B, F, 3, H, W) of them; the vision tower normalises).
+
+In evaluation mode: the middle frame of each segment, each resized whole, and every caption
+(see evaluation.py)."""
 from __future__ import annotations
 
 import random
@@ -14,6 +17,7 @@ from ..schema import VIDEO_EXTENSIONS, media_of, parse_meta
 from ..skips import BadSample
 from ..spec import VideoTextOptions
 from ..text import TextEncoder
+from .evaluation import counting_dropped, encode_every, stacked
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
@@ -28,6 +32,8 @@ class VideoTextTransform:
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         meta = parse_meta(sample)
+        if not self.training:
+            return self._evaluation(sample, meta, rng)
         if not meta.captions:
             raise BadSample("no_caption")
         caption = meta.captions[rng.randrange(len(meta.captions))]
@@ -53,3 +59,15 @@ class VideoTextTransform:
                 frame = frame.transpose(Image.FLIP_LEFT_RIGHT)
             frames.append(to_uint8_pixels(apply_plan(frame, plan)))
         return {"frames": np.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
+
+    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+        texts, encodings, dropped = encode_every(self.text, meta.captions, rng)
+        if not texts:
+            raise BadSample("no_caption", dropped=dropped)
+        with counting_dropped(dropped):
+            # training=False: the middle frame of each segment
+            clip = decode_clip(media_of(sample, VIDEO_EXTENSIONS), self.options.frames, meta.seconds("start"),
+                               meta.seconds("end"), False, rng, self.options.decode_timeout_s)
+        size = (self.res, self.res)
+        frames = np.stack([to_uint8_pixels(Image.fromarray(array).resize(size, Image.BICUBIC)) for array in clip])
+        return {"frames": frames, **stacked(encodings), "texts": texts, "key": meta.key, "skipped": dropped}

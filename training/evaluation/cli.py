@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from data_pipeline.config import ConfigError
-from data_pipeline.eval_data import EvalDataSpec
 from data_pipeline.spec import TextSpec, VideoTextOptions
+from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import evaluate
 from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
 
@@ -115,13 +115,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.video_shards and args.video_frames > model.config.vision.max_frames:
         raise UsageError(f"--video-frames {args.video_frames}: the model takes at most {model.config.vision.max_frames} "
                          f"frames (vision.max_frames)")
-    spec = EvalDataSpec(
-        text=TextSpec(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
-        image_res=args.image_res or model.config.vision.image_size,
-        patch_size=patch_size_of(model),
-        image_shards=args.image_shards, region_shards=args.region_shards, video_shards=args.video_shards,
-        batch_size=args.batch_size, video_frames=args.video_frames, max_samples=args.max_samples)
-    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k)
+    spec = eval_data_spec(
+        args.tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model),
+        args.image_shards, args.region_shards, args.video_shards, batch_size=args.batch_size,
+        video_frames=args.video_frames, max_tokens=args.max_tokens)
+    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k, max_samples=args.max_samples)
     if args.grounding_png:
         from training.evaluation.plots import draw_grounding_examples
 

@@ -6,6 +6,9 @@
 - grounding (region shards): the box head's prediction for each region text against the true
   box, IoU >= 0.5, beside the centre-box baseline (see ``grounding``).
 
+The eval sets are a data spec in evaluation mode (see ``training/evaluation/data.py``), one
+corpus per set, read through the training stream; metrics are prefixed by the corpus name.
+
 Under torch.distributed every rank reads and encodes the whole eval set (as X-VLM's
 ``evaluation`` does) and the ITM re-ranking, the expensive part, is split by query across ranks
 and summed with an all-reduce. Every rank makes the same sequence of forward calls (queries
@@ -21,14 +24,13 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from data_pipeline.eval_data import EvalDataSpec, EvalReader
-from data_pipeline.text import TextEncoder
+from data_pipeline.loader.stream import CorpusStream
+from data_pipeline.spec import DataSpec
+from training.evaluation.data import eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
 from training.evaluation.retrieval_metrics import retrieval_metrics
 from training.model import TextEncoding, VisionEncoding
 
-# Metric-name prefix of each eval kind.
-PREFIX = {"image_text": "image", "region": "region", "video_text": "video"}
 # The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
 # [-1, 1], ITM probabilities in [0, 1].
 _RERANKED_OFFSET = 2.0
@@ -66,12 +68,12 @@ def _world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def encode_retrieval_set(model, reader: EvalReader) -> RetrievalFeatures:
+def encode_retrieval_set(model, stream: CorpusStream) -> RetrievalFeatures:
     device = _device_of(model)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("tokens", "vfeat", "hidden", "tmask", "tfeat", "owner")}
     images_so_far = 0
-    for batch in reader.batches():
-        if reader.kind == "video_text":
+    for batch in eval_batches(stream):
+        if stream.corpus.kind == "video_text":
             vision = model.encode_video(batch["frames"].to(device))
         else:
             vision = model.encode_image(batch["images"].to(device))
@@ -84,8 +86,8 @@ def encode_retrieval_set(model, reader: EvalReader) -> RetrievalFeatures:
         parts["owner"].append(batch["text_sample"] + images_so_far)
         images_so_far += len(batch["keys"])
     if not images_so_far:
-        raise ValueError(f"eval {reader.kind} shards {reader.urls[:3]}...: no usable sample "
-                         f"(skipped: {reader.counters.as_dict()})")
+        raise ValueError(f"eval {stream.corpus.kind} shards {stream.urls[:3]}...: no usable sample "
+                         f"(skipped: {stream.counters.as_dict()})")
     cat = {name: torch.cat(values) for name, values in parts.items()}
     return RetrievalFeatures(cat["tokens"], cat["vfeat"], cat["hidden"], cat["tmask"], cat["tfeat"], cat["owner"])
 
@@ -135,28 +137,28 @@ def retrieval_scores(model, features: RetrievalFeatures, itm_top_k: int, itm_bat
     return text_to_image, image_to_text
 
 
-def evaluate_retrieval(model, reader: EvalReader, itm_top_k: int, itm_batch_size: int) -> dict[str, float]:
-    features = encode_retrieval_set(model, reader)
+def evaluate_retrieval(model, stream: CorpusStream, itm_top_k: int, itm_batch_size: int) -> dict[str, float]:
+    features = encode_retrieval_set(model, stream)
     text_to_image, image_to_text = retrieval_scores(model, features, itm_top_k, itm_batch_size)
     metrics = retrieval_metrics(text_to_image, image_to_text, features.text_image)
-    media = "videos" if reader.kind == "video_text" else "images"
+    media = "videos" if stream.corpus.kind == "video_text" else "images"
     metrics.update({media: len(features.vision_features), "texts": len(features.text_features)})
     return metrics
 
 
 @torch.no_grad()
-def predict_boxes(model, reader: EvalReader, max_queries: int | None = None) -> dict:
+def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -> dict:
     """Boxes of every region text: ``predicted`` and ``true`` (N, 4) cxcywh; with ``texts``,
-    ``images`` (normalised, one per query) kept only when ``max_queries`` asks for examples."""
+    ``images`` (uint8 (3, H, W), one per query) kept only when ``max_queries`` asks for examples."""
     device = _device_of(model)
     predicted, true, texts, images = [], [], [], []
     kept = 0
-    for batch in reader.batches():
+    for batch in eval_batches(stream):
         tokens = model.encode_image(batch["images"].to(device)).tokens
         text = model.encode_text(batch["text_ids"].to(device), batch["text_mask"].to(device))
         index = batch["image_index"].to(device)
         predicted.append(model.predict_box(tokens[index], text).float().cpu())
-        true.append(batch["boxes"].float())
+        true.append(batch["boxes"])
         if max_queries is not None:
             take = min(max_queries - kept, len(batch["texts"]))
             texts += batch["texts"][:take]
@@ -165,8 +167,8 @@ def predict_boxes(model, reader: EvalReader, max_queries: int | None = None) -> 
             if kept >= max_queries:
                 break
     if not true:
-        raise ValueError(f"eval region shards {reader.urls[:3]}...: no usable region "
-                         f"(skipped: {reader.counters.as_dict()})")
+        raise ValueError(f"eval region shards {stream.urls[:3]}...: no usable region "
+                         f"(skipped: {stream.counters.as_dict()})")
     out = {"predicted": torch.cat(predicted), "true": torch.cat(true)}
     if max_queries is not None:
         out = {name: value[:max_queries] for name, value in out.items()}
@@ -174,39 +176,41 @@ def predict_boxes(model, reader: EvalReader, max_queries: int | None = None) -> 
     return out
 
 
-def evaluate_grounding(model, reader: EvalReader) -> dict[str, float]:
-    boxes = predict_boxes(model, reader)
+def evaluate_grounding(model, stream: CorpusStream) -> dict[str, float]:
+    boxes = predict_boxes(model, stream)
     return grounding_metrics(boxes["predicted"], boxes["true"])
 
 
-def evaluate(model, spec: EvalDataSpec, itm_top_k: int = 16, itm_batch_size: int = 128) -> dict[str, float]:
-    """Every eval kind ``spec`` has shards for; a flat dict ``{kind}/{metric}``:
+def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 128,
+             max_samples: int | None = None) -> dict[str, float]:
+    """Every corpus of ``spec`` (a data spec in evaluation mode, e.g. from ``eval_data_spec``);
+    a flat dict ``{corpus}/{metric}``: with the corpora ``eval_data_spec`` names,
     ``image/txt_r1`` ... ``image/r_mean``, ``region/grounding_acc``,
     ``region/centre_baseline_acc``, ``region/mean_iou``, ``video/txt_r1`` ..., plus counts
-    (``image/images``, ``image/texts``, ``video/videos``, ``region/queries``, ``{kind}/skipped``).
+    (``image/images``, ``image/texts``, ``video/videos``, ``region/queries``, ``{corpus}/skipped``).
+    ``max_samples``: only the first that many samples of each corpus, in stored order.
 
     ``model`` is the bare X2VLM (``engine.module`` under DeepSpeed). It is put in eval mode
     for the run and back in its previous mode after."""
     if itm_top_k < 0:
         raise ValueError(f"itm_top_k must be >= 0, got {itm_top_k}")
     max_frames = model.config.vision.max_frames
-    if spec.video_shards and spec.video_frames > max_frames:
-        raise ValueError(f"eval data: video_frames {spec.video_frames} exceeds the model's vision.max_frames {max_frames}")
-    text = TextEncoder(spec.text)
+    for corpus in spec.corpora_of("video_text"):
+        if corpus.options.frames > max_frames:
+            raise ValueError(f"eval corpus {corpus.name}: {corpus.options.frames} video frames exceed the model's "
+                             f"vision.max_frames {max_frames}")
+    streams = [eval_stream(spec, corpus, max_samples) for corpus in spec.corpora]
     was_training = model.training
     model.eval()
     metrics: dict[str, float] = {}
     try:
-        for kind in ("image_text", "region", "video_text"):
-            if not spec.shards_of(kind):
-                continue
-            reader = EvalReader(kind, spec, text)
-            if kind == "region":
-                values = evaluate_grounding(model, reader)
+        for stream in streams:
+            if stream.corpus.kind == "region":
+                values = evaluate_grounding(model, stream)
             else:
-                values = evaluate_retrieval(model, reader, itm_top_k, itm_batch_size)
-            values["skipped"] = sum(reader.counters.as_dict().values())
-            metrics.update({f"{PREFIX[kind]}/{name}": value for name, value in values.items()})
+                values = evaluate_retrieval(model, stream, itm_top_k, itm_batch_size)
+            values["skipped"] = sum(stream.counters.as_dict().values())
+            metrics.update({f"{stream.corpus.name}/{name}": value for name, value in values.items()})
     finally:
         model.train(was_training)
     return metrics

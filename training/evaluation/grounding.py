@@ -1,7 +1,7 @@
 """Grounding accuracy: a predicted box is right when its IoU with the true box is >= 0.5.
 
 Boxes are normalised (cx, cy, w, h) of the same image frame, as the model's box head predicts
-and the eval reader gives them.
+and the eval stream gives them.
 
 The reference is a fixed centre box: (0.5, 0.5, mean true w, mean true h) over the eval set,
 the best a model could do that ignores both the image and the text but knows the typical box

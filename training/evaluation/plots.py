@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from data_pipeline.media.image_decode import CLIP_MEAN, CLIP_STD
 from training.evaluation.grounding import cxcywh_to_xyxy
 
 # Colours no demo shape has (red, green, blue, yellow, purple, orange), so boxes stand out.
@@ -21,14 +20,6 @@ LINE_WIDTH = 2
 CAPTION_LINES = 3
 LINE_HEIGHT = 12
 LEGEND = "cyan: true box    magenta: predicted box"
-
-
-def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalised float (N, 3, H, W) back to uint8 (N, H, W, 3) for drawing."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    pixels = (images.float().cpu() * std + mean) * 255
-    return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def box_pixels(box: torch.Tensor, size: int) -> tuple[int, int, int, int]:
@@ -45,12 +36,14 @@ def grounding_grid_size(count: int, columns: int, tile: int) -> tuple[int, int]:
 
 def draw_grounding(images: torch.Tensor, predicted: torch.Tensor, true: torch.Tensor, texts: list[str],
                    path: str | Path, columns: int = 4, tile: int = 192) -> Path:
-    """Writes a PNG grid, one tile per query. ``images`` are CLIP-normalised (N, 3, H, W) as
-    eval batches carry them; boxes (N, 4) normalised (cx, cy, w, h)."""
+    """Writes a PNG grid, one tile per query. ``images`` are uint8 (N, 3, H, W) as eval
+    batches carry them; boxes (N, 4) normalised (cx, cy, w, h)."""
     count = len(texts)
     if not count or not (len(images) == len(predicted) == len(true) == count):
         raise ValueError(f"draw_grounding: need as many images ({len(images)}), predicted ({len(predicted)}) and "
                          f"true boxes ({len(true)}) as texts ({count}), at least one")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"draw_grounding: images must be uint8 pixels (N, 3, H, W), got {images.dtype}")
     if columns <= 0 or tile <= 0:
         raise ValueError(f"draw_grounding: columns ({columns}) and tile ({tile}) must be positive")
     width, height = grounding_grid_size(count, columns, tile)
@@ -59,7 +52,7 @@ def draw_grounding(images: torch.Tensor, predicted: torch.Tensor, true: torch.Te
     font = ImageFont.load_default()
     row_height = tile + CAPTION_LINES * LINE_HEIGHT + 4
     chars = max(8, tile // 6)
-    for i, pixels in enumerate(to_uint8_images(images)):
+    for i, pixels in enumerate(images.cpu().permute(0, 2, 3, 1).contiguous()):
         left, top = (i % columns) * tile, (i // columns) * row_height
         canvas.paste(Image.fromarray(pixels.numpy()).resize((tile, tile), Image.BICUBIC), (left, top))
         for box, colour in ((true[i], TRUE_COLOUR), (predicted[i], PREDICTED_COLOUR)):
@@ -76,15 +69,18 @@ def draw_grounding(images: torch.Tensor, predicted: torch.Tensor, true: torch.Te
 
 
 def draw_grounding_examples(model, spec, path: str | Path, count: int = 8, columns: int = 4, tile: int = 192) -> Path:
-    """The first ``count`` region queries of ``spec``'s region shards (an EvalDataSpec) with
-    the model's predicted boxes, drawn by ``draw_grounding``."""
-    from data_pipeline.eval_data import EvalReader
+    """The first ``count`` region queries of ``spec``'s region corpus (a data spec in
+    evaluation mode) with the model's predicted boxes, drawn by ``draw_grounding``."""
+    from training.evaluation.data import eval_stream
     from training.evaluation.evaluator import predict_boxes
 
+    regions = spec.corpora_of("region")
+    if not regions:
+        raise ValueError("draw_grounding_examples: the eval data spec has no region corpus")
     was_training = model.training
     model.eval()
     try:
-        boxes = predict_boxes(model, EvalReader("region", spec), max_queries=count)
+        boxes = predict_boxes(model, eval_stream(spec, regions[0]), max_queries=count)
     finally:
         model.train(was_training)
     return draw_grounding(boxes["images"], boxes["predicted"], boxes["true"], boxes["texts"], path, columns, tile)

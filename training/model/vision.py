@@ -13,9 +13,9 @@ import timm
 import torch
 from torch import nn
 
-from data_pipeline.media.image_decode import normalise
 from training.model.checkpoint_files import read_state_dict
 from training.model.config import VisionConfig
+from training.model.preprocessing import normalise
 
 
 class VisionTower(nn.Module):
@@ -41,10 +41,9 @@ class VisionTower(nn.Module):
         return features[:, self.num_prefix_tokens:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:  # the training loader's pixels, normalised here on the device
-            images = normalise(images)
-        # Engines that keep the weights in bf16 (DeepSpeed bf16) receive fp32 pixels from the loader.
-        images = images.to(self.trunk.patch_embed.proj.weight.dtype)
+        """uint8 pixels (B, 3, H, W) -> tokens (B, 1 + num_patches, D); see preprocessing.py."""
+        # Normalised in float32, then in the weights' dtype (bf16 under DeepSpeed bf16).
+        images = normalise(images).to(self.trunk.patch_embed.proj.weight.dtype)
         patches = self._patch_tokens(self.trunk.forward_features(images))
         # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
         # token with it and pools afterwards, which is what makes region pooling consistent.

@@ -2,14 +2,15 @@
 
 Batches (one dict per kind; every kind is optional in ``forward``):
 
-- ``image``: ``images`` float (B, 3, H, W); ``text_ids``, ``text_mask`` (B, L) long;
+- ``image``: ``images`` uint8 (B, 3, H, W) pixels (normalised by the vision tower, see
+  ``preprocessing.py``); ``text_ids``, ``text_mask`` (B, L) long;
   ``mlm_ids`` (B, L) masked input ids; ``mlm_labels`` (B, L), -100 where not masked;
   optionally ``image_index`` (B,) long when several texts share an image.
 - ``region``: ``images`` (B_img, 3, H, W); per region text (R of them): ``image_index`` (R,)
-  long, ``text_ids``, ``text_mask``, ``mlm_ids``, ``mlm_labels`` (R, L), ``boxes`` (R, 4)
+  long, ``text_ids``, ``text_mask``, ``mlm_ids``, ``mlm_labels`` (R, L), ``boxes`` (R, 4) float32
   normalised (cx, cy, w, h), ``patch_mask`` (R, 1 + num_patches) bool (index 0 plus every
   patch the box overlaps); optionally ``positive_groups`` (R,) long (-1 for none).
-- ``video``: ``frames`` (B, F, 3, H, W) plus the text fields of ``image``.
+- ``video``: ``frames`` (B, F, 3, H, W) uint8 plus the text fields of ``image``.
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
 "features": {kind: {"vision": (N, E), "text": (N, E)}}}``. For evaluation use
