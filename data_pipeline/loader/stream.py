@@ -172,9 +172,9 @@ class CorpusStream:
             for _, raw in self.buffer.drain():
                 yield self.epoch, raw
             # A worker whose shards of one epoch all fail goes on to the next epoch's; once it has
-            # tried every shard of the corpus without a sample, no epoch will give it one. (A
-            # bounded read, evaluation, ends by itself; its caller judges an empty result.)
-            if self.passes is None and len(self.barren) == len(self.urls):
+            # tried every shard of the corpus without a sample, no epoch will give it one. (An
+            # evaluation pass ends by itself; its caller judges an empty result.)
+            if not self.evaluation and len(self.barren) == len(self.urls):
                 raise CorpusUnusable(
                     f"corpus {self.corpus.name}: rank {self.rank} worker {self.worker} read no sample from any of "
                     f"the corpus's {len(self.urls)} shards (epoch {self.epoch}); skipped so far: "
