@@ -10,30 +10,21 @@ import random
 from PIL import Image
 
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
-from ..schema import IMAGE_EXTENSIONS, media_of, parse_meta
+from ..schema import IMAGE_EXTENSIONS, SampleMeta, media_of
 from ..skips import BadSample
 from ..spec import ImageTextOptions
-from ..text import TextEncoder
+from .base import SampleTransform, drawn_caption
 from .evaluation import counting_dropped, encode_every, stacked, whole_image
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
 
 
-class ImageTextTransform:
-    def __init__(self, res: int, options: ImageTextOptions, text: TextEncoder, training: bool = True):
-        self.res = res
-        self.options = options
-        self.text = text
-        self.training = training
+class ImageTextTransform(SampleTransform):
+    options: ImageTextOptions
 
-    def __call__(self, sample: dict, rng: random.Random) -> dict:
-        meta = parse_meta(sample)
-        if not self.training:
-            return self._evaluation(sample, meta, rng)
-        if not meta.captions:
-            raise BadSample("no_caption")
-        caption = meta.captions[rng.randrange(len(meta.captions))]
+    def _training(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
+        caption = drawn_caption(meta, rng)
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         size = (self.res, self.res)
         box = random_resized_crop_box(image.width, image.height, tuple(self.options.crop_scale), rng)
@@ -46,7 +37,7 @@ class ImageTextTransform:
             out = apply_plan(out, sample_plan(rng, FULL_OPS))
         return {"image": to_uint8_pixels(out), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
 
-    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+    def _evaluation(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         texts, encodings, dropped = encode_every(self.text, meta.captions, rng)
         if not texts:
             raise BadSample("no_caption", dropped=dropped)

@@ -18,10 +18,11 @@ import numpy as np
 from PIL import Image
 
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
-from ..schema import IMAGE_EXTENSIONS, checked_box, media_of, parse_meta
+from ..schema import IMAGE_EXTENSIONS, SampleMeta, checked_box, media_of
 from ..skips import BadSample
 from ..spec import RegionOptions
 from ..text import TextEncoder
+from .base import SampleTransform
 from .evaluation import counting_dropped, encode_every, stacked, whole_image
 from .flip import decide_flip, flipped_texts
 from .geometry import normalised_cxcywh, patch_mask
@@ -54,18 +55,14 @@ def box_in_output(box, crop, flip: bool, res: int, min_inside: float):
     return bx * sx, by * sy, bw * sx, bh * sy
 
 
-class RegionTransform:
-    def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder, training: bool = True):
-        self.res = res
-        self.patch_size = patch_size
-        self.options = options
-        self.text = text
-        self.training = training
+class RegionTransform(SampleTransform):
+    options: RegionOptions
 
-    def __call__(self, sample: dict, rng: random.Random) -> dict:
-        meta = parse_meta(sample)
-        if not self.training:
-            return self._evaluation(sample, meta, rng)
+    def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder, training: bool = True):
+        super().__init__(res, options, text, training)
+        self.patch_size = patch_size
+
+    def _training(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         width, height = image.size
         regions = [(checked_box(r.box, width, height), r.texts) for r in meta.regions]
@@ -115,7 +112,7 @@ class RegionTransform:
             "texts": texts,
         }
 
-    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+    def _evaluation(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         width, height = image.size
         res = self.res

@@ -13,45 +13,30 @@ from PIL import Image
 
 from ..media.image_decode import to_uint8_pixels
 from ..media.video_decode import decode_clip
-from ..schema import VIDEO_EXTENSIONS, media_of, parse_meta
+from ..schema import VIDEO_EXTENSIONS, SampleMeta, media_of
 from ..skips import BadSample
 from ..spec import VideoTextOptions
-from ..text import TextEncoder
+from .base import SampleTransform, drawn_caption
 from .evaluation import counting_dropped, encode_every, stacked
 from .flip import decide_flip, flipped_texts
 from .geometry import random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
 
 
-class VideoTextTransform:
-    def __init__(self, res: int, options: VideoTextOptions, text: TextEncoder, training: bool = True):
-        self.res = res
-        self.options = options
-        self.text = text
-        self.training = training
+class VideoTextTransform(SampleTransform):
+    options: VideoTextOptions
 
-    def __call__(self, sample: dict, rng: random.Random) -> dict:
-        meta = parse_meta(sample)
-        if not self.training:
-            return self._evaluation(sample, meta, rng)
-        if not meta.captions:
-            raise BadSample("no_caption")
-        caption = meta.captions[rng.randrange(len(meta.captions))]
+    def _training(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
+        caption = drawn_caption(meta, rng)
         data = media_of(sample, VIDEO_EXTENSIONS)
         clip = decode_clip(data, self.options.frames, meta.seconds("start"), meta.seconds("end"),
-                           self.training, rng, self.options.decode_timeout_s)
+                           True, rng, self.options.decode_timeout_s)
         height, width = clip.shape[1:3]
         size = (self.res, self.res)
-        flip, plan = False, []
-        if self.training:
-            box = random_resized_crop_box(width, height, tuple(self.options.crop_scale), rng)
-            flip = decide_flip(rng, [caption], self.options.flip)
-            caption = flipped_texts([caption], flip, self.options.flip)[0]
-            if self.options.rand_augment:
-                plan = sample_plan(rng, FULL_OPS)
-        else:
-            box = (0, 0, width, height)
-        x, y, w, h = box
+        x, y, w, h = random_resized_crop_box(width, height, tuple(self.options.crop_scale), rng)
+        flip = decide_flip(rng, [caption], self.options.flip)
+        caption = flipped_texts([caption], flip, self.options.flip)[0]
+        plan = sample_plan(rng, FULL_OPS) if self.options.rand_augment else []
         frames = []
         for array in clip:
             frame = Image.fromarray(array).resize(size, Image.BICUBIC, box=(x, y, x + w, y + h))
@@ -60,7 +45,7 @@ class VideoTextTransform:
             frames.append(to_uint8_pixels(apply_plan(frame, plan)))
         return {"frames": np.stack(frames), **self.text.encode(caption, rng), "key": meta.key, "flipped": flip}
 
-    def _evaluation(self, sample: dict, meta, rng: random.Random) -> dict:
+    def _evaluation(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         texts, encodings, dropped = encode_every(self.text, meta.captions, rng)
         if not texts:
             raise BadSample("no_caption", dropped=dropped)
