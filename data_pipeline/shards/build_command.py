@@ -13,7 +13,7 @@ from .build_state import BuildState, BuildStateError, file_digest, fingerprint, 
 from .keys import check_prefix
 from .manifest import REJECTED, build_manifest, project_version, write_manifest, write_rejected
 from .plan import AnnotationInput, plan_samples, split_into_shards
-from .readers import FORMATS
+from .readers import FORMATS, annotation_file_problem
 from .records import AnnotationError
 from .sample_encoder import EncodeOptions
 from .shard_job import ShardTask
@@ -82,12 +82,9 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if len(args.format) not in (1, len(args.annotations)):
         return f"give --format once or once per --annotations ({len(args.annotations)} files, {len(args.format)} formats)"
     for path in args.annotations:
-        if not path.exists():
-            return f"annotation file not found: {path}"
-        if not path.is_file():
-            return f"annotation path is not a file: {path}"
-        if not os.access(path, os.R_OK):
-            return f"annotation file is not readable: {path}"
+        problem = annotation_file_problem(path)
+        if problem:
+            return problem
     if not args.media_root.is_dir():
         return f"media root is not a directory: {args.media_root}"
     if not os.access(args.media_root, os.R_OK | os.X_OK):

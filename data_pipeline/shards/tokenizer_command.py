@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tarfile
-import urllib.error
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +12,7 @@ from ..io.shard_list import expand_shards
 from ..schema import parse_meta
 from ..skips import BadSample, Counters
 from ..spec import TextSpec
-from .readers import FORMATS, READERS
+from .readers import FORMATS, READERS, annotation_file_problem
 from .records import AnnotationError, Record, Rejection
 from .validate import caption_problem
 
@@ -89,20 +86,12 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.whole_words and args.kind != "wordpiece":
         return "--whole-words is for --kind wordpiece; a unigram model learns its pieces"
     for _, path in args.annotations:
-        if not path.exists():
-            return f"annotation file not found: {path}"
-        if not path.is_file():
-            return f"annotation path is not a file: {path}"
-        if not os.access(path, os.R_OK):
-            return f"annotation file is not readable: {path}"
+        problem = annotation_file_problem(path)
+        if problem:
+            return problem
     if args.out.exists() and not args.out.is_dir():
         return f"--out {args.out} exists and is not a directory"
     return None
-
-
-def _shard_urls(patterns: list[str]) -> list[str]:
-    """A directory stands for its *.tar, as in `inspect`; the rest is a corpus's `shards`."""
-    return expand_shards([os.path.join(p, "*.tar") if os.path.isdir(p) else p for p in patterns], where="--shards")
 
 
 def shard_texts(url: str, skipped: Counters) -> Iterator[str]:
@@ -155,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     try:
-        urls = _shard_urls(args.shards) if args.shards else []
+        urls = expand_shards(args.shards, where="--shards") if args.shards else []
     except (FileNotFoundError, ValueError) as error:
         return _fail(str(error))
+
+    from ..io.shard_reader import READ_ERRORS  # imports torch (through webdataset): only when needed
 
     texts: list[str] = []
     skipped = Counters()
@@ -165,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         for url in urls:
             try:
                 texts += _cleaned(shard_texts(url, skipped), args.max_words, skipped, bar)
-            except (OSError, EOFError, tarfile.TarError, ValueError, urllib.error.URLError) as error:
+            except READ_ERRORS as error:
                 return _fail(f"shard {url} cannot be read ({type(error).__name__}: {error}); run x2vlm-shards verify")
         for fmt, path in args.annotations:
             try:
