@@ -38,7 +38,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
     vision_features = F.normalize(vision_proj(vision[rank].double()), dim=-1)
     text_features = F.normalize(text_proj(text[rank].double()), dim=-1)
     keys = PairKeys.local(ids[rank], masks[rank], images[rank]).gathered()
-    positives = pair_positives(keys, keys, same_image=True, same_text=True)
+    positives = pair_positives(keys, keys, same_text=True)
     loss = contrastive_loss(
         gather_with_grad(vision_features), gather_with_grad(text_features), torch.tensor(TEMPERATURE), positives
     )

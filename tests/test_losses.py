@@ -52,29 +52,25 @@ def test_contrastive_loss_matches_naive_with_single_and_multiple_positives():
 def test_pair_positives_matches_the_rules_pair_by_pair():
     text_ids = torch.tensor([[101, 7, 8, 0], [101, 7, 8, 9], [101, 7, 8, 5], [101, 4, 0, 0], [101, 4, 0, 0]])
     text_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
-    image = torch.tensor([0, 0, 1, 2, 3])
-    groups = torch.tensor([-1, -1, 5, 5, -1])
-    keys = PairKeys.local(text_ids, text_mask, image, groups)
-    # Pretend the last two samples came from another rank.
+    image = torch.tensor([0, 0, 1, 2, 2])
+    keys = PairKeys.local(text_ids, text_mask, image)
+    # Pretend the last two samples came from another rank, where they are images 0 and 0.
     keys.rank = torch.tensor([0, 0, 0, 1, 1])
-    for same_image in (False, True):
-        for same_text in (False, True):
-            result = pair_positives(keys, keys, same_image, same_text)
-            for i in range(5):
-                for j in range(5):
-                    same_rank = keys.rank[i] == keys.rank[j]
-                    texts_equal = (text_ids[i] * text_mask[i]).tolist() == (text_ids[j] * text_mask[j]).tolist()
-                    expected = bool(
-                        (same_rank and i == j)
-                        or (same_rank and groups[i] >= 0 and groups[i] == groups[j])
-                        or (same_image and same_rank and image[i] == image[j])
-                        or (same_text and texts_equal)
-                    )
-                    assert result[i, j].item() == expected, (i, j, same_image, same_text)
-    # Samples 0 and 1 share text after padding is ignored; 3 and 4 share image index on
-    # different ranks (not positive) and identical ids (positive only by text).
-    assert pair_positives(keys, keys, False, True)[0, 1]
-    assert not pair_positives(keys, keys, True, False)[3, 4]
+    keys.image = torch.tensor([0, 0, 1, 0, 0])
+    image = keys.image
+    for same_text in (False, True):
+        result = pair_positives(keys, keys, same_text)
+        for i in range(5):
+            for j in range(5):
+                same_rank = keys.rank[i] == keys.rank[j]
+                texts_equal = (text_ids[i] * text_mask[i]).tolist() == (text_ids[j] * text_mask[j]).tolist()
+                expected = bool((same_rank and image[i] == image[j]) or (same_text and texts_equal))
+                assert result[i, j].item() == expected, (i, j, same_text)
+    # Samples 0 and 1 share an image (and their text once padding is ignored); 0 and 3 share an
+    # image index on different ranks (not positive); 3 and 4 share an image on rank 1.
+    assert pair_positives(keys, keys, False)[0, 1] and pair_positives(keys, keys, False)[3, 4]
+    assert not pair_positives(keys, keys, False)[0, 3]
+    assert not pair_positives(keys, keys, False)[2, 0] and not pair_positives(keys, keys, True)[2, 0]
 
 
 def test_hard_negatives_are_never_positives_and_follow_the_softmax():

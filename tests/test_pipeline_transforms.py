@@ -262,7 +262,6 @@ def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
     batch = collate_region(regions)
     assert batch["images"].shape == (3, 3, 2, 2)
     assert batch["image_index"].tolist() == [0, 0, 0, 1, 2, 2]
-    assert batch["positive_groups"].tolist() == [0, 0, 0, 1, 2, 2]
     assert batch["text_ids"].shape == (6, 4) and batch["boxes"].shape == (6, 4) and batch["patch_mask"].shape == (6, 17)
 
 

@@ -60,8 +60,6 @@ def collate_region(samples: list[dict]) -> dict:
     batch = {"images": _stack_images([s["image"] for s in samples]), "image_index": image_index, **texts}
     batch["boxes"] = torch.from_numpy(np.concatenate([s["boxes"] for s in samples]))
     batch["patch_mask"] = torch.from_numpy(np.concatenate([s["patch_mask"] for s in samples]))
-    # Texts of one image are positives of each other, never negatives.
-    batch["positive_groups"] = image_index.clone()
     batch["keys"] = [s["key"] for s in samples]
     return batch
 

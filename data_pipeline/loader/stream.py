@@ -120,9 +120,6 @@ class CorpusStream:
             return list(range(self.slot, len(self.urls), self.slots))
         return epoch_shard_ids(len(self.urls), self.spec.seed, self.corpus.name, epoch, self.slot, self.slots)
 
-    def shards(self, epoch: int) -> list[str]:
-        return [self.urls[i] for i in self.shard_ids(epoch)]
-
     def units(self, epoch: int) -> list[Unit]:
         if epoch in self.plan:
             return self.plan[epoch]

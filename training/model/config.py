@@ -68,7 +68,6 @@ class LossConfig:
     itm_negatives: str = setting("global", choices=("global", "local"))  # where ITM hard negatives are drawn from
     # Which pairs count as positives (besides the pair itself) in ITC targets and are never
     # drawn as ITM negatives.
-    same_image_positive: bool = True
     same_text_positive: bool = True
     # losses.weights.<kind>.<term>; a term not given weighs 1.0.
     weights: dict[str, dict[str, float]] = setting({kind: {term: 1.0 for term in LOSS_TERMS[kind]}

@@ -9,7 +9,7 @@ Batches (one dict per kind; every kind is optional in ``forward``):
 - ``region``: ``images`` (B_img, 3, H, W); per region text (R of them): ``image_index`` (R,)
   long, ``text_ids``, ``text_mask``, ``mlm_ids``, ``mlm_labels`` (R, L), ``boxes`` (R, 4) float32
   normalised (cx, cy, w, h), ``patch_mask`` (R, 1 + num_patches) bool (index 0 plus every
-  patch the box overlaps); optionally ``positive_groups`` (R,) long (-1 for none).
+  patch the box overlaps). Texts of one image are positives of each other, never negatives.
 - ``video``: ``frames`` (B, F, 3, H, W) uint8 plus the text fields of ``image``.
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
@@ -186,12 +186,12 @@ class X2VLM(nn.Module):
         """ITC, ITM and MLM of one batch kind; also returns the text encoding for the box head."""
         settings = self.config.losses
         text = self.encode_text(batch["text_ids"], batch["text_mask"])
-        keys = PairKeys.local(batch["text_ids"], batch["text_mask"], image_index, batch.get("positive_groups"))
+        keys = PairKeys.local(batch["text_ids"], batch["text_mask"], image_index)
         all_keys = keys.gathered()
         temperature = self.temperature()
 
         vision_all, text_all = gather_with_grad(vision.features), gather_with_grad(text.features)
-        positives = pair_positives(all_keys, all_keys, settings.same_image_positive, settings.same_text_positive)
+        positives = pair_positives(all_keys, all_keys, settings.same_text_positive)
         itc = contrastive_loss(vision_all, text_all, temperature, positives)
 
         if settings.itm_negatives == "global":
@@ -217,7 +217,7 @@ class X2VLM(nn.Module):
         """
         settings = self.config.losses
         with torch.no_grad():
-            positives = pair_positives(keys, candidate_keys, settings.same_image_positive, settings.same_text_positive)
+            positives = pair_positives(keys, candidate_keys, settings.same_text_positive)
             v2t = vision.features.float() @ text_candidates.features.float().t() / temperature
             t2v = text.features.float() @ vision_candidates.features.float().t() / temperature
             negative_text, text_valid = sample_hard_negatives(v2t, positives)
