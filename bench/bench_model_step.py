@@ -20,10 +20,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from training.metrics import device_peak_tflops
 from training.model import create_model
 
-# Dense bf16 peak TFLOP/s by device name fragment.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 
 
 def synthetic_batches(args, num_patches: int, grid: int, image_size: int, vocab: int, device) -> tuple[dict, dict]:
@@ -133,7 +132,7 @@ def main(argv=None) -> None:
     else:
         print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process max RSS)")
     print(f"FLOPs per step: {flops / 1e9:,.1f} GFLOP   achieved: {flops / seconds / 1e12:.3f} TFLOP/s")
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if on_gpu and k in device_name), None)
+    peak = args.peak_tflops or device_peak_tflops(device)
     if peak:
         print(f"MFU: {100 * flops / seconds / (peak * 1e12):.1f}% of {peak:.0f} TFLOP/s")
     else:

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline.logging_setup import configure_logging
 from launch.hostlist import expand_hostlist
 
 DEFAULT_TRAIN_SCRIPT = "training/pretrain.py"
@@ -198,6 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, environ: dict | None = None) -> int:
     args = parse_args(argv)
+    configure_logging()
     environ = dict(os.environ if environ is None else environ)
     try:
         allocation = allocation_from_env(environ)

@@ -38,6 +38,9 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
     assert codes == [0, 0], output
     losses = losses_by_step(tmp_path / "out")
     assert sorted(losses) == list(range(10, 201, 10))
+    rows = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+    assert all(row["tflops_per_gpu"] > 0 for row in rows if row["kind"] == "train")  # FLOPs counted at step 1
+    assert "[progress] step 200/200 (100%) | loss " in output and " left" in output
     first, last = mean([losses[s] for s in (10, 20, 30)]), mean([losses[s] for s in (180, 190, 200)])
     print(f"ZeRO-{stage}: mean loss at steps 10-30 {first:.3f}, at steps 180-200 {last:.3f}")
     assert last < 0.8 * first

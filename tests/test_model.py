@@ -266,21 +266,28 @@ def test_roberta_text_tower_swaps_in():
 
 
 def test_the_model_package_imports_nothing_from_the_loader():
-    """The model owns its preprocessing; of the data pipeline it uses only the project's one
-    configuration mechanism (data_pipeline/config.py, which imports nothing of the loader)."""
+    """The model owns its preprocessing; of the data pipeline it uses only the project's
+    configuration mechanism and logging set-up, which import nothing else of the project."""
     import ast
     from pathlib import Path
 
     import training.model
 
-    for path in Path(training.model.__file__).parent.glob("*.py"):
+    allowed = {"data_pipeline.config", "data_pipeline.logging_setup"}
+
+    def imports(path: Path) -> list[str]:
+        names = []
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert all(n.split(".")[0] != "data_pipeline" or n == "data_pipeline.config" for n in names), \
-                f"{path.name} imports {names}"
-    config_imports = [node for node in ast.walk(ast.parse(Path(training.model.__file__).parents[2]
-                                                          .joinpath("data_pipeline/config.py").read_text()))
-                      if isinstance(node, (ast.Import, ast.ImportFrom))]
-    assert not any((getattr(node, "module", None) or "").startswith(("data_pipeline", ".")) or node.level
-                   if isinstance(node, ast.ImportFrom) else False for node in config_imports)
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names.append("." * node.level + (node.module or ""))
+        return names
+
+    for path in Path(training.model.__file__).parent.glob("*.py"):
+        names = imports(path)
+        assert all(n.split(".")[0] != "data_pipeline" or n in allowed for n in names), f"{path.name} imports {names}"
+    root = Path(training.model.__file__).parents[2]
+    for module in allowed:
+        names = imports(root / (module.replace(".", "/") + ".py"))
+        assert not any(n.startswith((".", "data_pipeline", "training", "launch")) for n in names), (module, names)

@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from data_pipeline.logging_setup import configure_logging
 from training import safe_load
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
 from training.model import X2VLM, create_model
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, e.g. runs/demo/train/checkpoints/step_00000400")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         out = export(args.checkpoint, args.out)
     except (FileNotFoundError, KeyError, CheckpointError) as error:

@@ -1,31 +1,57 @@
 """Training metrics: a console line, TensorBoard events and a JSONL file, written by rank 0.
 
 Throughput figures: samples/s over the logging window, the step time split into waiting for
-data and computing, TFLOP/s from the measured FLOPs of one step, and MFU where the device's
-dense bf16 peak is known."""
+data and computing, TFLOP/s from the FLOPs of the window's steps (counted once per set of batch
+kinds, see `StepFlops`), and MFU where the device's dense bf16 peak is known."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 # Dense bf16 matrix peaks in TFLOP/s (vendor data sheets), matched against the device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
                "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
-def device_peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
+def device_peak_tflops(device: torch.device | None = None) -> float | None:
+    """The dense bf16 peak of DEVICE (default: the current CUDA device); None when unknown."""
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
         return None
-    name = torch.cuda.get_device_name()
-    for key, peak in PEAK_TFLOPS.items():
-        if key in name:
-            return peak
-    return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+class StepFlops:
+    """FLOPs of one training micro-step (forward and backward) for each set of batch kinds,
+    counted by torch's FlopCounterMode the first time that set comes, during that step itself:
+    MFU needs no extra pass, and later steps pay nothing. Region batches vary in size; the
+    first one of a kind set stands for the others."""
+
+    def __init__(self):
+        self.known: dict[frozenset, float] = {}
+
+    def counting(self, kinds) -> contextlib.AbstractContextManager:
+        """Wrap a micro-step's forward and backward in this."""
+        kinds = frozenset(kinds)
+        if kinds in self.known:
+            return contextlib.nullcontext()
+        return self._count(kinds)
+
+    @contextlib.contextmanager
+    def _count(self, kinds: frozenset):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        self.known[kinds] = float(counter.get_total_flops())
+
+    def of(self, kinds) -> float | None:
+        return self.known.get(frozenset(kinds))
 
 
 class Window:
@@ -39,15 +65,22 @@ class Window:
         self.samples = 0
         self.data_seconds = 0.0
         self.compute_seconds = 0.0
+        self.flops = 0.0
+        self.flops_known = True
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.started = time.perf_counter()
 
-    def add(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float) -> None:
+    def add(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float,
+            flops: float | None = None) -> None:
         self.steps += 1
         self.samples += samples
         self.data_seconds += data_seconds
         self.compute_seconds += compute_seconds
+        if flops is None:
+            self.flops_known = False
+        else:
+            self.flops += flops
         for key, value in values.items():
             if value is not None and math.isfinite(value):
                 self.sums[key] = self.sums.get(key, 0.0) + value
@@ -82,12 +115,12 @@ def drop_rows_after(path: Path, step: int) -> int:
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, flops_per_step: float | None = None,
-                 world_size: int = 1):
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, world_size: int = 1,
+                 device: torch.device | None = None, echo=print):
         self.enabled = enabled
-        self.flops_per_step = flops_per_step
         self.world_size = world_size
-        self.peak = device_peak_tflops()
+        self.peak = device_peak_tflops(device)
+        self.echo = echo  # how console lines are printed (through the progress bar when there is one)
         self.window = Window()
         self.jsonl = None
         self.tb = None
@@ -98,8 +131,10 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(output_dir / "tensorboard"))
 
-    def record(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float) -> None:
-        self.window.add(values, samples, data_seconds, compute_seconds)
+    def record(self, values: dict[str, float], samples: int, data_seconds: float, compute_seconds: float,
+               flops: float | None = None) -> None:
+        """One optimizer step's figures; FLOPS is what this rank computed in it, where known."""
+        self.window.add(values, samples, data_seconds, compute_seconds, flops)
 
     def flush(self, step: int, extra: dict | None = None) -> dict:
         """Writes the window's means at STEP and starts a new window; returns what was written."""
@@ -114,8 +149,8 @@ class MetricsLogger:
                 "data_wait_s": window.data_seconds / window.steps,
                 "compute_s": window.compute_seconds / window.steps,
             })
-            if self.flops_per_step:
-                tflops = self.flops_per_step / max(step_time, 1e-9) / 1e12
+            if window.flops_known and window.flops:
+                tflops = window.flops / elapsed / 1e12
                 row["tflops_per_gpu"] = tflops
                 if self.peak:
                     row["mfu"] = tflops / self.peak
@@ -133,7 +168,7 @@ class MetricsLogger:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
             self.tb.flush()
-        print(self.console_line(row, prefix), file=sys.stdout, flush=True)
+        self.echo(self.console_line(row, prefix))
 
     @staticmethod
     def console_line(row: dict, prefix: str) -> str:

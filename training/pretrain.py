@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from data_pipeline.config import ConfigError
+from data_pipeline.logging_setup import configure_logging
 from training.checkpoint import CheckpointError
 from training.config import check_resume, check_sections, load_run_config
 from training.run_lock import LockHeld
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging()
     trainer = None
     try:
         # Every configuration mistake that needs no process group is found here, on every rank

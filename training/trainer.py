@@ -23,7 +23,8 @@ from training import distributed, rng_state
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, CheckpointManager, find_resumable
 from data_pipeline.config import ConfigError
 from training.config import RunConfig, deepspeed_config
-from training.metrics import MetricsLogger, drop_rows_after
+from training.metrics import MetricsLogger, StepFlops, drop_rows_after
+from training.progress import Progress
 from training.run_lock import LockHeld, RunLock
 from training.signals import REQUEUE_EXIT_CODE, LauncherWatch, PreemptionHandler
 
@@ -123,7 +124,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
-        self.metrics = self.keys_log = self.loader = None
+        self.metrics = self.progress = self.keys_log = self.loader = None
         self.lock = hold_output_dir(self.output_dir, self.rank)
         try:
             self._build(resume)
@@ -200,8 +201,11 @@ class Trainer:
             if dropped:
                 print(f"[metrics] metrics.jsonl: dropped {dropped} rows after step {self.step}, where this run "
                       f"starts", flush=True)
+        self.progress = Progress(self.step, config.run.max_steps, enabled=self.is_main,
+                                 bar=config.logging.progress_bar, every=config.logging.every_steps)
         self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
-                                     world_size=self.world_size)
+                                     world_size=self.world_size, device=self.device, echo=self.progress.echo)
+        self.flops = StepFlops()
         if config.logging.trained_keys:
             keys_path = self.output_dir / "trained_keys" / f"rank{self.rank:05d}.jsonl"
             keys_path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +239,9 @@ class Trainer:
     def run(self) -> int:
         config = self.config
         while self.step < config.run.max_steps:
-            self.train_step()
+            figures = self.train_step()
             self.step += 1
+            self.progress.update(self.step, figures["loss"], figures["samples"])
             stop, = distributed.all_reduce_flags([self.signals.requested], self.device)
             if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
                 self.metrics.flush(self.step, {"nonfinite_skipped": self.nonfinite_total})
@@ -246,15 +251,15 @@ class Trainer:
                 self.save()
             if stop:
                 if self.is_main:
-                    print(f"[signal] checkpointed at step {self.step}; exiting with {REQUEUE_EXIT_CODE} to requeue",
-                          flush=True)
+                    self.progress.echo(f"[signal] checkpointed at step {self.step}; exiting with {REQUEUE_EXIT_CODE} to requeue")
                 return REQUEUE_EXIT_CODE
         if config.run.export_on_finish:
             self.export_from_memory(self.output_dir / "export")
         if self.is_main:
             engine = self.engine
-            print(f"[done] {self.step} steps (DeepSpeed: {engine.global_steps} optimizer steps, {engine.skipped_steps} "
-                  f"skipped, {engine.micro_steps} micro-steps); data: {self.loader.stats()}", flush=True)
+            self.progress.echo(f"[done] {self.step} steps (DeepSpeed: {engine.global_steps} optimizer steps, "
+                               f"{engine.skipped_steps} skipped, {engine.micro_steps} micro-steps); "
+                               f"data: {self.loader.stats()}")
         return 0
 
     def train_step(self) -> dict:
@@ -265,6 +270,7 @@ class Trainer:
         samples = 0
         nonfinite = False
         skipped_before = self.engine.skipped_steps
+        kinds: list[frozenset] = []  # the batch kinds of each micro-step, for its FLOPs
         for micro in range(accum):
             t0 = time.perf_counter()
             batches = next(self.loader)
@@ -273,23 +279,25 @@ class Trainer:
                 self.keys_log.write(json_line(self.step, batches))
             inputs = {MODEL_KIND[kind]: move_batch(batch, self.device) for kind, batch in batches.items()}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
-            out = self.engine(**inputs)
-            loss = out["loss"]
-            if planted_nonfinite(self.step + 1, micro, self.rank):
-                loss = loss * math.nan
-            names = ["loss"] + [f"{kind}/{term}" for kind, terms in out["losses"].items() for term in terms]
-            # One host transfer for every figure of the micro-step (and the finiteness check).
-            values = torch.stack([loss.detach().float()] + [value.detach().float() for terms in out["losses"].values()
-                                                            for value in terms.values()]).tolist()
-            bad, = distributed.all_reduce_flags([not math.isfinite(values[0])], self.device)
-            nonfinite |= bad
-            # Backward and step on every micro-step keep DeepSpeed's micro-step count, from which
-            # it tells the accumulation boundary, equal to the trainer's. A non-finite loss makes
-            # its micro-step's gradients NaN on every rank, so that DeepSpeed's own overflow check
-            # (ZeRO 1-3, any precision) skips the whole optimizer step at the boundary: no update,
-            # gradients cleared, the schedule not advanced.
-            self.engine.backward(loss * math.nan if bad else loss)
+            with self.flops.counting(inputs):
+                out = self.engine(**inputs)
+                loss = out["loss"]
+                if planted_nonfinite(self.step + 1, micro, self.rank):
+                    loss = loss * math.nan
+                names = ["loss"] + [f"{kind}/{term}" for kind, terms in out["losses"].items() for term in terms]
+                # One host transfer for every figure of the micro-step (and the finiteness check).
+                values = torch.stack([loss.detach().float()] + [value.detach().float() for terms in
+                                                                out["losses"].values() for value in terms.values()]).tolist()
+                bad, = distributed.all_reduce_flags([not math.isfinite(values[0])], self.device)
+                nonfinite |= bad
+                # Backward and step on every micro-step keep DeepSpeed's micro-step count, from which
+                # it tells the accumulation boundary, equal to the trainer's. A non-finite loss makes
+                # its micro-step's gradients NaN on every rank, so that DeepSpeed's own overflow check
+                # (ZeRO 1-3, any precision) skips the whole optimizer step at the boundary: no update,
+                # gradients cleared, the schedule not advanced.
+                self.engine.backward(loss * math.nan if bad else loss)
             self.engine.step()
+            kinds.append(frozenset(inputs))
             compute_seconds += time.perf_counter() - t1
             data_seconds += t1 - t0
             for name, value in zip(names, values):
@@ -308,8 +316,10 @@ class Trainer:
         else:
             self.nonfinite_in_a_row = 0
         figures["lr"] = self.scheduler.get_last_lr()[0]
-        self.metrics.record(figures, samples, data_seconds, compute_seconds)
-        return figures
+        flops = [self.flops.of(k) for k in kinds]
+        self.metrics.record(figures, samples, data_seconds, compute_seconds,
+                            None if None in flops else sum(flops))
+        return {**figures, "samples": samples * self.world_size}
 
     def _check_counters(self, nonfinite: bool, engine_skipped: int) -> None:
         """DeepSpeed's step counts follow the trainer's, and a step with a non-finite loss was
@@ -340,7 +350,7 @@ class Trainer:
         path = self.checkpoints.save(self.step, self.fingerprint,
                                      files={RUN_CONFIG_FILE: yaml.safe_dump(self.config.to_dict(), sort_keys=False)})
         if self.is_main:
-            print(f"[checkpoint] step {self.step} -> {path} ({time.perf_counter() - started:.2f} s)", flush=True)
+            self.progress.echo(f"[checkpoint] step {self.step} -> {path} ({time.perf_counter() - started:.2f} s)")
 
     def export_from_memory(self, out: Path) -> None:
         """Consolidated fp32 weights straight from the optimizer's master copy (gathered from
@@ -354,13 +364,15 @@ class Trainer:
             weights[name] = full.detach().float().cpu().contiguous()
         if self.is_main:
             write_export(weights, self.config.model, out, source=f"{self.output_dir} step {self.step} (in memory)")
-            print(f"[export] step {self.step} -> {out}", flush=True)
+            self.progress.echo(f"[export] step {self.step} -> {out}")
 
     def _release_lock(self) -> None:
         if self.lock is not None:
             self.lock.release()
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.loader is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..logging_setup import configure_logging
 from . import build_command, demo_command, inspect_command, show_command, tokenizer_command, verify_command
 
 SUBCOMMANDS = (build_command, inspect_command, verify_command, show_command, demo_command, tokenizer_command)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    configure_logging()
     args.argv = argv  # the manifest records the exact command
     return args.run(args) or 0
 

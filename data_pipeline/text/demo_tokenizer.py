@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
+from ..logging_setup import configure_logging
 from .tokenizer_training import train_tokenizer
 
 DEFAULT_VOCAB_SIZE = 80
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     args = parser.parse_args(argv)
+    configure_logging()
     build_demo_tokenizer(args.corpus, args.out, args.vocab_size)
     print(f"tokenizer written to {args.out}")
     return 0

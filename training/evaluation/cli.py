@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.config import ConfigError
+from data_pipeline.logging_setup import configure_logging
 from data_pipeline.spec import TextSpec, VideoTextOptions
 from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import evaluate
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging()
     try:
         metrics = run(args)
     except (UsageError, ConfigError, FileNotFoundError) as error:

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data_pipeline.logging_setup import configure_logging  # noqa: E402
+
 LOSS_PANELS = {
     "total loss": ["loss"],
     "image-text": ["image/itc", "image/itm", "image/mlm"],
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("metrics", type=Path, help="metrics.jsonl written by the trainer")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
+    configure_logging()
     print(f"curves -> {plot_curves(args.metrics, args.out)}")
     return 0
 

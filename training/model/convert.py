@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.logging_setup import configure_logging
 from training.model.checkpoint_files import read_state_dict
 
 _DROPPED = re.compile(
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail when any key is unmatched or missing (the video parameters an image-only "
                              "checkpoint never had excepted)")
     args = parser.parse_args(argv)
+    configure_logging()
 
     model = create_model(args.model_config, load_pretrained=False)
     report = convert_checkpoint(args.checkpoint, model)
