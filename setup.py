@@ -1,4 +1,12 @@
+from pathlib import Path
+
 from setuptools import Extension, find_packages, setup
+
+# The YAML / JSON configs (model sizes, corpora, runs, DeepSpeed) are installed beside the
+# packages' prefix, under share/x2vlm-pretrain/configs, where training/model finds the model
+# configs when it does not run from a checkout.
+CONFIG_FILES = [(f"share/x2vlm-pretrain/{folder.as_posix()}", sorted(str(f) for f in folder.iterdir() if f.is_file()))
+                for folder in sorted(Path("configs").iterdir()) if folder.is_dir()]
 
 setup(
     name="x2vlm-pretrain",
@@ -6,7 +14,7 @@ setup(
     description="Distributed pre-training of multi-grained vision-language models (X2-VLM / X-VLM)",
     python_requires=">=3.10",
     packages=find_packages(include=["training", "training.*", "data_pipeline", "data_pipeline.*", "launch", "launch.*"]),
-    package_data={"": ["*.yaml", "*.json"]},
+    data_files=CONFIG_FILES,
     # libjpeg-turbo region decoding for the loader (libjpeg-dev, in system-packages.txt).
     # Optional: without the headers the loader decodes with Pillow, slower;
     # tests/test_jpeg_region_decoding.py fails so that CI does not hide it.

@@ -1,12 +1,23 @@
 """The X²-VLM model. ``create_model`` is the one way to build it."""
 from __future__ import annotations
 
+import sysconfig
 from pathlib import Path
 
 from training.model.config import ModelConfig, load_model_config, model_config_from_dict
 from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+def model_config_dir() -> Path:
+    """configs/model of the checkout this package runs from; else the copy an installed
+    package keeps under its prefix (setup.py's data_files)."""
+    checkout = Path(__file__).resolve().parents[2] / "configs" / "model"
+    if checkout.is_dir():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "x2vlm-pretrain" / "configs" / "model"
+
+
+CONFIG_DIR = model_config_dir()
 
 
 def create_model(config: ModelConfig | dict | str | Path, load_pretrained: bool = True) -> X2VLM:
