@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from data_pipeline.config import ConfigError, read_yaml_file
 from data_pipeline.logging_setup import configure_logging
 from training import safe_load
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
@@ -42,7 +43,7 @@ def export(checkpoint: Path, out: Path) -> Path:
     config_path = checkpoint / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: the checkpoint does not say which model it holds")
-    model_config = yaml.safe_load(config_path.read_text(encoding="utf-8"))["model"]
+    model_config = read_yaml_file(config_path, "run config")["model"]
     state = consolidated_state_dict(checkpoint)
     model = create_model(model_config, load_pretrained=False)
     names = [name for name, _ in model.named_parameters()]
@@ -63,7 +64,7 @@ def write_export(weights: dict[str, torch.Tensor], model_config: dict, out: Path
 def load_exported(directory: Path) -> X2VLM:
     """The model of an exported directory, on the CPU in fp32."""
     directory = Path(directory)
-    model = create_model(yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8")), load_pretrained=False)
+    model = create_model(read_yaml_file(directory / CONFIG_FILE, "model config"), load_pretrained=False)
     result = model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
     # Buffers are rebuilt by the model; the MLM decoder is tied to the word embeddings.
     rebuilt = {"mlm_head.decoder.weight"} | {name for name, _ in model.named_buffers()}
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         out = export(args.checkpoint, args.out)
-    except (FileNotFoundError, KeyError, CheckpointError) as error:
+    except (FileNotFoundError, KeyError, CheckpointError, ConfigError) as error:
         print(f"x2vlm-export: {error}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")
