@@ -235,3 +235,16 @@ def test_the_limits_are_validated_naming_the_key(demo_tokenizer, key, value, pro
     with pytest.raises(ConfigError) as info:
         data_spec(demo_tokenizer, [{"name": "c", "kind": "image_text", "shards": ["x.tar"]}], loader={key: value})
     assert str(info.value).startswith(f"loader.{key}: ") and problem in str(info.value)
+
+
+def test_a_stop_in_a_loader_worker_reaches_the_trainer_as_one_line_naming_the_corpus(demo_corpus, demo_tokenizer,
+                                                                                     tmp_path):
+    broken = [{**s, "json": b"{not json"} for s in coco_samples(demo_corpus)[:6]]
+    urls = [str(p) for p in write_shards(broken, tmp_path, "broken", 2)]
+    spec = data_spec(demo_tokenizer, [{"name": "broken", "kind": "image_text", "shards": urls, "batch_size": 2}],
+                     loader={"num_workers": 1, "bad_sample_window": 20, "max_bad_fraction": 0.5})
+    loader = CorpusLoader(spec.corpora[0], spec, 0, 1, num_workers=1)
+    with pytest.raises(CorpusUnusable) as info:
+        loader.next_batch()
+    assert str(info.value).startswith("corpus broken: 20 of the last 20 samples read by rank 0 worker 0 were skipped")
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from data_pipeline.config import ConfigError
+from data_pipeline.loader.corpus_loader import WorkerTimeout
+from data_pipeline.loader.stream import CorpusUnusable
 from data_pipeline.logging_setup import configure_logging
 from training.checkpoint import CheckpointError
 from training.config import check_resume, check_sections, load_run_config
@@ -24,6 +26,7 @@ from training.trainer import NonFiniteLossError, Trainer
 
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
+DATA_EXIT_CODE = 5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=f"Exit codes: 0 done; {REQUEUE_EXIT_CODE} checkpointed after a pre-emption signal (requeue the "
                f"job); {IMMEDIATE_EXIT_CODE} stopped at once (a second signal, or the launcher died); "
                f"{NONFINITE_EXIT_CODE} too many non-finite losses in a row; {CHECKPOINT_EXIT_CODE} a checkpoint could "
-               f"not be written, or none verifies for --resume; 2 configuration error, or another trainer holds the "
+               f"not be written, or none verifies for --resume; {DATA_EXIT_CODE} a corpus cannot go on (most of its "
+               f"samples bad, no shard readable, a loader worker stuck); 2 configuration error, or another trainer holds the "
                f"output folder.",
     )
     parser.add_argument("--config", required=True, type=Path, help="run config YAML (see configs/runs/)")
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"x2vlm-pretrain: {error}", file=sys.stderr)
         return CHECKPOINT_EXIT_CODE
+    except (CorpusUnusable, WorkerTimeout) as error:
+        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        return DATA_EXIT_CODE
     finally:
         if trainer is not None:
             trainer.close()

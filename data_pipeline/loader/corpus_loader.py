@@ -21,7 +21,7 @@ from ..spec import CorpusSpec, DataSpec
 from ..text import TextEncoder
 from ..transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from .reshard import reshard_streams
-from .stream import CorpusStream
+from .stream import CorpusStream, CorpusUnusable
 
 
 class WorkerTimeout(RuntimeError):
@@ -100,6 +100,11 @@ class CorpusLoader:
             self._start()
         try:
             batch = next(self._iterator)
+        except CorpusUnusable as exn:
+            # A worker's stop reaches this process wrapped in the worker's traceback text;
+            # the reason is its last line.
+            self.close()
+            raise CorpusUnusable(str(exn).strip().splitlines()[-1].split("CorpusUnusable: ", 1)[-1]) from None
         except RuntimeError as exn:
             if "timed out" not in str(exn):  # torch's words for its `timeout`; other errors name themselves
                 raise
