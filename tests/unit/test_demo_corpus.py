@@ -198,7 +198,7 @@ def test_cli_writes_corpus_and_rejects_bad_arguments(tmp_path):
 
 
 def test_pillow_is_the_simd_build():
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, str(repo / "scripts/check_pillow_simd.py")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "pillow-simd" in result.stdout

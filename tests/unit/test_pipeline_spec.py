@@ -11,7 +11,7 @@ from data_pipeline.io.shard_list import expand_shards
 from data_pipeline.config import ConfigError
 from data_pipeline.spec import load_data_spec, parse_data_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def minimal(**changes) -> dict:

@@ -15,7 +15,7 @@ import pytest
 
 from shards_support import build, shard_digests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = 400
 PER_SHARD = 8
 OPTIONS = ("--prefix", "many", "--samples-per-shard", str(PER_SHARD), "--max-image-side", "96")

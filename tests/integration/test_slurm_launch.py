@@ -16,7 +16,7 @@ import pytest
 import yaml
 from slurm_cluster import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "launch" / "slurm" / "pretrain.sbatch"
 STANDIN = "tests/slurm_standin_rank.py"
 VENV = Path(sys.executable).parent.parent  # the environment running the tests, deepspeed included

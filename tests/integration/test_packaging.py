@@ -8,7 +8,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_an_installed_wheel_carries_the_configs_and_builds_a_model_by_name(tmp_path):

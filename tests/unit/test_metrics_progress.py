@@ -81,7 +81,7 @@ def test_every_command_logs_info_on_rank_0_and_warnings_naming_the_rank_elsewher
     ranks = {}
     for rank in (0, 1):
         env = {"RANK": str(rank), "WORLD_SIZE": "2", "PATH": "/usr/bin:/bin",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         ranks[rank] = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                                      check=True).stderr
     assert "INFO data_pipeline.loader.mixer: data after 1000 steps" in ranks[0]

@@ -171,7 +171,7 @@ def test_the_universal_conversion_runs_weights_only(tmp_path):
     source.mkdir()
     write_payload(source / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", marker)
     write_payload(source / "mp_rank_00_model_states.pt", marker)
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def convert(*runner: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", *runner, "--input_folder", str(source),

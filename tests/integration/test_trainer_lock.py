@@ -18,7 +18,7 @@ import pytest
 from training.run_lock import LOCK_NAME, LockHeld, RunLock
 from training.signals import IMMEDIATE_EXIT_CODE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST = socket.gethostname()
 
 

@@ -127,7 +127,7 @@ def test_first_signal_requests_checkpoint_second_exits_at_once(tmp_path):
         time.sleep(5)
         print("not reached")
         """))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == IMMEDIATE_EXIT_CODE
     assert result.stdout.strip() == "requested"
