@@ -111,3 +111,29 @@ def test_strict_takes_the_video_parameter_from_a_video_checkpoint_and_still_refu
     assert "video.frame_pos_embed: not in the source architecture" in report
     assert "model keys not in the checkpoint (left as initialised): 6\n  bbox_head.0.bias" in report
     assert "  video.frame_pos_embed\n" not in report
+
+
+def test_the_folder_names_its_source_and_unreadable_inputs_exit_2(tmp_path, capsys, demo_tokenizer):
+    import hashlib
+
+    torch.manual_seed(0)
+    path = write_official_checkpoint(create_model("tiny", load_pretrained=False), tmp_path / "official.th", drop=("video.",))
+    base = ["--tokenizer", str(demo_tokenizer), "--out", str(tmp_path / "folder")]
+    assert main([str(path), "--model-config", "tiny", *base]) == 0
+    card = load_model_folder(tmp_path / "folder").card
+    assert card.source == {"kind": "official checkpoint", "path": str(path.resolve()),
+                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "missing_in_checkpoint": [],
+                           "not_in_source": ["video.frame_pos_embed"]}
+    assert card.steps is None and card.data is None
+    capsys.readouterr()
+
+    (tmp_path / "notes.th").write_text("not a checkpoint")
+    assert main([str(tmp_path / "notes.th"), "--model-config", "tiny", *base]) == 2
+    assert capsys.readouterr().err.startswith(f"x2vlm-convert: {tmp_path / 'notes.th'}: ")
+    assert main([str(tmp_path / "missing.th"), "--model-config", "tiny", *base]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert main([str(path), "--model-config", "no_such_model", *base]) == 2
+    assert capsys.readouterr().err.startswith("x2vlm-convert: --model-config no_such_model: ")
+    assert main([str(path), "--model-config", "tiny", "--tokenizer", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "other")]) == 2
+    assert "tokenizer" in capsys.readouterr().err and not (tmp_path / "other").exists()
