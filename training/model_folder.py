@@ -117,9 +117,10 @@ class ModelFolder:
 
 
 def data_summary(spec) -> dict:
-    """What a card says of a data spec (data_pipeline.spec.DataSpec): its corpora and the text
-    settings inference should use."""
-    return {"corpora": [{"name": c.name, "kind": c.kind, "shards": list(c.shards)} for c in spec.corpora],
+    """What a card says of a data spec (data_pipeline.spec.DataSpec): its corpora (shard paths
+    are left out: they name places on the machine that trained) and the text settings
+    inference should use."""
+    return {"corpora": [{"name": c.name, "kind": c.kind, "weight": c.weight} for c in spec.corpora],
             "image_res": spec.image_res,
             "text": {"max_tokens": spec.text.max_tokens, "max_words": spec.text.max_words}}
 

@@ -241,7 +241,7 @@ class Trainer:
     def _report_init(self, report, resume_from) -> None:
         if resume_from:
             print(f"[init] resuming from {resume_from.path}: its weights replace those of model.init_from "
-                               f"{report.source} (a checkpoint in the output folder wins over init_from)", flush=True)
+                  f"{report.source} (a checkpoint in the output folder wins over init_from)", flush=True)
             return
         from training.init_from import REPORT_FILE
 

@@ -142,3 +142,17 @@ def test_a_file_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(InitFromError, match="evil.th: refused to load weights-only: .*GLOBAL print"):
         init_from(_model(1), tmp_path / "evil.th")
     assert "runs code" not in capsys.readouterr().out
+
+
+def test_a_folder_whose_tokenizer_is_not_the_runs_is_told_apart(demo_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.init_from import tokenizer_differs
+
+    folder = _folder(_model(0), tmp_path / "export", demo_tokenizer)
+    other = AutoTokenizer.from_pretrained(str(demo_tokenizer))
+    other.add_tokens(["zebra-crossing"])
+    other.save_pretrained(str(tmp_path / "other"))
+    assert not tokenizer_differs(folder, demo_tokenizer)
+    assert tokenizer_differs(folder, tmp_path / "other")
+    assert not tokenizer_differs(tmp_path / "weights-only", tmp_path / "other")  # nothing to compare with
