@@ -21,7 +21,8 @@ port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0
     2>&1 | grep -v -E "^\[20[0-9-]+ |UserWarning|warnings.warn|return func" | tee "$out/train.log"
 last=$(cat "$train/checkpoints/latest")
 .venv/bin/x2vlm-export "$train/checkpoints/$last" --out "$out/export"
-.venv/bin/x2vlm-eval "$out/export" --tokenizer "$out/tokenizer" --image-res 64 --itm-top-k 16 \
+# The model folder carries its tokenizer (the run's data.text.tokenizer), which x2vlm-eval uses.
+.venv/bin/x2vlm-eval "$out/export" --image-res 64 --itm-top-k 16 \
     --image-shards "$shards/image/eval/*.tar" --region-shards "$shards/region/eval/*.tar" \
     --video-shards "$shards/video/eval/*.tar" --video-frames 3 \
     --out "$out/eval_metrics.json" --grounding-png "$out/grounding.png"
@@ -32,7 +33,7 @@ echo "demo finished in $(( $(date +%s) - start )) s"
 echo "  raw demo corpus:   $corpus (annotations in $ann)"
 echo "  shards:            $shards/{image,region,video}/{train,eval} (manifest.json, rejected.jsonl each)"
 echo "  training run:      $train (checkpoints/, metrics.jsonl, tensorboard/), log $out/train.log"
-echo "  exported model:    $out/export (model.safetensors, model.yaml)"
+echo "  model folder:      $out/export (model.safetensors, model.yaml, tokenizer/, card.json, README.md)"
 echo "  held-out metrics:  $out/eval_metrics.json"
 echo "  pictures:          $out/curves.png (losses, held-out metrics), $out/grounding.png (true box cyan, predicted magenta)"
 .venv/bin/python - "$out/eval_metrics.json" <<'PY'

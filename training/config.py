@@ -295,7 +295,7 @@ def _check_run_files(config: RunConfig, model: "ModelConfig") -> None:
     from data_pipeline.io.shard_list import expand_shards
 
     for key, path in (("model.vision.pretrained", model.vision.pretrained),
-                      ("model.text.pretrained", model.text.pretrained)):
+                      ("model.text.pretrained", model.text.pretrained), ("model.init_from", model.init_from)):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{key}: {path} does not exist")
     if config.eval.every_steps:

@@ -1,28 +1,27 @@
-"""`x2vlm-export CHECKPOINT --out DIR`: consolidated weights of a training checkpoint.
+"""`x2vlm-export CHECKPOINT --out DIR`: the model folder of a training checkpoint.
 
-Writes DIR/model.safetensors (fp32, the optimizer's master weights gathered from every ZeRO
-partition by DeepSpeed's zero-to-fp32 utilities, any stage) and DIR/model.yaml (the model
-config), which `load_exported` (or `create_model` + `load_state_dict`) reads for fine-tuning.
-The checkpoint is read only once every file's checksum verified, and weights-only.
+Writes DIR as training/model_folder.py lays it out: model.safetensors (fp32, the optimizer's
+master weights gathered from every ZeRO partition by DeepSpeed's zero-to-fp32 utilities, any
+stage), model.yaml, the run's tokenizer (data.text.tokenizer of the checkpoint's run config,
+or --tokenizer) and a card (the checkpoint, its step, the corpora, the held-out metrics the
+run logged at that step). The checkpoint is read only once every file's checksum verified,
+and weights-only.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
 
 from data_pipeline.config import ConfigError, read_yaml_file
 from data_pipeline.logging_setup import configure_logging
 from training import safe_load
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
-from training.model import X2VLM, create_model
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model.yaml"
+from training.model.config import model_config_from_dict
+from training.model_folder import ModelCard, ModelFolderError, data_summary, parameter_shapes, write_model_folder
 
 
 def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -33,9 +32,36 @@ def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
 
 
-def export(checkpoint: Path, out: Path) -> Path:
+def run_summary(data: dict) -> dict | None:
+    """The card's data entry from a run config's data section (None where it does not parse)."""
+    from data_pipeline.spec import parse_data_spec
+
+    try:
+        return data_summary(parse_data_spec(data))
+    except ConfigError:
+        return None
+
+
+def logged_metrics(run_dir: Path, step: int) -> dict | None:
+    """The held-out metrics the run logged at STEP (its metrics.jsonl), if it evaluated then."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    found = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("kind") == "eval" and row.get("step") == step:
+            found = {k: v for k, v in row.items() if k not in ("kind", "time", "step")}
+    return found
+
+
+def export(checkpoint: Path, out: Path, tokenizer: Path | None = None) -> Path:
     checkpoint = Path(checkpoint)
-    if read_marker(checkpoint) is None:
+    marker = read_marker(checkpoint)
+    if marker is None:
         raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (no COMPLETE marker)")
     problems = verify_checkpoint(checkpoint)
     if problems:
@@ -43,54 +69,44 @@ def export(checkpoint: Path, out: Path) -> Path:
     config_path = checkpoint / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: the checkpoint does not say which model it holds")
-    model_config = read_yaml_file(config_path, "run config")["model"]
+    run_config = read_yaml_file(config_path, "run config")
+    if tokenizer is None:
+        named = (run_config.get("data") or {}).get("text", {}).get("tokenizer")
+        if not named or not Path(named).is_dir():
+            raise FileNotFoundError(f"{config_path}: the run's tokenizer {named} is not a directory here; give the "
+                                    f"tokenizer folder with --tokenizer DIR")
+        tokenizer = Path(named)
     state = consolidated_state_dict(checkpoint)
-    model = create_model(model_config, load_pretrained=False)
-    names = [name for name, _ in model.named_parameters()]
+    card = ModelCard(source={"kind": "checkpoint", "path": str(checkpoint.resolve())}, steps=marker.step,
+                     data=run_summary(run_config["data"]),
+                     metrics=logged_metrics(checkpoint.resolve().parent.parent, marker.step))
+    # The consolidated state also holds the buffers; the model folder takes the parameters.
+    names = parameter_shapes(model_config_from_dict(run_config["model"], "model"))
     missing = sorted(set(names) - set(state))
     if missing:
         raise KeyError(f"{checkpoint}: the consolidated weights lack {missing[:5]}")
-    return write_export({name: state[name] for name in names}, model_config, out, source=str(checkpoint))
-
-
-def write_export(weights: dict[str, torch.Tensor], model_config: dict, out: Path, source: str) -> Path:
-    """WEIGHTS holds each parameter once (named_parameters() drops the tied MLM decoder)."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"source": source})
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(model_config, sort_keys=False), encoding="utf-8")
-    return out
-
-
-def load_exported(directory: Path) -> X2VLM:
-    """The model of an exported directory, on the CPU in fp32."""
-    directory = Path(directory)
-    model = create_model(read_yaml_file(directory / CONFIG_FILE, "model config"), load_pretrained=False)
-    result = model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
-    # Buffers are rebuilt by the model; the MLM decoder is tied to the word embeddings.
-    rebuilt = {"mlm_head.decoder.weight"} | {name for name, _ in model.named_buffers()}
-    missing = [k for k in result.missing_keys if k not in rebuilt]
-    if missing or result.unexpected_keys:
-        raise KeyError(f"{directory}: weights do not fit the model: missing {missing[:5]}, "
-                       f"unexpected {result.unexpected_keys[:5]}")
-    return model
+    return write_model_folder(out, {name: state[name] for name in names}, run_config["model"], tokenizer, card)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="x2vlm-export",
-        description="Write the consolidated fp32 weights (safetensors) and model config of a training "
-                    "checkpoint, from any ZeRO stage, for fine-tuning or evaluation.",
-        epilog="Exit codes: 0 done; 2 not a complete checkpoint, or one whose files do not verify (named).")
+        description="Write the model folder (fp32 weights as safetensors, model config, tokenizer, model card) of a "
+                    "training checkpoint, from any ZeRO stage, for evaluation, inference, fine-tuning or --init-from.",
+        epilog="Exit codes: 0 done; 2 not a complete checkpoint, one whose files do not verify, or a tokenizer or "
+               "output folder that cannot be used (named).")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, e.g. runs/demo/train/checkpoints/step_00000400")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="the tokenizer folder to copy (default: the run config's data.text.tokenizer)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        out = export(args.checkpoint, args.out)
-    except (FileNotFoundError, KeyError, CheckpointError, ConfigError) as error:
-        print(f"x2vlm-export: {error}", file=sys.stderr)
+        out = export(args.checkpoint, args.out, args.tokenizer)
+    except (FileNotFoundError, KeyError, CheckpointError, ConfigError, ModelFolderError) as error:
+        print(f"x2vlm-export: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
-    print(f"exported {args.checkpoint} -> {out / WEIGHTS_FILE}, {out / CONFIG_FILE}")
+    print(f"exported {args.checkpoint} -> the model folder {out}")
     return 0
 
 

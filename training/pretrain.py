@@ -7,10 +7,12 @@ Reads the run config, runs the Trainer (training/trainer.py) and turns its outco
 exit code. Checkpoints are written every `checkpoint.every_steps` steps and when SIGUSR1 /
 SIGTERM arrives; `--resume auto` (the default) continues from the newest checkpoint whose
 checksums verify, exactly where the data stream, the random generators and the optimizer stood.
+`--init-from PATH` starts from weights instead (training/init_from.py), at step 0.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", default=None,
                         help="'auto' (the newest complete checkpoint whose checksums verify, the default), 'none', "
                              "or a checkpoint folder")
+    parser.add_argument("--init-from", metavar="PATH",
+                        help="start from these weights, with a fresh optimizer and schedule at step 0 (the same as "
+                             "--set model.init_from=PATH): a model folder, a weights file, or an official X²-VLM / "
+                             "X-VLM .th checkpoint; a checkpoint in the output folder (--resume auto) wins over it")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return parser.parse_args(argv)
 
@@ -59,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         # Every configuration mistake that needs no process group is found here, on every rank
         # alike, before anything starts; the rest (a batch the world size cannot split, a
         # tokenizer larger than the vocabulary) while the trainer is built.
-        config = load_run_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.init_from is not None:
+            # Quoted, so that the path is read as a string whatever it looks like.
+            overrides.append(f"model.init_from={json.dumps(args.init_from)}")
+        config = load_run_config(args.config, overrides)
         check_sections(config)
         if args.resume is not None:
             check_resume(args.resume, "--resume")

@@ -125,6 +125,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.metrics = self.progress = self.keys_log = self.loader = None
+        self.last_eval, self.last_eval_step = None, None  # held-out metrics for the export's model card
         self.lock = hold_output_dir(self.output_dir, self.rank)
         try:
             self._build(resume)
@@ -148,6 +149,12 @@ class Trainer:
         model = create_model(config.model, load_pretrained=False)
         check_model_matches_data(model, self.data_spec, config.source)
         loaded_names = model.pretrained_parameter_names(model.load_pretrained_towers())
+        # Before DeepSpeed partitions the model: every rank copies the same weights in, and
+        # they count as pre-trained for the learning rates below. Also on a resume, where the
+        # checkpoint's weights then replace them, so that the optimizer's groups are the same.
+        init_report = self._init_from(model)
+        if init_report is not None:
+            loaded_names |= set(init_report.loaded)
         from training.optim import build_scheduler, parameter_groups
 
         groups = parameter_groups(
@@ -194,6 +201,8 @@ class Trainer:
                 print(f"[resume] step {resume_from.step} from {resume_from.path} ({how})", flush=True)
         else:
             rng_state.seed_everything(config.run.seed + self.rank)
+        if init_report is not None and self.is_main:
+            self._report_init(init_report, resume_from)
 
         # Rows of steps after the checkpoint were written before the run stopped; they come again.
         if self.is_main:
@@ -211,6 +220,35 @@ class Trainer:
             keys_path.parent.mkdir(parents=True, exist_ok=True)
             drop_rows_after(keys_path, self.step)
             self.keys_log = open(keys_path, "a", buffering=1)
+
+    def _init_from(self, model):
+        """model.init_from's weights copied into MODEL; their report (None without init_from)."""
+        path = model.config.init_from
+        if not path:
+            return None
+        from training.init_from import InitFromError, init_from, tokenizer_differs
+
+        try:
+            report = init_from(model, path)
+        except InitFromError as error:
+            raise ConfigError(f"{self.config.source}: model.init_from: {error}") from None
+        if self.is_main and tokenizer_differs(path, self.data_spec.text.tokenizer):
+            print(f"[init] warning: the tokenizer of {path} has another vocabulary than data.text.tokenizer "
+                  f"{self.data_spec.text.tokenizer}: its token ids will not mean what the weights learned",
+                  file=sys.stderr, flush=True)
+        return report
+
+    def _report_init(self, report, resume_from) -> None:
+        if resume_from:
+            print(f"[init] resuming from {resume_from.path}: its weights replace those of model.init_from "
+                  f"{report.source} (a checkpoint in the output folder wins over init_from)", flush=True)
+            return
+        from training.init_from import REPORT_FILE
+
+        path = report.write(self.output_dir / REPORT_FILE)
+        for line in report.lines():
+            print(f"[init] {line}", flush=True)
+        print(f"[init] every key in {path}; optimizer and schedule start at step 0", flush=True)
 
     # -- state that survives a restart ---------------------------------------------------------
     def state_dict(self) -> dict:
@@ -343,27 +381,39 @@ class Trainer:
         metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples)
         metrics["eval_s"] = time.perf_counter() - started
         self.metrics.write({"step": self.step, **metrics}, "eval")
+        self.last_eval, self.last_eval_step = metrics, self.step
         return metrics
 
     def save(self) -> None:
         started = time.perf_counter()
         path = self.checkpoints.save(self.step, self.fingerprint,
-                                     files={RUN_CONFIG_FILE: yaml.safe_dump(self.config.to_dict(), sort_keys=False)})
+                                     files={RUN_CONFIG_FILE: yaml.safe_dump(self.saved_run_config(), sort_keys=False)})
         if self.is_main:
             self.progress.echo(f"[checkpoint] step {self.step} -> {path} ({time.perf_counter() - started:.2f} s)")
 
+    def saved_run_config(self) -> dict:
+        """The run config a checkpoint keeps: as given, with the tokenizer folder resolved to an
+        absolute path, which x2vlm-export copies into the model folder."""
+        config = self.config.to_dict()
+        config["data"]["text"]["tokenizer"] = str(Path(self.data_spec.text.tokenizer).resolve())
+        return config
+
     def export_from_memory(self, out: Path) -> None:
-        """Consolidated fp32 weights straight from the optimizer's master copy (gathered from
-        every ZeRO partition: a collective, so every rank takes part)."""
+        """The model folder of the weights in memory: the optimizer's fp32 master copy (gathered
+        from every ZeRO partition: a collective, so every rank takes part)."""
         from deepspeed.utils import safe_get_full_fp32_param
-        from training.export import write_export
+        from training.model_folder import ModelCard, data_summary, write_model_folder
 
         weights = {}
         for name, param in self.engine.module.named_parameters():
             full = safe_get_full_fp32_param(param)
             weights[name] = full.detach().float().cpu().contiguous()
         if self.is_main:
-            write_export(weights, self.config.model, out, source=f"{self.output_dir} step {self.step} (in memory)")
+            card = ModelCard(source={"kind": "training run", "path": str(self.output_dir.resolve()),
+                                     "run": self.config.run.name, "config": self.config.source},
+                             steps=self.step, data=data_summary(self.data_spec),
+                             metrics=self.last_eval if self.last_eval_step == self.step else None)
+            write_model_folder(out, weights, self.config.model, self.data_spec.text.tokenizer, card)
             self.progress.echo(f"[export] step {self.step} -> {out}")
 
     def _release_lock(self) -> None:

@@ -125,10 +125,16 @@ def test_export_of_a_zero3_checkpoint_equals_the_weights_in_memory(tmp_path, sha
     assert set(exported) == set(in_memory)
     for name, value in in_memory.items():
         assert torch.equal(exported[name], value), name
-    from training.export import load_exported
-    model = load_exported(out)
+    from training.model_folder import load_model_folder
+    folder = load_model_folder(out)
+    model = folder.model
     assert torch.equal(dict(model.named_parameters())["itm_head.0.weight"], in_memory["itm_head.0.weight"])
     assert yaml.safe_load((out / "model.yaml").read_text())["text"]["hidden_size"] == 32
+    # The run's tokenizer travels with the weights; the card says where they came from.
+    assert sorted(p.name for p in folder.tokenizer.iterdir()) == sorted(p.name for p in (shards / "tokenizer").iterdir())
+    assert folder.card.steps == 6 and folder.card.source["path"] == str((tmp_path / "out/checkpoints" / tag_for(6)).resolve())
+    assert [c["name"] for c in folder.card.data["corpora"]] == ["images"]
+    assert load_model_folder(tmp_path / "out/export").card.source["kind"] == "training run"
 
 
 def test_configuration_mistakes_stop_before_training(tmp_path, shards):

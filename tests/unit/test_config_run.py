@@ -181,6 +181,7 @@ BAD_VALUES = [
     ("model.embed_dim=-16", "model.embed_dim: must be >= 1, got -16"),
     ("model.temperature=7", "model.temperature_min: need 0 < temperature_min <= temperature <= temperature_max"),
     ("model.vision.pretrained=nowhere.pth", "model.vision.pretrained: nowhere.pth does not exist"),
+    ("model.init_from=nowhere.th", "model.init_from: nowhere.th does not exist"),
     ("data.text.mask_prob=5", "data.text.mask_prob: must be in [0, 1], got 5.0"),
     ("data.text.max_tokens=200", "data.text.max_tokens: 200 exceeds the model's text.max_position_embeddings (128)"),
     ("data.corpora.2.options.frames=9", "data.corpora[2].options.frames: 9 exceeds the model's vision.max_frames (4)"),
@@ -211,6 +212,30 @@ def test_bad_resume_flag_is_a_configuration_error(tmp_path, capsys):
     assert pretrain.main(["--config", str(run), "--resume", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith(f"x2vlm-pretrain: --resume: {tmp_path / 'nowhere'} is not a complete "
                                               f"checkpoint folder")
+
+
+def test_init_from_flag_is_the_setting(tmp_path, capsys, monkeypatch):
+    run = write_configs(tmp_path)
+    weights = tmp_path / "x2vlm base: 4m.th"  # a name that YAML would not read as a plain string
+    weights.write_bytes(b"")
+    seen = []
+
+    class Recording:
+        def __init__(self, config, resume):
+            seen.append(config.model["init_from"])
+
+        def run(self):
+            return 0
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pretrain, "Trainer", Recording)
+    assert pretrain.main(["--config", str(run), "--init-from", str(weights)]) == 0
+    assert model_config_from_dict(load_run_config(run, [f"model.init_from={tmp_path}"]).model).init_from == str(tmp_path)
+    assert seen == [str(weights)]
+    assert pretrain.main(["--config", str(run), "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"x2vlm-pretrain: {run}: model.init_from: {tmp_path / 'nowhere'} does not exist\n"
 
 
 class _Failing:

@@ -21,7 +21,7 @@ from training.evaluation.cli import main as eval_main
 from training.evaluation.data import eval_batches, eval_data_spec, eval_spec_like_training, eval_stream
 from training.evaluation.evaluator import encode_retrieval_set, retrieval_scores
 from training.evaluation.plots import PREDICTED_COLOUR, TRUE_COLOUR, box_pixels, draw_grounding, grounding_grid_size
-from training.export import write_export
+from training.model_folder import ModelCard, write_model_folder
 from training.model import CONFIG_DIR, TextEncoding, VisionEncoding, create_model
 
 RES = 64  # the tiny model's resolution
@@ -220,22 +220,23 @@ def test_reranked_scores_are_the_itm_probability_of_each_image_with_each_text(ev
 
 # The CLI and the picture ------------------------------------------------------------------
 
-def _cli_args(eval_shards: Path, tokenizer: Path) -> list[str]:
-    return ["--tokenizer", str(tokenizer), "--max-tokens", str(MAX_TOKENS), "--itm-top-k", "4", "--batch-size", "8",
-            "--image-shards", f"{eval_shards}/image/*.tar", "--region-shards", f"{eval_shards}/region/*.tar",
-            "--video-shards", f"{eval_shards}/video/*.tar"]
+def _cli_args(eval_shards: Path, tokenizer: Path | None) -> list[str]:
+    return [*(["--tokenizer", str(tokenizer)] if tokenizer else []), "--max-tokens", str(MAX_TOKENS), "--itm-top-k", "4",
+            "--batch-size", "8", "--image-shards", f"{eval_shards}/image/*.tar",
+            "--region-shards", f"{eval_shards}/region/*.tar", "--video-shards", f"{eval_shards}/video/*.tar"]
 
 
 def test_cli_on_an_exported_model_matches_the_library_and_writes_json(eval_shards, demo_tokenizer, tmp_path, capsys):
     torch.manual_seed(3)
     model = create_model("tiny", load_pretrained=False)
     export = tmp_path / "export"
-    # As the trainer's export writes it: each parameter once, the tied MLM decoder left out.
-    write_export(dict(model.named_parameters()), yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text()), export,
-                 source="test")
+    # As the trainer's export writes it: each parameter once, the tied MLM decoder left out, and
+    # the tokenizer, which x2vlm-eval takes from the folder when --tokenizer is not given.
+    write_model_folder(export, dict(model.named_parameters()), yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text()),
+                       demo_tokenizer, ModelCard(source={"kind": "test"}))
     out = tmp_path / "metrics.json"
     png = tmp_path / "grounding.png"
-    assert eval_main([str(export), *_cli_args(eval_shards, demo_tokenizer), "--out", str(out),
+    assert eval_main([str(export), *_cli_args(eval_shards, None), "--out", str(out),
                       "--grounding-png", str(png)]) == 0
     written = json.loads(out.read_text())
     assert written == evaluate(model, _spec(eval_shards, demo_tokenizer), itm_top_k=4)
@@ -247,7 +248,9 @@ def test_cli_on_an_exported_model_matches_the_library_and_writes_json(eval_shard
 def test_cli_errors_name_the_bad_input(eval_shards, demo_tokenizer, tmp_path, capsys):
     args = _cli_args(eval_shards, demo_tokenizer)
     assert eval_main([str(tmp_path), *args]) == 2
-    assert "missing model.safetensors and model.yaml" in capsys.readouterr().err
+    assert f"{tmp_path}: not a model folder, missing model.safetensors, model.yaml" in capsys.readouterr().err
+    assert eval_main(["--model-config", "tiny", *_cli_args(eval_shards, None)]) == 2
+    assert "--model-config needs --tokenizer" in capsys.readouterr().err
     assert eval_main(["--model-config", "tiny", "--tokenizer", str(demo_tokenizer)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     assert eval_main(["--model-config", "tiny", "--tokenizer", str(demo_tokenizer), "--image-shards", "x.tar",

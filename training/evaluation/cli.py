@@ -1,10 +1,11 @@
 """x2vlm-eval: evaluates a model on held-out shards and writes the metrics as JSON.
 
-  x2vlm-eval EXPORT_DIR --tokenizer DIR --image-shards 'eval/image/*.tar' \
+  x2vlm-eval MODEL_FOLDER --image-shards 'eval/image/*.tar' \
       --region-shards 'eval/region/*.tar' --video-shards 'eval/video/*.tar' --out metrics.json
-  x2vlm-eval --model-config configs/model/tiny.yaml ...     (random weights: a smoke test)
+  x2vlm-eval --model-config configs/model/tiny.yaml --tokenizer DIR ...   (random weights: a smoke test)
 
-EXPORT_DIR holds what the trainer's export writes: model.safetensors and model.yaml.
+MODEL_FOLDER is a model folder (training/model_folder.py: x2vlm-export, x2vlm-convert or the
+trainer's export write one); its tokenizer is used unless --tokenizer names another.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from data_pipeline.logging_setup import configure_logging
 from data_pipeline.spec import TextSpec, VideoTextOptions
 from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import evaluate
-from training.export import CONFIG_FILE, WEIGHTS_FILE, load_exported
+from training.model_folder import ModelFolderError, load_model_folder
 
 
 class UsageError(ValueError):
@@ -44,11 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="x2vlm-eval", description="Zero-shot image-text and video-text retrieval (ITC, then ITM re-ranking of "
                                        "the top k) and grounding accuracy of an X²-VLM model on eval shards.")
-    parser.add_argument("model_dir", nargs="?", type=Path,
-                        help=f"exported model directory ({WEIGHTS_FILE} + {CONFIG_FILE})")
+    parser.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_FOLDER",
+                        help="a model folder (x2vlm-export, x2vlm-convert)")
     parser.add_argument("--model-config", help="a model config (YAML path or name in configs/model/) with random "
-                                               "weights, instead of MODEL_DIR")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (as the data spec's text.tokenizer)")
+                                               "weights, instead of MODEL_FOLDER")
+    parser.add_argument("--tokenizer", help="tokenizer directory (as the data spec's text.tokenizer); default: the "
+                                            "model folder's")
     parser.add_argument("--image-shards", action="append", default=[], metavar="PATTERN",
                         help="image-text eval shards (brace / glob pattern; repeatable)")
     parser.add_argument("--region-shards", action="append", default=[], metavar="PATTERN",
@@ -69,20 +71,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_model(model_dir: Path | None, model_config: str | None):
+def load_model(model_dir: Path | None, model_config: str | None, tokenizer: str | None):
+    """(the model, the tokenizer directory): a model folder's, or random weights of a config
+    with the tokenizer given."""
     from training.model import create_model
 
     if (model_dir is None) == (model_config is None):
-        raise UsageError("give exactly one of MODEL_DIR (an exported model) or --model-config (random weights)")
+        raise UsageError("give exactly one of MODEL_FOLDER (a model folder) or --model-config (random weights)")
     if model_config is not None:
-        return create_model(model_config, load_pretrained=False)
-    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / name).is_file()]
-    if missing:
-        raise UsageError(f"{model_dir}: not an exported model directory, missing {' and '.join(missing)}")
+        if tokenizer is None:
+            raise UsageError("--model-config needs --tokenizer (a model folder brings its own)")
+        return create_model(model_config, load_pretrained=False), tokenizer
     try:
-        return load_exported(model_dir)
-    except KeyError as error:  # weights that do not fit the model config beside them
-        raise UsageError(error.args[0]) from None
+        folder = load_model_folder(model_dir)
+    except ModelFolderError as error:
+        raise UsageError(str(error)) from None
+    return folder.model, tokenizer or str(folder.tokenizer)
 
 
 def patch_size_of(model) -> int:
@@ -103,11 +107,12 @@ def format_table(metrics: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> dict[str, float]:
     if not (args.image_shards or args.region_shards or args.video_shards):
         raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
-    if not Path(args.tokenizer).is_dir():
+    if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise UsageError(f"--tokenizer {args.tokenizer}: not a directory (a tokenizer saved with save_pretrained)")
     if args.grounding_png and not args.region_shards:
         raise UsageError("--grounding-png needs --region-shards")
-    model = load_model(args.model_dir, args.model_config).to(args.device)
+    model, tokenizer = load_model(args.model_dir, args.model_config, args.tokenizer)
+    model = model.to(args.device)
     built_for = model.config.vision.image_size
     dynamic = model.config.vision.timm_kwargs.get("dynamic_img_size", False)
     if args.image_res is not None and args.image_res != built_for and not dynamic:
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise UsageError(f"--video-frames {args.video_frames}: the model takes at most {model.config.vision.max_frames} "
                          f"frames (vision.max_frames)")
     spec = eval_data_spec(
-        args.tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model),
+        tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model),
         args.image_shards, args.region_shards, args.video_shards, batch_size=args.batch_size,
         video_frames=args.video_frames, max_tokens=args.max_tokens)
     metrics = evaluate(model, spec, itm_top_k=args.itm_top_k, max_samples=args.max_samples)

@@ -97,6 +97,10 @@ class ModelConfig:
     temperature_max: float = setting(0.5, gt=0)
     activation_checkpointing: bool = False
     losses: LossConfig = setting(LossConfig)
+    # Weights to start from (the trainer and fine-tuning read it; see training/init_from.py): a
+    # model folder, a weights file with this model's names (.safetensors / .pt), or an official
+    # X²-VLM / X-VLM checkpoint (.th), converted on the fly. Applied after the pre-trained towers.
+    init_from: str | None = setting(None, nonempty=True)
 
     def check(self, where: str) -> None:
         if not self.temperature_min <= self.temperature <= self.temperature_max:

@@ -23,17 +23,24 @@ Image-only checkpoints (the official 4M base and large ones) have no video param
 a checkpoint without ``absolute_frame_pos_embed`` is taken as image-only, and this model's
 ``video.*`` parameters are reported as not in the source architecture, left at their initial
 values; ``--strict`` accepts that and refuses any other missing or unmatched key.
+
+The result is a model folder (weights, model config, the ``--tokenizer`` copied, a card naming
+the source file and its sha256), which ``x2vlm-eval``, ``x2vlm-predict`` and ``--init-from``
+read. ``--init-from OFFICIAL.th`` applies the same mapping on the fly (training/init_from.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import pickle
 import re
 import sys
 from pathlib import Path
 
 import torch
 
+from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
 from training.model.checkpoint_files import read_state_dict
 
@@ -55,6 +62,7 @@ _RENAMES = [
 _TEXT_LAYER = re.compile(r"^text_encoder\.(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(.*)$")
 _VIDEO_PARAMETERS = re.compile(r"^video\.")  # what only a video-trained source has
 _OFFICIAL_VIDEO_KEY = "absolute_frame_pos_embed"
+_OFFICIAL_PREFIXES = ("vision_encoder.", "text_encoder.", "cross_encoder.")
 
 
 @dataclasses.dataclass
@@ -132,6 +140,12 @@ def _fit_frames(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return fitted
 
 
+def is_official_state_dict(state: dict) -> bool:
+    """Whether STATE is named as the official X²-VLM / X-VLM code names its parameters
+    (``vision_encoder.*``, ``text_encoder.*``, ``cross_encoder.*``), not as this model does."""
+    return any(key.startswith(_OFFICIAL_PREFIXES) for key in state)
+
+
 def convert_checkpoint(official_path: str | Path, model: torch.nn.Module) -> ConversionReport:
     """Loads an official checkpoint into ``model`` in place."""
     converted, report = convert_state_dict(read_state_dict(official_path), model)
@@ -139,28 +153,61 @@ def convert_checkpoint(official_path: str | Path, model: torch.nn.Module) -> Con
     return report
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     from training.model import create_model
+    from training.model_folder import ModelCard, ModelFolderError, write_model_folder
 
-    parser = argparse.ArgumentParser(prog="x2vlm-convert", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="official X²-VLM checkpoint (.th state dict)")
+    parser = argparse.ArgumentParser(
+        prog="x2vlm-convert", description=__doc__.splitlines()[0] + " Writes a model folder (training/model_folder.py).",
+        epilog="Exit codes: 0 written; 1 conversion incomplete (shape mismatches, or --strict and a key unmatched "
+               "or missing); 2 a file or config that cannot be read (named).")
+    parser.add_argument("checkpoint", type=Path, help="official X²-VLM / X-VLM checkpoint (.th state dict)")
     parser.add_argument("--model-config", required=True, help="configs/model YAML path or name (x2vlm_base)")
-    parser.add_argument("--out", type=Path, required=True, help="where to write this model's state dict (.pt)")
+    parser.add_argument("--tokenizer", type=Path, required=True,
+                        help="the tokenizer folder the checkpoint was trained with (bert-base-uncased for X²-VLM "
+                             "base, saved with save_pretrained); copied into the model folder")
+    parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
     parser.add_argument("--strict", action="store_true",
                         help="fail when any key is unmatched or missing (the video parameters an image-only "
                              "checkpoint never had excepted)")
     args = parser.parse_args(argv)
     configure_logging()
 
-    model = create_model(args.model_config, load_pretrained=False)
-    report = convert_checkpoint(args.checkpoint, model)
+    try:
+        model = create_model(args.model_config, load_pretrained=False)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"x2vlm-convert: --model-config {args.model_config}: {error}", file=sys.stderr)
+        return 2
+    try:
+        official = read_state_dict(args.checkpoint)
+    except (OSError, pickle.UnpicklingError, RuntimeError) as error:
+        # RuntimeError: torch's word for a file that is no torch checkpoint at all.
+        print(f"x2vlm-convert: {args.checkpoint}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    converted, report = convert_state_dict(official, model)
+    model.load_state_dict(converted, strict=False)
     print("\n".join(report.lines()))
     if report.shape_mismatches or (args.strict and (report.unmatched_official or report.missing_in_checkpoint)):
         print("x2vlm-convert: conversion incomplete, nothing written", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, args.out)
-    print(f"wrote {args.out}")
+    source = {"kind": "official checkpoint", "path": str(args.checkpoint.resolve()),
+              "sha256": _sha256(args.checkpoint), "missing_in_checkpoint": report.missing_in_checkpoint,
+              "not_in_source": report.not_in_source}
+    try:
+        write_model_folder(args.out, dict(model.named_parameters()), model.config, args.tokenizer,
+                           ModelCard(source=source))
+    except ModelFolderError as error:
+        print(f"x2vlm-convert: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote the model folder {args.out}")
     return 0
 
 
