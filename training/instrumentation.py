@@ -7,15 +7,17 @@ output shape depends on data (`nonzero`, boolean-mask indexing, `masked_select`,
 `repeat_interleave` without `output_size`). On a CPU run nothing actually waits, so by default
 it counts them on CPU tensors as well: a CPU test then counts what a GPU run would sync on.
 `.tolist()`, `.numpy()` and `.cpu()` do not reach the dispatcher for CPU tensors; they are
-wrapped while the counter is active.
+wrapped while the counter is active. Copies between host and accelerator are seen on GPU runs
+only: to the host, and blocking ones to the device (`torch.tensor(values, device=...)`), which
+wait for the stream.
 
 `TrafficCounter` wraps the collectives of `torch.distributed` while active and records, per
 category (`with traffic_category("features"): ...`, set by the code that calls them; "other"
 when none is set), the calls and the bytes each rank sends under the ring model:
 
     all_reduce                  2 (W-1)/W x tensor       (reduce-scatter, then all-gather)
-    all_gather(_into_tensor)    (W-1) x local input      (every other rank's share passes once)
-    reduce_scatter(_tensor)     (W-1) x local output
+    all_gather(_single)         (W-1) x local input      (every other rank's share passes once)
+    reduce_scatter(_single)     (W-1) x local output
     all_to_all(_single)         the input minus the chunk a rank keeps for itself
     broadcast, reduce           (W-1)/W x tensor         (pipelined ring, averaged over ranks)
     gather, scatter             (W-1)/W x tensor         (every rank but the root, averaged)
@@ -61,8 +63,23 @@ _THIS_FILE = os.path.abspath(__file__)
 @dataclasses.dataclass(frozen=True)
 class SyncEvent:
     op: str
-    origin: str  # "deepspeed" when DeepSpeed's own code asked for it, else "project"
+    # "deepspeed" when DeepSpeed's own code asked for it, "loader" for the data pipeline (host
+    # memory only, so no device is involved on any run), else "project"
+    origin: str
     where: str  # file:line of the innermost frame outside torch
+
+
+_LOADER_DIR = os.path.join(os.path.dirname(os.path.dirname(_THIS_FILE)), "data_pipeline")
+
+
+def _origin(path: str) -> str:
+    if f"{os.sep}deepspeed{os.sep}" in path:
+        return "deepspeed"
+    if os.path.abspath(path).startswith(_LOADER_DIR + os.sep):
+        # The data pipeline reads and batches in host memory: what it reads is never on a
+        # device (torch's DataLoader reads its own bookkeeping tensors).
+        return "loader"
+    return "project"
 
 
 def _caller() -> tuple[str, str]:
@@ -71,8 +88,7 @@ def _caller() -> tuple[str, str]:
     while frame is not None:
         path = frame.f_code.co_filename
         if not path.startswith(_TORCH_DIR) and os.path.abspath(path) != _THIS_FILE and "<" not in path:
-            origin = "deepspeed" if f"{os.sep}deepspeed{os.sep}" in path else "project"
-            return origin, f"{path}:{frame.f_lineno}"
+            return _origin(path), f"{path}:{frame.f_lineno}"
         frame = frame.f_back
     return "project", "?"
 
@@ -118,11 +134,19 @@ class SyncCounter(TorchDispatchMode):
         if func is _aten.repeat_interleave.Tensor:
             return kwargs.get("output_size") is None and self._counts(args[:1])
         if func in (_aten._to_copy.default, _aten.copy_.default):
-            # A copy from an accelerator to the host (GPU runs; on CPU the wrappers count).
-            source = args[1] if func is _aten.copy_.default else args[0]
-            target = args[0].device if func is _aten.copy_.default else kwargs.get("device")
-            return (target is not None and torch.device(target).type == "cpu"
-                    and isinstance(source, torch.Tensor) and source.device.type != "cpu")
+            # Only seen on GPU runs (on CPU the wrappers count): a copy from an accelerator to the
+            # host, or a blocking one from host memory to an accelerator (torch.tensor(..., device=)
+            # included), which waits for the stream.
+            if func is _aten.copy_.default:
+                source, target = args[1], args[0].device
+                blocking = not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+            else:
+                source, target = args[0], kwargs.get("device")
+                blocking = not kwargs.get("non_blocking", False)
+            if target is None or not isinstance(source, torch.Tensor):
+                return False
+            to_host, from_host = torch.device(target).type == "cpu", source.device.type == "cpu"
+            return (to_host and not from_host) or (from_host and not to_host and blocking)
         return False
 
     def _wrap(self, name: str):
@@ -202,8 +226,9 @@ def _sent_bytes(name: str, args: tuple, kwargs: dict) -> tuple[float, int]:
     def arg(position: int, key: str):
         return kwargs[key] if key in kwargs else (args[position] if len(args) > position else None)
 
-    group_position = {"all_reduce": 2, "all_gather": 2, "all_gather_into_tensor": 2, "_all_gather_base": 2,
-                      "reduce_scatter": 3, "reduce_scatter_tensor": 3, "_reduce_scatter_base": 3,
+    group_position = {"all_reduce": 2, "all_gather": 2, "all_gather_into_tensor": 2, "all_gather_single": 2,
+                      "_all_gather_base": 2, "reduce_scatter": 3, "reduce_scatter_tensor": 3,
+                      "reduce_scatter_single": 3, "_reduce_scatter_base": 3,
                       "all_to_all_single": 4, "all_to_all": 2, "broadcast": 2, "reduce": 3, "gather": 3,
                       "scatter": 3}[name]
     group = arg(group_position, "group")
@@ -215,13 +240,13 @@ def _sent_bytes(name: str, args: tuple, kwargs: dict) -> tuple[float, int]:
     if name == "all_gather":
         size = _nbytes(arg(1, "tensor"))
         return (world - 1) * size, size
-    if name in ("all_gather_into_tensor", "_all_gather_base"):
+    if name in ("all_gather_into_tensor", "all_gather_single", "_all_gather_base"):
         size = _nbytes(arg(1, "input_tensor"))
         return (world - 1) * size, size
     if name == "reduce_scatter":
         inputs = arg(1, "input_list")
         return (world - 1) * _nbytes(arg(0, "output")), sum(_nbytes(t) for t in inputs)
-    if name in ("reduce_scatter_tensor", "_reduce_scatter_base"):
+    if name in ("reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base"):
         return (world - 1) * _nbytes(arg(0, "output")), _nbytes(arg(1, "input"))
     if name == "all_to_all_single":
         source = arg(1, "input")
@@ -241,9 +266,9 @@ def _sent_bytes(name: str, args: tuple, kwargs: dict) -> tuple[float, int]:
     return share * size, size
 
 
-_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "_all_gather_base", "reduce_scatter",
-                "reduce_scatter_tensor", "_reduce_scatter_base", "all_to_all_single", "all_to_all", "broadcast",
-                "reduce", "gather", "scatter")
+_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "_all_gather_base",
+                "reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base",
+                "all_to_all_single", "all_to_all", "broadcast", "reduce", "gather", "scatter")
 
 
 class TrafficCounter:

@@ -44,7 +44,7 @@ def _all_gather(tensor: torch.Tensor, category: str) -> torch.Tensor:
     tensor = tensor.contiguous()
     out = tensor.new_empty((world_size() * tensor.shape[0],) + tuple(tensor.shape[1:]))
     with traffic_category(category):
-        dist.all_gather_into_tensor(out, tensor)
+        (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, tensor)
     return out
 
 
@@ -68,7 +68,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         local = grad.new_empty((grad.shape[0] // world_size(),) + tuple(grad.shape[1:]))
         with traffic_category(ctx.category):
-            dist.reduce_scatter_tensor(local, grad)
+            (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(local, grad)
         return local, None
 
 
