@@ -23,12 +23,22 @@ _PRIMES = (2_147_483_647, 2_147_483_629)
 _weights: dict[tuple[int, str], torch.Tensor] = {}
 
 
+def _mix(value: int) -> int:
+    """splitmix64: a fixed pseudo-random 64-bit number per input."""
+    value = (value + 0x9E3779B97F4A7C15) % 2**64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) % 2**64
+    return value ^ (value >> 31)
+
+
 def _hash_weights(length: int, device: torch.device) -> torch.Tensor:
+    """(2, length): a weight in [1, prime) per prime and position, the same for a position
+    whatever the length (so that texts padded to different lengths hash alike)."""
     key = (length, str(device))
     if key not in _weights:
-        generator = torch.Generator().manual_seed(20_240_611)
-        columns = [torch.randint(1, prime, (length,), generator=generator) for prime in _PRIMES]
-        _weights[key] = torch.stack(columns).to(device)
+        rows = [[1 + _mix(2 * position + k) % (prime - 1) for position in range(length)]
+                for k, prime in enumerate(_PRIMES)]
+        _weights[key] = torch.tensor(rows, dtype=torch.long).to(device)  # once per length and device
     return _weights[key]
 
 
@@ -72,10 +82,10 @@ class PairKeys:
 def pair_positives(rows: PairKeys, cols: PairKeys, same_text: bool) -> torch.Tensor:
     """(len(rows), len(cols)) bool: True where the row's vision and the column's text match.
     A sample is its own image when the batch gives no `image_index`, so the same-image rule
-    includes the pair itself. The relation is symmetric (texts to visions alike). Padding is
-    not excluded here: callers mask it with `cols.valid`."""
+    includes the pair itself. The relation is symmetric (texts to visions alike). A padding
+    column is never a positive (nor a candidate: callers leave out `~cols.valid`)."""
     same_rank = rows.rank[:, None] == cols.rank[None, :]
     positive = same_rank & (rows.image[:, None] == cols.image[None, :])
     if same_text:
         positive |= rows.text[:, None] == cols.text[None, :]
-    return positive
+    return positive & cols.valid[None, :]
