@@ -60,6 +60,17 @@ def all_reduce_flags(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in tensor.tolist()]
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of TENSOR, on its device: nothing is read on the host."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        from training.instrumentation import traffic_category
+
+        tensor = tensor.clone()
+        with traffic_category("figures"):
+            dist.all_reduce(tensor)
+    return tensor
+
+
 def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 

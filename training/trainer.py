@@ -280,7 +280,7 @@ class Trainer:
             figures = self.train_step()
             self.step += 1
             self.progress.update(self.step, figures["loss"], figures["samples"])
-            stop, = distributed.all_reduce_flags([self.signals.requested], self.device)
+            stop = figures["stop"]
             if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
                 self.metrics.flush(self.step, {"nonfinite_skipped": self.nonfinite_total})
             if config.eval.every_steps and (self.step % config.eval.every_steps == 0 or self.step == config.run.max_steps):
@@ -301,12 +301,22 @@ class Trainer:
         return 0
 
     def train_step(self) -> dict:
-        """One optimizer step over `grad_accum` micro-steps; returns the loss figures."""
+        """One optimizer step over `grad_accum` micro-steps; returns the loss figures (each the
+        mean of its finite values over micro-steps and ranks) and `stop`, whether any rank was
+        asked to stop (a pre-emption signal).
+
+        The figures stay on the device until the step ends: one all-reduce per micro-step sums
+        them over ranks together with a non-finite flag and the stop flag, and a single transfer
+        to the host per optimizer step reads them all. Nothing else in the step makes the host
+        wait for the device (tests/integration/test_host_syncs.py counts)."""
+        from data_pipeline.loader.collate import rows_per_batch
+
         accum = self.config.optim.grad_accum
-        figures: dict[str, float] = {}
+        # figure name -> (sum of its finite values, how many there were) over micro-steps and ranks
+        sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        nonfinite = stop = None
         data_seconds = compute_seconds = 0.0
         samples = 0
-        nonfinite = False
         skipped_before = self.engine.skipped_steps
         kinds: list[frozenset] = []  # the batch kinds of each micro-step, for its FLOPs
         for micro in range(accum):
@@ -315,31 +325,52 @@ class Trainer:
             t1 = time.perf_counter()
             if self.keys_log is not None:
                 self.keys_log.write(json_line(self.step, batches))
-            inputs = {MODEL_KIND[kind]: move_batch(batch, self.device) for kind, batch in batches.items()}
+            inputs = {}
+            for kind, batch in batches.items():
+                inputs[MODEL_KIND[kind]] = move_batch(batch, self.device)
+                # The bound the losses pad to where ranks exchange rows: the same on every rank.
+                inputs[MODEL_KIND[kind]]["rows"] = rows_per_batch(self.data_spec.corpora_of(kind))
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             with self.flops.counting(inputs):
                 out = self.engine(**inputs)
                 loss = out["loss"]
                 if planted_nonfinite(self.step + 1, micro, self.rank):
                     loss = loss * math.nan
-                names = ["loss"] + [f"{kind}/{term}" for kind, terms in out["losses"].items() for term in terms]
-                # One host transfer for every figure of the micro-step (and the finiteness check).
-                values = torch.stack([loss.detach().float()] + [value.detach().float() for terms in
-                                                                out["losses"].values() for value in terms.values()]).tolist()
-                bad, = distributed.all_reduce_flags([not math.isfinite(values[0])], self.device)
-                nonfinite |= bad
+                names = ["loss"] + [f"{kind}/{term}" for group in ("losses", "stats")
+                                    for kind, terms in out[group].items() for term in terms]
+                values = torch.stack([loss.detach().float()] + [value.detach().float() for group in ("losses", "stats")
+                                                                for terms in out[group].values()
+                                                                for value in terms.values()])
+                finite = torch.isfinite(values)
+                # Summed over ranks in one all-reduce, on the device: the finite values, how many
+                # ranks had them, whether any rank's loss was not finite, whether any was asked to stop.
+                summed = distributed.all_reduce_sum(torch.cat([
+                    torch.where(finite, values, 0.0), finite.float(), (~finite[:1]).float(),
+                    torch.full((1,), float(self.signals.requested), device=values.device)]))
+                bad = summed[-2] > 0
                 # Backward and step on every micro-step keep DeepSpeed's micro-step count, from which
-                # it tells the accumulation boundary, equal to the trainer's. A non-finite loss makes
-                # its micro-step's gradients NaN on every rank, so that DeepSpeed's own overflow check
-                # (ZeRO 1-3, any precision) skips the whole optimizer step at the boundary: no update,
-                # gradients cleared, the schedule not advanced.
-                self.engine.backward(loss * math.nan if bad else loss)
+                # it tells the accumulation boundary, equal to the trainer's. A non-finite loss on any
+                # rank makes its micro-step's gradients NaN on every rank (a factor chosen on the
+                # device), so that DeepSpeed's own overflow check (ZeRO 1-3, any precision) skips the
+                # whole optimizer step at the boundary: no update, gradients cleared, the schedule
+                # not advanced.
+                self.engine.backward(loss * torch.where(bad, math.nan, 1.0).to(loss.dtype))
             self.engine.step()
             kinds.append(frozenset(inputs))
             compute_seconds += time.perf_counter() - t1
             data_seconds += t1 - t0
-            for name, value in zip(names, values):
-                figures[name] = figures.get(name, 0.0) + value / accum
+            count = len(names)
+            for i, name in enumerate(names):
+                total, seen = summed[i], summed[count + i]
+                sums[name] = (sums[name][0] + total, sums[name][1] + seen) if name in sums else (total, seen)
+            nonfinite = bad if nonfinite is None else nonfinite | bad
+            stop = summed[-1] > 0 if stop is None else stop | (summed[-1] > 0)
+        # The one transfer to the host of the step.
+        read = torch.stack([value for pair in sums.values() for value in pair]
+                           + [nonfinite.float(), stop.float()]).tolist()
+        figures = {name: read[2 * i] / read[2 * i + 1] if read[2 * i + 1] else math.nan
+                   for i, name in enumerate(sums)}
+        nonfinite, stop = bool(read[-2]), bool(read[-1])
         self._check_counters(nonfinite, self.engine.skipped_steps - skipped_before)
         if nonfinite:
             self.nonfinite_in_a_row += 1
@@ -357,7 +388,7 @@ class Trainer:
         flops = [self.flops.of(k) for k in kinds]
         self.metrics.record(figures, samples, data_seconds, compute_seconds,
                             None if None in flops else sum(flops))
-        return {**figures, "samples": samples * self.world_size}
+        return {**figures, "samples": samples * self.world_size, "stop": stop}
 
     def _check_counters(self, nonfinite: bool, engine_skipped: int) -> None:
         """DeepSpeed's step counts follow the trainer's, and a step with a non-finite loss was

@@ -6,7 +6,14 @@ them (CLIP mean and std) on the device as its first step.
 
 Region batches are ragged on purpose: B images carry R >= B region texts, each pointing
 at its image through `image_index`; nothing is padded with duplicated pairs, which would
-put copies of a positive among the negatives of the contrastive loss.
+put copies of a positive among the negatives of the contrastive loss. `rows_per_batch` is the
+most texts a training batch of a kind can hold: the losses pad to it where ranks exchange rows,
+so that every rank's share has the same shape.
+
+Every batch with texts carries `mlm_positions` (N, K) long: each text's masked positions first,
+then unmasked ones, K the most masks of any text in the batch. The MLM head then runs on K
+positions per text at a shape the host knows, instead of selecting them by a boolean mask
+(a data-dependent shape, which makes the host wait for the device).
 
 Evaluation batches (`EVAL_COLLATE`, for the data spec's `training: false`) carry every text
 of each sample, ragged the same way, and the texts themselves:
@@ -19,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..text.masking import IGNORE_INDEX
+
 TEXT_FIELDS = ("text_ids", "text_mask", "mlm_ids", "mlm_labels")
 
 
@@ -28,8 +37,21 @@ def _stack_images(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
+def mlm_positions(labels: np.ndarray) -> np.ndarray:
+    """(N, K): each row's masked positions (label not IGNORE_INDEX) in order, then its unmasked
+    ones; K is the most masked positions of any row, at least 1."""
+    masked = labels != IGNORE_INDEX
+    most = int(masked.sum(axis=1).max()) if len(labels) else 0
+    return np.argsort(~masked, axis=1, kind="stable")[:, :max(most, 1)]
+
+
+def _with_positions(texts: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    texts["mlm_positions"] = mlm_positions(texts["mlm_labels"])
+    return {name: torch.from_numpy(value) for name, value in texts.items()}
+
+
 def _stack_text(samples: list[dict]) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(np.stack([s[name] for s in samples])) for name in TEXT_FIELDS}
+    return _with_positions({name: np.stack([s[name] for s in samples]) for name in TEXT_FIELDS})
 
 
 def collate_image_text(samples: list[dict]) -> dict:
@@ -52,7 +74,7 @@ def _ragged_text(samples: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Te
     batch position of each text's sample."""
     counts = [len(s["text_ids"]) for s in samples]
     owner = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
-    return {name: torch.from_numpy(np.concatenate([s[name] for s in samples])) for name in TEXT_FIELDS}, owner
+    return _with_positions({name: np.concatenate([s[name] for s in samples]) for name in TEXT_FIELDS}), owner
 
 
 def collate_region(samples: list[dict]) -> dict:
@@ -65,6 +87,12 @@ def collate_region(samples: list[dict]) -> dict:
 
 
 COLLATE = {"image_text": collate_image_text, "region": collate_region, "video_text": collate_video_text}
+
+
+def rows_per_batch(corpora) -> int:
+    """The most texts a training batch of these corpora (of one kind) holds: one per sample,
+    and for region corpora up to `max_regions` per image."""
+    return max(c.batch_size * (c.options.max_regions if c.kind == "region" else 1) for c in corpora)
 
 
 def _retrieval(samples: list[dict], media: dict[str, torch.Tensor]) -> dict:

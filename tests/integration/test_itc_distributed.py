@@ -1,4 +1,8 @@
-"""ITC over 2 gloo ranks equals the single-process computation on the concatenated batch."""
+"""ITC over 2 gloo ranks equals the single-process computation on the concatenated batch.
+
+Each rank scores its own rows against every rank's samples (gathered at a fixed shape, padded
+to the row bound), so the mean of the ranks' losses is the global loss and the mean of their
+parameter gradients is its gradient."""
 from __future__ import annotations
 
 import socket
@@ -9,9 +13,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from training.losses import PairKeys, contrastive_loss, gather_with_grad, pair_positives
+from training.losses.distributed import pad_rows
 
 WORLD = 2
 TEMPERATURE = 0.1
+ROWS = 3  # the bound on samples per rank: rank 1's two are padded to it
 
 
 def _inputs():
@@ -37,10 +43,13 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
     vision_proj, text_proj = _projections()
     vision_features = F.normalize(vision_proj(vision[rank].double()), dim=-1)
     text_features = F.normalize(text_proj(text[rank].double()), dim=-1)
-    keys = PairKeys.local(ids[rank], masks[rank], images[rank]).gathered()
-    positives = pair_positives(keys, keys, same_text=True)
+    keys = PairKeys.local(ids[rank], masks[rank], images[rank])
+    all_keys = keys.gathered(ROWS)
+    positives = pair_positives(keys, all_keys, same_text=True)
     loss = contrastive_loss(
-        gather_with_grad(vision_features), gather_with_grad(text_features), torch.tensor(TEMPERATURE), positives
+        vision_features, text_features, torch.tensor(TEMPERATURE), positives,
+        gather_with_grad(pad_rows(vision_features, ROWS)), gather_with_grad(pad_rows(text_features, ROWS)),
+        column_valid=all_keys.valid, normaliser=all_keys.valid.sum() / WORLD,
     )
     loss.backward()
     grads = {name: p.grad for name, p in [*vision_proj.named_parameters("v"), *text_proj.named_parameters("t")]}
@@ -71,28 +80,26 @@ def test_itc_over_two_gloo_ranks_equals_single_process_on_concatenated_batch(tmp
     loss.backward()
     expected_grads = {name: p.grad for name, p in [*vision_proj.named_parameters("v"), *text_proj.named_parameters("t")]}
 
-    for result in results:
-        assert torch.equal(result["positives"], positives)
-        torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-12, atol=1e-12)
+    # Rank r's rows against the padded global columns: rank 0's three, then rank 1's two and a pad.
+    columns = [0, 1, 2, 3, 4]
+    padded = torch.zeros(5, 2 * ROWS, dtype=torch.bool)
+    padded[:, columns] = positives
+    assert torch.equal(results[0]["positives"], padded[:3])
+    assert torch.equal(results[1]["positives"], padded[3:])
+    torch.testing.assert_close(sum(result["loss"] for result in results) / WORLD, loss.detach(), rtol=1e-12, atol=1e-12)
     # Data-parallel training averages parameter gradients over ranks.
     for name, expected in expected_grads.items():
         averaged = sum(result["grads"][name] for result in results) / WORLD
         torch.testing.assert_close(averaged, expected, rtol=1e-10, atol=1e-12)
 
 
-def _pad_texts(batch: dict, length: int) -> dict:
-    padded = dict(batch)
-    for key, fill in (("text_ids", 0), ("text_mask", 0), ("mlm_ids", 0), ("mlm_labels", -100)):
-        value = batch[key]
-        padded[key] = torch.cat([value, torch.full((value.shape[0], length - value.shape[1]), fill)], dim=1)
-    return padded
-
-
 def _model_batches(rank: int):
     from tiny_batches import image_batch, region_batch
 
-    # Rank 1 has shorter texts and more regions: the gathers must pad and crop.
-    return image_batch(seed=rank, length=8 - 2 * rank), region_batch(seed=10 + rank, images=1 + rank)
+    # Rank 1 has fewer image-text pairs and more regions: the gathers pad to the row bounds.
+    image, region = image_batch(seed=rank, count=4 - rank), region_batch(seed=10 + rank, images=1 + rank)
+    image["rows"], region["rows"] = 4, 5
+    return image, region
 
 
 def _model_rank_main(rank: int, port: int, out_dir: str) -> None:
@@ -124,9 +131,9 @@ def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batch
     torch.manual_seed(0)
     model = create_model("tiny")
     batches = [_model_batches(r)[0] for r in range(WORLD)]
-    joined = {k: torch.cat([_pad_texts(b, 8)[k] for b in batches]) for k in batches[0]}
+    joined = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k != "rows"}
     with torch.no_grad():
         expected = model(image=joined)["losses"]["image"]["itc"]
-    for result in results:
-        torch.testing.assert_close(result["losses"]["image"]["itc"], expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(result["local_negatives"]["image"]["itc"], expected, rtol=1e-5, atol=1e-5)
+    for kind in ("losses", "local_negatives"):
+        mean = sum(result[kind]["image"]["itc"] for result in results) / WORLD
+        torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)

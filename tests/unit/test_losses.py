@@ -167,3 +167,47 @@ def test_box_losses_match_naive_l1_and_giou():
     # Identical boxes have GIoU 1; disjoint ones have GIoU below 0.
     assert _naive_giou(predicted[2].tolist(), target[2].tolist()) == pytest.approx(1.0)
     assert _naive_giou(predicted[1].tolist(), target[1].tolist()) < 0
+
+
+def test_contrastive_loss_over_this_ranks_rows_is_its_share_of_the_global_loss():
+    """Rows 0-1 of a global batch of 4 (plus a padding column), against a naive global loss."""
+    torch.manual_seed(1)
+    vision = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=-1)
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[0, 2] = positives[2, 0] = True
+    naive = naive_contrastive(vision, text, 0.1, positives.tolist())
+    pad = torch.zeros(1, 6, dtype=torch.float64)
+    columns_v, columns_t = torch.cat([vision, pad]), torch.cat([text, pad])
+    valid = torch.tensor([True, True, True, True, False])
+    shares = []
+    for rows in (slice(0, 2), slice(2, 4)):
+        padded_positives = torch.cat([positives[rows], torch.ones(2, 1, dtype=torch.bool)], dim=1)  # pad ignored
+        shares.append(contrastive_loss(vision[rows], text[rows], torch.tensor(0.1, dtype=torch.float64),
+                                       padded_positives, columns_v, columns_t, column_valid=valid, normaliser=4 / 2))
+    assert (sum(shares) / 2).item() == pytest.approx(naive, rel=1e-9)
+
+
+def test_text_hash_ignores_padding_and_separates_texts():
+    from training.losses.positives import text_hash
+
+    ids = torch.tensor([[101, 7, 8, 0, 0], [101, 7, 8, 9, 0], [101, 8, 7, 0, 0], [101, 7, 8, 5, 5]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    hashes = text_hash(ids, mask).tolist()
+    assert hashes[0] == hashes[1]  # the same text once padding is ignored
+    assert len({hashes[0], hashes[2], hashes[3]}) == 3  # order and length matter
+    assert text_hash(ids[:1, :3], mask[:1, :3]).tolist() == hashes[:1]  # shorter padding, same hash
+    many = torch.randint(1000, 30000, (2000, 12))
+    assert len(set(text_hash(many, torch.ones_like(many)).tolist())) == len({tuple(r) for r in many.tolist()})
+
+
+def test_masked_language_model_loss_on_listed_positions_equals_the_full_loss():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 7).double()
+    hidden = torch.randn(2, 5, 4, dtype=torch.float64)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[0, 4], labels[1, 2] = 3, 6, 0
+    positions = torch.tensor([[1, 4], [2, 0]])  # row 1 pads with an unmasked position
+    full = masked_language_model_loss(head, hidden, labels)
+    listed = masked_language_model_loss(head, hidden, labels, positions)
+    torch.testing.assert_close(listed, full)

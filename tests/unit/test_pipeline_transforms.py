@@ -274,3 +274,27 @@ def test_evaluation_mode_is_plain_resize(text):
         assert np.array_equal(out["image"], outs[0]["image"])
     pixels = hwc(outs[0]["image"])
     assert redness(pixels[:, :30]) > 150 and redness(pixels[:, 34:]) < -150  # whole image, unflipped
+
+
+def test_collate_lists_masked_positions_first_and_bounds_rows_per_kind():
+    from types import SimpleNamespace
+
+    from data_pipeline.loader.collate import collate_region, mlm_positions, rows_per_batch
+
+    labels = np.full((3, 6), -100)
+    labels[0, [4, 1]] = 7
+    labels[1, 2] = 9  # row 2: nothing masked
+    positions = mlm_positions(labels)
+    assert positions.tolist() == [[1, 4], [2, 0], [0, 1]]  # masked ones in order, then unmasked ones
+    regions = [{"image": np.zeros((2, 2, 3), np.uint8), "text_ids": np.ones((n, 6), np.int64),
+                "text_mask": np.ones((n, 6), np.int64), "mlm_ids": np.ones((n, 6), np.int64),
+                "mlm_labels": labels[:n], "boxes": np.zeros((n, 4), np.float32),
+                "patch_mask": np.ones((n, 5), bool), "key": str(n)} for n in (2, 3)]
+    batch = collate_region(regions)
+    assert batch["mlm_positions"].tolist() == [[1, 4], [2, 0], [1, 4], [2, 0], [0, 1]]
+
+    def corpus(kind, batch_size, max_regions=6):
+        return SimpleNamespace(kind=kind, batch_size=batch_size, options=SimpleNamespace(max_regions=max_regions))
+
+    assert rows_per_batch([corpus("image_text", 16), corpus("image_text", 12)]) == 16
+    assert rows_per_batch([corpus("region", 8, 4), corpus("region", 6)]) == 36  # 6 images x 6 texts

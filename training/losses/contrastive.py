@@ -5,18 +5,46 @@ import torch
 import torch.nn.functional as F
 
 
-def contrastive_loss(
-    vision_features: torch.Tensor, text_features: torch.Tensor, temperature: torch.Tensor, positives: torch.Tensor
-) -> torch.Tensor:
-    """Symmetric cross-entropy over all pairs of the (global) batch, in fp32.
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)  # fp32 at least, fp64 stays
 
-    vision_features, text_features (N, E) normalised; positives (N, N) bool, row = vision,
-    column = text. Each row's target spreads evenly over its positives.
+
+def contrastive_loss(
+    vision: torch.Tensor,
+    text: torch.Tensor,
+    temperature: torch.Tensor,
+    positives: torch.Tensor,
+    vision_columns: torch.Tensor | None = None,
+    text_columns: torch.Tensor | None = None,
+    column_valid: torch.Tensor | None = None,
+    normaliser: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Symmetric cross-entropy of the rows' samples against the columns', at least in fp32.
+
+    vision, text (R, E) normalised: the rows (this rank's samples); each row's vision is scored
+    against every column's text and each row's text against every column's vision.
+    ``vision_columns``, ``text_columns`` (M, E): the columns (every rank's samples, gathered),
+    by default the rows themselves. positives (R, M) bool: the row's targets, spread evenly over
+    them; the relation is symmetric, so the same matrix serves both directions. ``column_valid``
+    (M,) bool leaves padding columns out of every softmax. The per-row losses are summed and
+    divided by ``normaliser`` (default R): with the rows of a global batch spread over W ranks
+    that is (real rows in all) / W, and the mean of the ranks' losses is the global mean.
     """
-    logits = vision_features.float() @ text_features.float().t() / temperature.float()
-    positives = positives.float()
-    vision_to_text = positives / positives.sum(dim=1, keepdim=True)
-    text_to_vision = positives.t() / positives.t().sum(dim=1, keepdim=True)
-    loss_v2t = -(F.log_softmax(logits, dim=1) * vision_to_text).sum(dim=1).mean()
-    loss_t2v = -(F.log_softmax(logits.t(), dim=1) * text_to_vision).sum(dim=1).mean()
-    return (loss_v2t + loss_t2v) / 2
+    dtype = _compute_dtype(vision)
+    vision_columns = vision if vision_columns is None else vision_columns
+    text_columns = text if text_columns is None else text_columns
+    scale = 1.0 / temperature.to(dtype)
+    with torch.autocast(vision.device.type, enabled=False):  # autocast would make them bf16 again
+        vision_to_text = vision.to(dtype) @ text_columns.to(dtype).t() * scale
+        text_to_vision = text.to(dtype) @ vision_columns.to(dtype).t() * scale
+    if column_valid is not None:
+        positives = positives & column_valid[None, :]
+        lowest = torch.finfo(dtype).min
+        vision_to_text = vision_to_text.masked_fill(~column_valid[None, :], lowest)
+        text_to_vision = text_to_vision.masked_fill(~column_valid[None, :], lowest)
+    targets = positives.to(dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    per_row = -(F.log_softmax(vision_to_text, dim=1) * targets).sum(dim=1)
+    per_row = per_row - (F.log_softmax(text_to_vision, dim=1) * targets).sum(dim=1)
+    normaliser = vision.shape[0] if normaliser is None else normaliser
+    return per_row.sum() / (2 * normaliser)

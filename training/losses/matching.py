@@ -32,8 +32,12 @@ def sample_hard_negatives(
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(1), valid
 
 
-def matching_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean cross-entropy of the ITM head's 2-way logits (label 1 = match)."""
-    per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
-    weights = weights.float()
-    return (per_pair * weights).sum() / weights.sum()
+def matching_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  normaliser: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted cross-entropy of the ITM head's 2-way logits (label 1 = match), summed and
+    divided by ``normaliser``: by default the weights' sum (a weighted mean); pairs computed on
+    W ranks pass (the weights' sum over all ranks) / W, so that the ranks' mean is the global one."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    per_pair = F.cross_entropy(logits.to(dtype), labels, reduction="none")
+    weights = weights.to(dtype)
+    return (per_pair * weights).sum() / (weights.sum() if normaliser is None else normaliser)

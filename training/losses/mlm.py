@@ -10,10 +10,19 @@ IGNORE_INDEX = -100
 
 
 def masked_language_model_loss(
-    head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100; the vocabulary projection
-    runs on those positions only (a fraction of the batch)."""
-    selected = labels != IGNORE_INDEX
-    logits = head(hidden[selected])
-    return F.cross_entropy(logits.float(), labels[selected])
+    """Mean cross-entropy over positions whose label is not -100.
+
+    ``positions`` (N, K) long lists each row's masked positions first (the loader's
+    ``mlm_positions``, padded with unmasked ones): the vocabulary projection then runs on those
+    K columns only, a fraction of the batch, at a shape the host knows. Without it every
+    position goes through the head. Selecting by a boolean mask instead would have a
+    data-dependent shape, which makes the host wait for the device."""
+    if positions is not None:
+        hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        labels = labels.gather(1, positions)
+    logits = head(hidden)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.cross_entropy(logits.flatten(0, 1).to(dtype), labels.flatten(), ignore_index=IGNORE_INDEX)

@@ -66,6 +66,16 @@ class TextConfig:
 @dataclasses.dataclass
 class LossConfig:
     itm_negatives: str = setting("global", choices=("global", "local"))  # where ITM hard negatives are drawn from
+    # Global negatives move only the drawn text rows between ranks, in an all-to-all of fixed
+    # size: each pair of ranks has ceil(itm_exchange_capacity x rows / world size) slots per
+    # step (rows: the kind's texts per rank), so each rank hands about capacity x rows text rows
+    # whatever the world size; a draw beyond its pair's slots is left out of the ITM loss and
+    # counted (`<kind>/itm_dropped`). With world size <= capacity nothing is ever left out.
+    itm_exchange_capacity: float = setting(2.0, min=1)
+    # The texts other ranks send a rank, to pair with a hard-negative vision of its own, number
+    # about `rows` on average; it computes at most rows + itm_receive_margin x sqrt(rows) of
+    # them (a margin in standard deviations of that count); beyond, left out and counted.
+    itm_receive_margin: float = setting(4.0, min=0)
     # Which pairs count as positives (besides the pair itself) in ITC targets and are never
     # drawn as ITM negatives.
     same_text_positive: bool = True

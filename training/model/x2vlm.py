@@ -11,15 +11,23 @@ Batches (one dict per kind; every kind is optional in ``forward``):
   normalised (cx, cy, w, h), ``patch_mask`` (R, 1 + num_patches) bool (index 0 plus every
   patch the box overlaps). Texts of one image are positives of each other, never negatives.
 - ``video``: ``frames`` (B, F, 3, H, W) uint8 plus the text fields of ``image``.
+- Optional in every kind: ``mlm_positions`` (N, K) long, each text's masked positions first
+  (the loader's collate gives them; without them the MLM head runs on every position), and
+  ``rows`` (int), the configured bound on texts per batch of the kind on any rank (the trainer
+  gives it): the losses pad to it when they exchange rows between ranks. Without it every rank
+  must hold the same number of texts per kind.
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
-"features": {kind: {"vision": (N, E), "text": (N, E)}}}``. For evaluation use
+"stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity}},
+"features": {kind: {"vision": (N, E), "text": (N, E)}}}``; nothing in it makes the host wait
+for the device. For evaluation use
 ``encode_image`` / ``encode_video`` / ``encode_regions`` / ``encode_text`` (their ``features``
 are the projected, normalised ``embed_dim`` vectors), ``itm_score`` and ``predict_box``.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +37,14 @@ from training.losses import (
     PairKeys,
     box_losses,
     contrastive_loss,
-    gather_padded,
     gather_with_grad,
     masked_language_model_loss,
     matching_loss,
     pair_positives,
     sample_hard_negatives,
 )
+from training.losses.distributed import all_reduce_sum, pad_rows, world_size
+from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capacity
 from training.model.config import ModelConfig
 from training.model.fusion import FusionEncoder
 from training.model.heads import MaskedLanguageModelHead, Temperature, build_mlp
@@ -58,15 +67,6 @@ class TextEncoding:
     hidden: torch.Tensor  # (N, L, H)
     mask: torch.Tensor  # (N, L)
     features: torch.Tensor  # (N, embed_dim) normalised
-
-
-def _pad_length(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Pads dim 1 with zeros to ``length`` (ranks may use different sequence lengths)."""
-    if x.shape[1] == length:
-        return x
-    padded = x.new_zeros((x.shape[0], length) + tuple(x.shape[2:]))
-    padded[:, : x.shape[1]] = x
-    return padded
 
 
 class X2VLM(nn.Module):
@@ -142,7 +142,9 @@ class X2VLM(nn.Module):
         return self._vision_encoding(region_tokens(image_tokens, image_index, patch_mask), patch_mask.bool())
 
     def _text_hidden(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids=text_ids, attention_mask=text_mask).last_hidden_state
+        # A prepared (N, 1, 1, L) mask: from a 2D one transformers would first ask whether any
+        # token is padding, a read of the mask that makes the host wait for the device.
+        return self.text(input_ids=text_ids, attention_mask=text_mask.bool()[:, None, None, :]).last_hidden_state
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> TextEncoding:
         hidden = self._text_hidden(text_ids, text_mask)
@@ -165,76 +167,118 @@ class X2VLM(nn.Module):
     # Losses -------------------------------------------------------------------------------
 
     def forward(self, image: dict | None = None, region: dict | None = None, video: dict | None = None) -> dict:
-        losses, features = {}, {}
+        losses, stats, features = {}, {}, {}
         if image is not None:
             vision = self.encode_image(image["images"])
-            losses["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"))
+            losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"))
         if region is not None:
             image_tokens = self.vision(region["images"])
             vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
-            losses["region"], features["region"], text = self._alignment_losses(vision, region, region["image_index"])
+            losses["region"], stats["region"], features["region"], text = self._alignment_losses(
+                vision, region, region["image_index"])
             box = self.predict_box(image_tokens[region["image_index"]], text)
             losses["region"]["bbox"], losses["region"]["giou"] = box_losses(box, region["boxes"])
         if video is not None:
             vision = self.encode_video(video["frames"])
-            losses["video"], features["video"], _ = self._alignment_losses(vision, video, video.get("image_index"))
+            losses["video"], stats["video"], features["video"], _ = self._alignment_losses(vision, video, video.get("image_index"))
         weights = self.config.losses.weights
         total = sum(weights[kind][term] * value for kind, terms in losses.items() for term, value in terms.items())
-        return {"loss": total, "losses": losses, "features": features}
+        return {"loss": total, "losses": losses, "stats": stats, "features": features}
 
-    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index) -> tuple[dict, dict, TextEncoding]:
-        """ITC, ITM and MLM of one batch kind; also returns the text encoding for the box head."""
+    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index):
+        """ITC, ITM and MLM of one batch kind; also returns its statistics, its features and the
+        text encoding for the box head.
+
+        Across ranks everything moves at fixed shapes: the batch kind's rows are padded to
+        ``batch["rows"]`` (the configured bound on rows per batch of the kind; by default this
+        rank's own count, which must then be the same on every rank) and padding is masked."""
         settings = self.config.losses
         text = self.encode_text(batch["text_ids"], batch["text_mask"])
+        count = text.hidden.shape[0]
+        rows = batch.get("rows") or count
         keys = PairKeys.local(batch["text_ids"], batch["text_mask"], image_index)
-        all_keys = keys.gathered()
+        all_keys = keys.gathered(rows)
         temperature = self.temperature()
 
-        vision_all, text_all = gather_with_grad(vision.features), gather_with_grad(text.features)
-        positives = pair_positives(all_keys, all_keys, settings.same_text_positive)
-        itc = contrastive_loss(vision_all, text_all, temperature, positives)
+        # ITC: this rank's rows against every rank's samples; the gradient of the gathered
+        # features is reduce-scattered back to their owners.
+        vision_all = gather_with_grad(pad_rows(vision.features, rows))
+        text_all = gather_with_grad(pad_rows(text.features, rows))
+        positives = pair_positives(keys, all_keys, settings.same_text_positive)
+        share = all_keys.valid.sum() / world_size()  # each rank's share of the global mean
+        itc = contrastive_loss(vision.features, text.features, temperature, positives, vision_all, text_all,
+                               column_valid=all_keys.valid, normaliser=share)
 
-        if settings.itm_negatives == "global":
-            candidates = VisionEncoding(gather_with_grad(vision.tokens), gather_padded(vision.mask), vision_all)
-            text_candidates = TextEncoding(gather_with_grad(text.hidden), gather_padded(text.mask), text_all)
-            candidate_keys = all_keys
+        if settings.itm_negatives == "global" and world_size() > 1:
+            drawable = positives | ~all_keys.valid[None, :]
+            itm, dropped = self._matching_loss_global(vision, text, vision_all, text_all, drawable, rows,
+                                                      temperature.detach())
         else:
-            candidates, text_candidates, candidate_keys = vision, text, keys
-        itm = self._matching_loss(vision, text, keys, candidates, text_candidates, candidate_keys, temperature.detach())
+            itm, dropped = self._matching_loss_local(vision, text, keys, temperature.detach()), text.hidden.new_zeros(())
 
         masked_hidden = self._text_hidden(batch["mlm_ids"], batch["text_mask"])
         fused = self.fuse(vision.tokens, vision.mask, masked_hidden, batch["text_mask"])
-        mlm = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"])
-        return {"itc": itc, "itm": itm, "mlm": mlm}, {"vision": vision.features, "text": text.features}, text
+        mlm = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"], batch.get("mlm_positions"))
+        return ({"itc": itc, "itm": itm, "mlm": mlm}, {"itm_dropped": dropped.float()},
+                {"vision": vision.features, "text": text.features}, text)
 
-    def _matching_loss(self, vision, text, keys, vision_candidates, text_candidates, candidate_keys, temperature):
-        """Each local pair, its vision with a hard-negative text and its text with a hard-negative
-        vision, through the fusion layers and the ITM head (labels 1, 0, 0).
+    def _itm_logits(self, vision_tokens, vision_mask, text_hidden, text_mask) -> torch.Tensor:
+        fused = self.fuse(vision_tokens, vision_mask, text_hidden, text_mask)
+        return self.itm_head(fused[:, 0])
 
-        With global negatives the candidates are every rank's token sequences, gathered with
-        gradient: the negative's own encoder learns from it too, at the price of an all-gather
-        of the tokens forward and an all-reduce of their gradient backward.
-        """
+    def _matching_loss_local(self, vision, text, keys, temperature):
+        """Each pair, its vision with a hard-negative text and its text with a hard-negative
+        vision of this rank's batch, through the fusion layers and the ITM head (labels 1, 0, 0)."""
         settings = self.config.losses
         with torch.no_grad():
-            positives = pair_positives(keys, candidate_keys, settings.same_text_positive)
-            v2t = vision.features.float() @ text_candidates.features.float().t() / temperature
-            t2v = text.features.float() @ vision_candidates.features.float().t() / temperature
+            positives = pair_positives(keys, keys, settings.same_text_positive)
+            v2t = vision.features.float() @ text.features.float().t() / temperature
+            t2v = text.features.float() @ vision.features.float().t() / temperature
             negative_text, text_valid = sample_hard_negatives(v2t, positives)
             negative_vision, vision_valid = sample_hard_negatives(t2v, positives)
-
-        tokens_length = vision_candidates.tokens.shape[1]
-        text_length = text_candidates.hidden.shape[1]
-        own_tokens, own_vision_mask = _pad_length(vision.tokens, tokens_length), _pad_length(vision.mask, tokens_length)
-        own_hidden, own_text_mask = _pad_length(text.hidden, text_length), _pad_length(text.mask, text_length)
-        vision_tokens = torch.cat([own_tokens, vision_candidates.tokens[negative_vision], own_tokens])
-        vision_mask = torch.cat([own_vision_mask, vision_candidates.mask[negative_vision], own_vision_mask])
-        text_hidden = torch.cat([own_hidden, own_hidden, text_candidates.hidden[negative_text]])
-        text_mask = torch.cat([own_text_mask, own_text_mask, text_candidates.mask[negative_text]])
-
-        fused = self.fuse(vision_tokens, vision_mask, text_hidden, text_mask)
-        logits = self.itm_head(fused[:, 0])
+        vision_tokens = torch.cat([vision.tokens, vision.tokens[negative_vision], vision.tokens])
+        vision_mask = torch.cat([vision.mask, vision.mask[negative_vision], vision.mask])
+        text_hidden = torch.cat([text.hidden, text.hidden, text.hidden[negative_text]])
+        text_mask = torch.cat([text.mask, text.mask, text.mask[negative_text]])
+        logits = self._itm_logits(vision_tokens, vision_mask, text_hidden, text_mask)
         count, device = vision.tokens.shape[0], logits.device
         labels = (torch.arange(3 * count, device=device) < count).long()
         weights = torch.cat([torch.ones(count, dtype=torch.bool, device=device), vision_valid, text_valid])
         return matching_loss(logits, labels, weights)
+
+    def _matching_loss_global(self, vision, text, vision_all, text_all, excluded, rows, temperature):
+        """ITM with hard negatives drawn from every rank's batch (``excluded``: the positives and
+        the padding among the gathered columns). Each pair is computed once, where its vision
+        lives: this rank's pairs; its visions with their hard-negative texts, whose text rows
+        are fetched from their owners; and the texts other ranks sent here with a hard-negative
+        vision of this rank. Only text rows move (a fifth of a vision row), and their gradient
+        goes back to their owners through the same exchange. The loss is divided by the global
+        number of pairs / world size: the ranks' mean is the mean over every pair.
+
+        Returns (loss, pairs left out for the exchange's capacity)."""
+        settings = self.config.losses
+        with torch.no_grad():
+            v2t = vision.features.float() @ text_all.detach().float().t() / temperature
+            t2v = text.features.float() @ vision_all.detach().float().t() / temperature
+            negative_text, text_valid = sample_hard_negatives(v2t, excluded)
+            negative_vision, vision_valid = sample_hard_negatives(t2v, excluded)
+
+        world = world_size()
+        capacity = slot_capacity(rows, world, settings.itm_exchange_capacity)
+        payload = torch.cat([text.hidden, text.mask[..., None].to(text.hidden.dtype)], dim=-1)
+        fetched, fetched_placed = fetch_rows(payload, negative_text, text_valid, rows, capacity)
+        keep = min(world * capacity, rows + math.ceil(settings.itm_receive_margin * math.sqrt(rows)))
+        received = send_rows(payload, negative_vision, vision_valid, rows, capacity, keep)
+
+        width = text.hidden.shape[-1]
+        text_rows = torch.cat([payload, fetched, received.rows])
+        own = torch.arange(vision.tokens.shape[0], device=payload.device)
+        partner = torch.cat([own, own, received.target])
+        logits = self._itm_logits(vision.tokens.index_select(0, partner), vision.mask.index_select(0, partner),
+                                  text_rows[..., :width], text_rows[..., width] > 0.5)
+        count = own.shape[0]
+        labels = (torch.arange(logits.shape[0], device=logits.device) < count).long()
+        weights = torch.cat([torch.ones_like(text_valid), text_valid & fetched_placed, received.valid])
+        total = all_reduce_sum(weights.sum(), CATEGORY)
+        dropped = (text_valid & ~fetched_placed).sum() + received.dropped_sending + received.dropped_receiving
+        return matching_loss(logits, labels, weights, normaliser=total / world), dropped
