@@ -27,7 +27,7 @@ setup(
             "x2vlm-convert=training.model.convert:main",
             "x2vlm-pretrain=training.pretrain:main",
             "x2vlm-export=training.export:main",
-            "x2vlm-eval=training.evaluation.cli:main",
+            "x2vlm-eval=training.evaluation.eval_cli:main",
             "x2vlm-predict=training.predict_cli:main",
         ],
     },

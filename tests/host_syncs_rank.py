@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.config import load_run_config
+from training.run_config import load_run_config
 from training.instrumentation import SyncCounter
 from training.trainer import Trainer
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import yaml
 
 from training import distributed
-from training.config import apply_overrides
+from training.run_config import apply_overrides
 from training.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
 

@@ -20,7 +20,7 @@ from data_pipeline.config import ConfigError, read_yaml_file
 from data_pipeline.logging_setup import configure_logging
 from training import safe_load
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
-from training.model.config import model_config_from_dict
+from training.model.model_config import model_config_from_dict
 from training.model_folder import ModelCard, ModelFolderError, data_summary, parameter_shapes, write_model_folder
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from data_pipeline.config import ConfigError, read_yaml_file
 from training.model import X2VLM, create_model
-from training.model.config import ModelConfig, model_config_from_dict
+from training.model.model_config import ModelConfig, model_config_from_dict
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.yaml"

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
 from data_pipeline.schema import IMAGE_EXTENSIONS
-from training.evaluation.cli import at_least
+from training.evaluation.eval_cli import at_least
 from training.evaluation.plots import LINE_WIDTH, PREDICTED_COLOUR
 from training.inference import Box, InputError, X2VLMPredictor, image_bytes
 from training.model_folder import ModelFolderError

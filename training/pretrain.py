@@ -21,7 +21,7 @@ from data_pipeline.loader.corpus_loader import WorkerTimeout
 from data_pipeline.loader.stream import CorpusUnusable
 from data_pipeline.logging_setup import configure_logging
 from training.checkpoint import CheckpointError
-from training.config import check_resume, check_sections, load_run_config
+from training.run_config import check_resume, check_sections, load_run_config
 from training.run_lock import LockHeld
 from training.signals import IMMEDIATE_EXIT_CODE, REQUEUE_EXIT_CODE
 from training.trainer import NonFiniteLossError, Trainer

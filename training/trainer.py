@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from data_pipeline.config import ConfigError
 from training import distributed, rng_state
 from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, CheckpointManager, find_resumable
-from data_pipeline.config import ConfigError
-from training.config import RunConfig, deepspeed_config
 from training.metrics import MetricsLogger, StepFlops, drop_rows_after
 from training.progress import Progress
+from training.run_config import RunConfig, deepspeed_config
 from training.run_lock import LockHeld, RunLock
 from training.signals import REQUEUE_EXIT_CODE, LauncherWatch, PreemptionHandler
 

@@ -23,7 +23,7 @@ from data_pipeline.config import ConfigError
 from training import safe_load
 from training.checkpoint import (MARKER, CheckpointManager, complete_checkpoints, find_resumable, rank_state_name,
                                  retained_steps, tag_for)
-from training.config import deepspeed_config, load_run_config
+from training.run_config import deepspeed_config, load_run_config
 from training.optim import parameter_groups, schedule_factor
 from training.signals import IMMEDIATE_EXIT_CODE, PreemptionHandler
 

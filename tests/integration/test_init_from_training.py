@@ -23,7 +23,7 @@ def _first_step_losses(source, config_path) -> dict[str, float]:
     rank 0 of 1, the ITM negatives drawn after the trainer's seeding, one thread as the rank runs."""
     from data_pipeline.loader.mixer import MixedLoader
     from data_pipeline.spec import parse_data_spec
-    from training.config import load_run_config
+    from training.run_config import load_run_config
 
     config = load_run_config(config_path)
     loader = MixedLoader(parse_data_spec(config.data), 0, 1)

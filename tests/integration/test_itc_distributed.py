@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from training.losses import PairKeys, contrastive_loss, gather_with_grad, pair_positives
-from training.losses.distributed import pad_rows
+from training.losses.gather import pad_rows
 
 WORLD = 2
 TEMPERATURE = 0.1

@@ -17,7 +17,7 @@ from data_pipeline.spec import DataSpec
 from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
 from training.evaluation import evaluate
 from training.evaluation import evaluator
-from training.evaluation.cli import main as eval_main
+from training.evaluation.eval_cli import main as eval_main
 from training.evaluation.data import eval_batches, eval_data_spec, eval_spec_like_training, eval_stream
 from training.evaluation.evaluator import encode_retrieval_set, retrieval_scores
 from training.evaluation.plots import PREDICTED_COLOUR, TRUE_COLOUR, box_pixels, draw_grounding, grounding_grid_size

@@ -38,7 +38,7 @@ def test_region_token_zero_is_the_masked_mean_of_its_patches():
 
 
 def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin():
-    from training.model.config import VisionConfig
+    from training.model.model_config import VisionConfig
     from training.model.vision import VisionTower
 
     towers = [
@@ -55,7 +55,7 @@ def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin
 
 def test_vision_tower_normalises_uint8_pixels_with_clip_mean_and_std():
     from data_pipeline.loader.collate import collate_image_text
-    from training.model.config import VisionConfig
+    from training.model.model_config import VisionConfig
     from training.model.vision import VisionTower
 
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def test_vision_tower_normalises_uint8_pixels_with_clip_mean_and_std():
 
 
 def test_vision_tower_refuses_float_pixels_naming_what_it_takes():
-    from training.model.config import VisionConfig
+    from training.model.model_config import VisionConfig
     from training.model.vision import VisionTower
 
     config = VisionConfig("vit_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2})

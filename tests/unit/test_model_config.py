@@ -6,7 +6,7 @@ import yaml
 
 from data_pipeline.config import ConfigError
 from training.model import CONFIG_DIR, load_model_config
-from training.model.config import model_config_from_dict
+from training.model.model_config import model_config_from_dict
 
 
 def test_shipped_configs_load():

@@ -5,7 +5,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from training.model import create_model
-from training.model.config import VisionConfig
+from training.model.model_config import VisionConfig
 from training.model.vision import VisionTower
 
 TINY_BEIT = VisionConfig("beitv2_base_patch16_224", 32, timm_kwargs={"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2})

@@ -1,7 +1,7 @@
 """Pre-training losses of X²-VLM: ITC, ITM with hard negatives, MLM and box regression."""
 from training.losses.box import box_losses, generalized_iou
 from training.losses.contrastive import contrastive_loss
-from training.losses.distributed import gather_rows, gather_with_grad
+from training.losses.gather import gather_rows, gather_with_grad
 from training.losses.matching import matching_loss, sample_hard_negatives
 from training.losses.mlm import masked_language_model_loss
 from training.losses.positives import PairKeys, pair_positives

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from training.losses.distributed import all_to_all_rows, world_size
+from training.losses.gather import all_to_all_rows, world_size
 
 CATEGORY = "itm_exchange"
 

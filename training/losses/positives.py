@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from training.losses.distributed import gather_rows, pad_rows, world
+from training.losses.gather import gather_rows, pad_rows, world
 
 # Two primes below 2**31: each per-position term (token id < 2**31 times a weight below the
 # prime) fits in int64, and two independent hashes make a chance collision ~2**-62.

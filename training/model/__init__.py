@@ -4,7 +4,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-from training.model.config import ModelConfig, load_model_config, model_config_from_dict
+from training.model.model_config import ModelConfig, load_model_config, model_config_from_dict
 from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM
 
 

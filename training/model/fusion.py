@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 
-from training.model.config import TextConfig
+from training.model.model_config import TextConfig
 from training.model.text import transformers_config
 
 

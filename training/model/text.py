@@ -15,7 +15,7 @@ from transformers import (
     XLMRobertaModel,
 )
 
-from training.model.config import TextConfig
+from training.model.model_config import TextConfig
 
 _KINDS = {
     "bert": (BertConfig, BertModel),

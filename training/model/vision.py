@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from training.model.checkpoint_files import read_state_dict
-from training.model.config import VisionConfig
+from training.model.model_config import VisionConfig
 from training.model.preprocessing import normalise
 
 

@@ -43,9 +43,9 @@ from training.losses import (
     pair_positives,
     sample_hard_negatives,
 )
-from training.losses.distributed import all_reduce_sum, pad_rows, world_size
+from training.losses.gather import all_reduce_sum, pad_rows, world_size
 from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capacity
-from training.model.config import ModelConfig
+from training.model.model_config import ModelConfig
 from training.model.fusion import FusionEncoder
 from training.model.heads import MaskedLanguageModelHead, Temperature, build_mlp
 from training.model.pretrained_text import load_pretrained_text

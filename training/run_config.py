@@ -23,7 +23,7 @@ from data_pipeline.spec import KINDS
 
 if typing.TYPE_CHECKING:
     from data_pipeline.spec import DataSpec
-    from training.model.config import ModelConfig
+    from training.model.model_config import ModelConfig
 
 REFERENCED_SECTIONS = ("model", "data", "deepspeed")
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -260,7 +260,7 @@ def check_sections(config: RunConfig) -> tuple["ModelConfig", "DataSpec"]:
     both sections. All before any process group or model exists. (`checkpoint.resume` is
     checked by `check_resume`, since `--resume` replaces it.)"""
     from data_pipeline.spec import check_data_files, parse_data_spec
-    from training.model.config import model_config_from_dict
+    from training.model.model_config import model_config_from_dict
 
     try:
         model = model_config_from_dict(config.model, "model")
