@@ -1,9 +1,12 @@
 """``x2vlm-convert``: an official X²-VLM checkpoint (``.th``) into this model's parameter names.
 
-Official names (github zengyan-97/X2-VLM, ``models/xvlm.py``) map as follows; ``fs`` is
-``text.fusion_start``:
+Official names (github zengyan-97/X2-VLM and zengyan-97/X-VLM, ``models/xvlm.py``) map as
+follows; ``fs`` is ``text.fusion_start``:
 
-- ``vision_encoder.*`` (BEiT-v2, named as timm's BEiT) -> ``vision.trunk.*``
+- ``vision_encoder.*`` (X²-VLM's BEiT-v2, named as timm's BEiT) -> ``vision.trunk.*``
+- X-VLM's Swin (Microsoft's layout, which merges patches at the end of a stage where timm merges
+  at the start of the next): ``vision_encoder.layers.i.downsample.*`` ->
+  ``vision.trunk.layers.(i + 1).downsample.*``; the rest keeps its name under ``vision.trunk.``
 - ``text_encoder.bert.embeddings.*`` -> ``text.embeddings.*``
 - ``text_encoder.bert.encoder.layer.i.*`` -> ``text.encoder.layer.i.*`` for i < fs, else
   ``fusion.layer.(i - fs).*``
@@ -15,7 +18,8 @@ Official names (github zengyan-97/X2-VLM, ``models/xvlm.py``) map as follows; ``
 - ``vision_proj``, ``text_proj``, ``itm_head``, ``bbox_head`` keep their names; ``temp`` ->
   ``temperature.temp``; ``absolute_frame_pos_embed`` -> ``video.frame_pos_embed``.
 
-Buffers the official code saves (``relative_position_index``, ``position_ids``) and the tied
+Buffers the official code saves (``relative_position_index``, ``position_ids``, Swin's
+``attn_mask``) and the tied
 decoder copies are dropped. The report lists official keys that found no place and model keys
 the checkpoint did not provide.
 
@@ -45,7 +49,7 @@ from data_pipeline.logging_setup import configure_logging
 from training.model.checkpoint_files import read_state_dict
 
 _DROPPED = re.compile(
-    r"(relative_position_index$|position_ids$|^text_encoder\.cls\.predictions\.decoder\.|"
+    r"(relative_position_index$|position_ids$|attn_mask$|^text_encoder\.cls\.predictions\.decoder\.|"
     r"^mlm_head\.predictions\.decoder\.)"
 )
 _RENAMES = [
@@ -59,6 +63,11 @@ _RENAMES = [
     (re.compile(r"^absolute_frame_pos_embed$"), "video.frame_pos_embed"),
     (re.compile(r"^(vision_proj|text_proj|itm_head|bbox_head)\."), r"\1."),
 ]
+# Microsoft's Swin merges patches at the end of stage i (stage 0 has one), timm at the start of
+# stage i + 1; the weights are the same (timm's merge concatenates the 2x2 neighbours in the
+# same order).
+_SWIN_OFFICIAL_MERGE = "vision_encoder.layers.0.downsample.reduction.weight"
+_SWIN_DOWNSAMPLE = re.compile(r"^vision_encoder\.layers\.(\d+)\.downsample\.")
 _TEXT_LAYER = re.compile(r"^text_encoder\.(?:(?:bert|roberta)\.)?encoder\.layer\.(\d+)\.(.*)$")
 _VIDEO_PARAMETERS = re.compile(r"^video\.")  # what only a video-trained source has
 _OFFICIAL_VIDEO_KEY = "absolute_frame_pos_embed"
@@ -102,15 +111,20 @@ def official_to_model_name(key: str, fusion_start: int) -> str | None:
     return None
 
 
+def _timm_swin_key(key: str) -> str:
+    return _SWIN_DOWNSAMPLE.sub(lambda m: f"vision_encoder.layers.{int(m.group(1)) + 1}.downsample.", key, count=1)
+
+
 def convert_state_dict(official: dict, model: torch.nn.Module) -> tuple[dict, ConversionReport]:
     fusion_start = model.config.text.fusion_start
     target = model.state_dict()
+    swin_merges_at_stage_end = _SWIN_OFFICIAL_MERGE in official
     converted, dropped, unmatched, mismatched = {}, [], [], []
     for key, value in official.items():
         if _DROPPED.search(key):
             dropped.append(key)
             continue
-        name = official_to_model_name(key, fusion_start)
+        name = official_to_model_name(_timm_swin_key(key) if swin_merges_at_stage_end else key, fusion_start)
         if name is None or name not in target:
             unmatched.append(key)
             continue
