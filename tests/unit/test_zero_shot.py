@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_pipeline.skips import Counters
 from pipeline_helpers import demo_tokenizer  # noqa: F401
+from training.evaluation import zero_shot
 from training.evaluation.zero_shot import (Classes, Tally, ZeroShotError, class_embeddings, classify, image_folder,
                                            labelled_shards, read_classes, read_templates)
 from training.evaluation.zero_shot_cli import main
@@ -82,7 +83,9 @@ def test_identical_embeddings_give_accuracy_one(tmp_path):
     assert [c["top1"] for c in figures["per_class"]] == [1.0, 0.0, 1.0]
 
 
-def test_class_embedding_is_the_normalised_mean_of_normalised_prompts():
+@pytest.mark.parametrize("prompts_per_call", [1024, 2])  # both classes' prompts in one call, or one class each
+def test_class_embedding_is_the_normalised_mean_of_normalised_prompts(prompts_per_call, monkeypatch):
+    monkeypatch.setattr(zero_shot, "PROMPTS_PER_CALL", prompts_per_call)
     prompts = {"a cat": [3.0, 0.0, 4.0], "the cat": [0.0, 2.0, 0.0], "a dog": [1.0, 1.0, 0.0], "the dog": [0.0, 0.0, 5.0]}
 
     class Texts:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # X²-VLM-style prompts, short and caption-like, as CLIP's ensembles begin.
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
 TOP_K = (1, 5)
+PROMPTS_PER_CALL = 1024  # prompts handed to the model at once (it batches them further)
 
 
 class ZeroShotError(ValueError):
@@ -75,7 +76,7 @@ class Classes:
         text = str(label).strip()
         if text in self.keys:
             return self.keys[text]
-        if isinstance(label, int) or text.isdigit():
+        if isinstance(label, int) or (text.isascii() and text.isdigit()):
             if 0 <= int(text) < len(self.names):
                 return int(text)
         elif text in self.names:
@@ -221,16 +222,24 @@ def labelled_shards(patterns: Sequence[str], classes: Classes, label_field: str,
 # Classification ------------------------------------------------------------------------------
 
 @torch.no_grad()
-def class_embeddings(model: Embedder, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def class_embeddings(model: Embedder, names: Sequence[str], templates: Sequence[str],
+                     progress: bool = False) -> torch.Tensor:
     """(C, D) unit-length class embeddings: the mean of each class's unit-length prompt
     embeddings, normalised."""
-    prompts = [template.format(name) for name in names for template in templates]
-    try:
-        embedded = model.embed_texts(prompts).float()
-    except InputError as error:
-        raise ZeroShotError(f"a prompt the model cannot take: {error}") from None
-    embedded = torch.nn.functional.normalize(embedded, dim=-1).view(len(names), len(templates), -1)
-    return torch.nn.functional.normalize(embedded.mean(dim=1), dim=-1)
+    per_call = max(1, PROMPTS_PER_CALL // len(templates))  # classes whose prompts are embedded together
+    rows = []
+    with tqdm(total=len(names), unit="class", desc="class prompts", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(names), per_call):
+            group = names[start:start + per_call]
+            prompts = [template.format(name) for name in group for template in templates]
+            try:
+                embedded = model.embed_texts(prompts).float()
+            except InputError as error:
+                raise ZeroShotError(f"a prompt the model cannot take: {error}") from None
+            embedded = torch.nn.functional.normalize(embedded, dim=-1).view(len(group), len(templates), -1)
+            rows.append(torch.nn.functional.normalize(embedded.mean(dim=1), dim=-1))
+            bar.update(len(group))
+    return torch.cat(rows)
 
 
 class Tally:
@@ -317,7 +326,7 @@ def classify(model: Embedder, images: Iterable[LabelledImage], classes: Classes,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     templates = check_templates(list(templates))
     counters = counters if counters is not None else Counters()
-    weights = class_embeddings(model, classes.names, templates)
+    weights = class_embeddings(model, classes.names, templates, progress)
     tally = Tally(len(classes.names), tuple(k for k in TOP_K if k <= len(classes.names)))
     bar = tqdm(total=total, unit="img", desc="zero-shot", disable=not progress, dynamic_ncols=True)
     batch: list[LabelledImage] = []
