@@ -148,6 +148,13 @@ def test_image_folder_with_a_classes_file_and_its_mistakes(tmp_path):
     # A plain list as long as the folders names them in sorted order, as torchvision numbers them.
     classes, images = image_folder(tree, Classes(["red", "green"]))
     assert [(image.where.split("/")[-2], image.label) for image in images] == [("n01", 0), ("n02", 1)]
+    # Folders that name the classes are theirs, underscores read as spaces, whatever the order.
+    named = tmp_path / "named"
+    for folder in ("white_shark", "goldfish"):
+        (named / folder).mkdir(parents=True)
+        (named / folder / "a.png").write_bytes(png(COLOURS["red"]))
+    _, images = image_folder(named, Classes(["white shark", "goldfish"]))
+    assert [(image.where.split("/")[-2], image.label) for image in images] == [("goldfish", 1), ("white_shark", 0)]
     with pytest.raises(ZeroShotError, match=r"n02.*unknown label 'n02'"):
         image_folder(tree, Classes(["red", "green", "blue"], {"n01": 0}))
     (tree / "n03").mkdir()

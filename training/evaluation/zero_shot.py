@@ -155,8 +155,9 @@ def check_templates(templates: Sequence[str], source: str = "templates") -> list
 def image_folder(root: Path, classes: Classes | None = None) -> tuple[Classes, list[LabelledImage]]:
     """The classes and images of an ImageFolder tree: ROOT/CLASS/**/IMAGE. Without CLASSES
     each folder is a class named after it (underscores as spaces); with them each folder is a
-    key or a name of theirs, or, for a plain list as long as the folders, the name on the line
-    of its place in sorted order (torchvision's numbering, as ImageNet's class lists are)."""
+    key or a name of theirs, or, for a plain list as long as the folders that does not name
+    them all, the name on the line of its place in sorted order (torchvision's numbering, which
+    ImageNet's class lists follow)."""
     if not root.is_dir():
         raise ZeroShotError(f"{root}: not a directory")
     folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
@@ -165,9 +166,8 @@ def image_folder(root: Path, classes: Classes | None = None) -> tuple[Classes, l
     if classes is None:
         classes = Classes([name.replace("_", " ") for name in folders], {name: i for i, name in enumerate(folders)},
                           f"the folders of {root}")
-    elif (not classes.keys and len(classes.names) == len(folders)
-          and not set(folders) <= set(classes.names)):
-        classes = dataclasses.replace(classes, keys={name: i for i, name in enumerate(folders)})
+    elif not classes.keys:
+        classes = dataclasses.replace(classes, keys=_folder_keys(folders, classes.names))
     suffixes = {f".{ext}" for ext in schema.IMAGE_EXTENSIONS}
     resolved_root = root.resolve()
     images = []
@@ -179,6 +179,20 @@ def image_folder(root: Path, classes: Classes | None = None) -> tuple[Classes, l
             raise ZeroShotError(f"{root / folder}: empty class folder (no {', '.join(schema.IMAGE_EXTENSIONS)} files)")
         images += [LabelledImage(path, label, str(path)) for path in files]
     return classes, images
+
+
+def _folder_keys(folders: list[str], names: list[str]) -> dict[str, int]:
+    """The class of each folder of a tree whose classes are a plain list of NAMES: by name
+    (underscores read as spaces), or else by place in sorted order when there are as many.
+    A folder left out is refused, named, by Classes.index."""
+    named = {}
+    for folder in folders:
+        name = next((n for n in (folder, folder.replace("_", " ")) if n in names), None)
+        if name is not None:
+            named[folder] = names.index(name)
+    if len(named) < len(folders) and len(folders) == len(names):
+        return {folder: i for i, folder in enumerate(folders)}
+    return named
 
 
 def _label_of(sample: dict, field: str):
