@@ -173,9 +173,13 @@ class X2VLM(nn.Module):
             losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"))
         if region is not None:
             image_tokens = self.vision(region["images"])
-            vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
-            losses["region"], stats["region"], features["region"], text = self._alignment_losses(
-                vision, region, region["image_index"])
+            if any(self.config.losses.weights["region"][term] for term in ("itc", "itm", "mlm")):
+                vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
+                losses["region"], stats["region"], features["region"], text = self._alignment_losses(
+                    vision, region, region["image_index"])
+            else:  # the box terms alone (grounding fine-tuning): no region features, ITC, ITM or MLM
+                losses["region"], stats["region"] = {}, {}
+                text = self.encode_text(region["text_ids"], region["text_mask"])
             box = self.predict_box(image_tokens[region["image_index"]], text)
             losses["region"]["bbox"], losses["region"]["giou"] = box_losses(box, region["boxes"])
         if video is not None:
