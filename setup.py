@@ -29,6 +29,7 @@ setup(
             "x2vlm-export=training.export:main",
             "x2vlm-eval=training.evaluation.eval_cli:main",
             "x2vlm-predict=training.predict_cli:main",
+            "x2vlm-finetune=training.finetune:main",
         ],
     },
 )

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(config_path: Path, overrides: list[str], resume: str | None, prog: str = "x2vlm-pretrain",
           check: Callable[[RunConfig], None] | None = None,
-          make_trainer: Callable[[RunConfig, str | None], Trainer] = Trainer) -> int:
+          make_trainer: Callable[[RunConfig, str | None], Trainer] | None = None) -> int:
     """The run config read and checked (also by CHECK, for a command's own rules), the trainer
     built and run, its outcome turned into an exit code; x2vlm-finetune runs through here too."""
     trainer = None
@@ -86,7 +86,7 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
             check_resume(resume, "--resume")
         else:
             check_resume(config.checkpoint.resume, f"{config.source}: checkpoint.resume")
-        trainer = make_trainer(config, resume)
+        trainer = (make_trainer or Trainer)(config, resume)
         return trainer.run()
     except (ConfigError, LockHeld) as error:
         # Only the project's own configuration errors (and another trainer on the same output

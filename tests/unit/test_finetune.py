@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data_pipeline.config import ConfigError, build
-from tiny_batches import region_batch
+from tiny_batches import image_batch, region_batch
 from training import finetune
 from training.evaluation.data import eval_data_spec
 from training.finetune_tasks import TASKS, ForwardingTask
@@ -119,19 +119,28 @@ def test_named_eval_sets_are_checked_and_become_corpora_of_their_names(tmp_path)
         ("refcoco_testA", "region", ["testA/*.tar"])]
 
 
-def test_grounding_forward_computes_the_box_terms_alone_and_the_same_as_with_every_term():
-    model = create_model("tiny").eval()  # no dropout: both forwards see the same network
-    batch = region_batch(1)
-    with torch.no_grad():
-        every = model(region=batch)["losses"]["region"]
-        for term in ("itc", "itm", "mlm"):
-            model.config.losses.weights["region"][term] = 0.0
-        out = model(region=batch)
-    assert sorted(out["losses"]["region"]) == ["bbox", "giou"]
+def test_fine_tuning_forwards_leave_out_the_terms_that_weigh_zero_and_compute_the_others_the_same():
+    model = create_model("tiny").eval()  # no dropout: every forward sees the same network
+    batches = {"image": image_batch(0), "region": region_batch(1)}
+
+    def forward():
+        torch.manual_seed(0)  # the same ITM hard negatives drawn
+        with torch.no_grad():
+            return model(**batches)
+
+    every = forward()["losses"]
+    weights = model.config.losses.weights
+    weights["image"]["mlm"] = 0.0  # retrieval
+    for term in ("itc", "itm", "mlm"):  # grounding: the box terms alone
+        weights["region"][term] = 0.0
+    out = forward()
+    assert {kind: sorted(terms) for kind, terms in out["losses"].items()} == {"image": ["itc", "itm"],
+                                                                              "region": ["bbox", "giou"]}
     assert out["stats"]["region"] == {} and "region" not in out["features"]
-    for term in ("bbox", "giou"):
-        assert torch.equal(out["losses"]["region"][term], every[term])
-    assert torch.equal(out["loss"], every["bbox"] + every["giou"])
+    for kind, terms in out["losses"].items():
+        for term, value in terms.items():
+            assert torch.equal(value, every[kind][term]), (kind, term)
+    torch.testing.assert_close(out["loss"], sum(v for terms in out["losses"].values() for v in terms.values()))
 
 
 def test_command_line_refuses_a_folder_that_is_not_a_model_folder(tmp_path, capsys):
