@@ -30,6 +30,7 @@ setup(
             "x2vlm-eval=training.evaluation.eval_cli:main",
             "x2vlm-predict=training.predict_cli:main",
             "x2vlm-zero-shot=training.evaluation.zero_shot_cli:main",
+            "x2vlm-finetune=training.finetune:main",
         ],
     },
 )

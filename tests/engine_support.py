@@ -82,9 +82,10 @@ def free_port() -> int:
 
 
 class Ranks:
-    """WORLD processes of `python -m training.pretrain`, as a launcher would start them."""
+    """WORLD processes of `python -m training.pretrain` (or of MODULE), as a launcher would start them."""
 
-    def __init__(self, config: Path, world: int, *args: str, log_dir: Path | None = None, env: dict | None = None):
+    def __init__(self, config: Path, world: int, *args: str, log_dir: Path | None = None, env: dict | None = None,
+                 module: str = "training.pretrain"):
         port = free_port()
         self.log_dir = log_dir or config.parent
         self.procs = []
@@ -99,7 +100,7 @@ class Ranks:
             log = open(self.log_dir / f"rank{rank}-{port}.log", "w")
             self.logs.append(log)
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "training.pretrain", "--config", str(config), *args],
+                [sys.executable, "-m", module, "--config", str(config), *args],
                 cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def wait(self, timeout: float = 600) -> list[int]:

@@ -15,13 +15,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from data_pipeline.config import ConfigError
 from data_pipeline.loader.corpus_loader import WorkerTimeout
 from data_pipeline.loader.stream import CorpusUnusable
 from data_pipeline.logging_setup import configure_logging
 from training.checkpoint import CheckpointError
-from training.run_config import check_resume, check_sections, load_run_config
+from training.run_config import RunConfig, check_resume, check_sections, load_run_config
 from training.run_lock import LockHeld
 from training.signals import IMMEDIATE_EXIT_CODE, REQUEUE_EXIT_CODE
 from training.trainer import NonFiniteLossError, Trainer
@@ -60,37 +61,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    overrides = list(args.overrides)
+    if args.init_from is not None:
+        # Quoted, so that the path is read as a string whatever it looks like.
+        overrides.append(f"model.init_from={json.dumps(args.init_from)}")
+    return train(args.config, overrides, args.resume)
+
+
+def train(config_path: Path, overrides: list[str], resume: str | None, prog: str = "x2vlm-pretrain",
+          check: Callable[[RunConfig], None] | None = None,
+          make_trainer: Callable[[RunConfig, str | None], Trainer] | None = None) -> int:
+    """The run config read and checked (also by CHECK, for a command's own rules), the trainer
+    built and run, its outcome turned into an exit code; x2vlm-finetune runs through here too."""
     trainer = None
     try:
         # Every configuration mistake that needs no process group is found here, on every rank
         # alike, before anything starts; the rest (a batch the world size cannot split, a
         # tokenizer larger than the vocabulary) while the trainer is built.
-        overrides = list(args.overrides)
-        if args.init_from is not None:
-            # Quoted, so that the path is read as a string whatever it looks like.
-            overrides.append(f"model.init_from={json.dumps(args.init_from)}")
-        config = load_run_config(args.config, overrides)
+        config = load_run_config(config_path, overrides)
+        if check is not None:
+            check(config)
         check_sections(config)
-        if args.resume is not None:
-            check_resume(args.resume, "--resume")
+        if resume is not None:
+            check_resume(resume, "--resume")
         else:
             check_resume(config.checkpoint.resume, f"{config.source}: checkpoint.resume")
-        trainer = Trainer(config, args.resume)
+        trainer = (make_trainer or Trainer)(config, resume)
         return trainer.run()
     except (ConfigError, LockHeld) as error:
         # Only the project's own configuration errors (and another trainer on the same output
         # folder): a ValueError from DeepSpeed, timm or the tokenizer is a failure to
         # investigate, with its traceback.
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return NONFINITE_EXIT_CODE
     except CheckpointError as error:
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return CHECKPOINT_EXIT_CODE
     except (CorpusUnusable, WorkerTimeout) as error:
-        print(f"x2vlm-pretrain: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return DATA_EXIT_CODE
     finally:
         if trainer is not None:

@@ -104,6 +104,19 @@ class GuardSection:
 
 
 @dataclass
+class EvalSet:
+    # A named held-out set (a split, such as refcoco+_testA): its metrics are NAME/... .
+    name: str = setting(nonempty=True)
+    kind: str = setting(choices=KINDS)
+    shards: list[str] = setting(nonempty=True)
+
+    def check(self, where: str) -> None:
+        if "/" in self.name:
+            raise ConfigError(f"{subkey(where, 'name')}: must not contain '/' (it prefixes the set's metrics), "
+                              f"got {self.name!r}")
+
+
+@dataclass
 class EvalSection:
     # Evaluate every N steps and at the end (0: never) on held-out shards (patterns or lists).
     every_steps: int = setting(0, min=0)
@@ -114,19 +127,27 @@ class EvalSection:
     batch_size: int = setting(32, min=1)
     # Only the first N samples of each kind, to keep evaluation during training short.
     max_samples: typing.Optional[int] = setting(None, min=1)
+    # Further held-out sets by name, any number per kind (one per split).
+    sets: list[EvalSet] = setting([])
 
     def shards(self) -> dict[str, list[str]]:
         return {"image_shards": self.image_shards, "region_shards": self.region_shards,
-                "video_shards": self.video_shards}
+                "video_shards": self.video_shards, **{f"sets.{s.name}": s.shards for s in self.sets}}
 
     def check(self, where: str) -> None:
         for name, patterns in self.shards().items():
             for i, pattern in enumerate(patterns):
                 if not pattern:
                     raise ConfigError(f"{subkey(where, name)}[{i}]: must not be empty")
+        names = [s.name for s in self.sets]
+        for i, name in enumerate(names):
+            # image / region / video are the names of the image_shards, region_shards and video_shards sets.
+            if name in names[:i] or name in ("image", "region", "video"):
+                raise ConfigError(f"{subkey(where, f'sets[{i}].name')}: {name!r} is taken (by another set, or by "
+                                  f"image_shards / region_shards / video_shards)")
         if self.every_steps and not any(self.shards().values()):
             raise ConfigError(f"{subkey(where, 'every_steps')}: {self.every_steps}, but no eval shards are given "
-                              f"(eval.image_shards, eval.region_shards, eval.video_shards)")
+                              f"(eval.image_shards, eval.region_shards, eval.video_shards, eval.sets)")
 
 
 @dataclass

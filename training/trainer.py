@@ -407,7 +407,8 @@ class Trainer:
 
         section = self.config.eval
         spec = eval_spec_like_training(self.data_spec, section.image_shards, section.region_shards,
-                                       section.video_shards, batch_size=section.batch_size)
+                                       section.video_shards, batch_size=section.batch_size,
+                                       sets=[(s.name, s.kind, s.shards) for s in section.sets])
         started = time.perf_counter()
         metrics = evaluate(self.engine.module, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples)
         metrics["eval_s"] = time.perf_counter() - started
@@ -433,19 +434,24 @@ class Trainer:
         """The model folder of the weights in memory: the optimizer's fp32 master copy (gathered
         from every ZeRO partition: a collective, so every rank takes part)."""
         from deepspeed.utils import safe_get_full_fp32_param
-        from training.model_folder import ModelCard, data_summary, write_model_folder
+        from training.model_folder import write_model_folder
 
         weights = {}
         for name, param in self.engine.module.named_parameters():
             full = safe_get_full_fp32_param(param)
             weights[name] = full.detach().float().cpu().contiguous()
         if self.is_main:
-            card = ModelCard(source={"kind": "training run", "path": str(self.output_dir.resolve()),
-                                     "run": self.config.run.name, "config": self.config.source},
-                             steps=self.step, data=data_summary(self.data_spec),
-                             metrics=self.last_eval if self.last_eval_step == self.step else None)
-            write_model_folder(out, weights, self.config.model, self.data_spec.text.tokenizer, card)
+            write_model_folder(out, weights, self.config.model, self.data_spec.text.tokenizer, self.model_card())
             self.progress.echo(f"[export] step {self.step} -> {out}")
+
+    def model_card(self):
+        """The card of the weights in memory (fine-tuning says more of its source)."""
+        from training.model_folder import ModelCard, data_summary
+
+        return ModelCard(source={"kind": "training run", "path": str(self.output_dir.resolve()),
+                                 "run": self.config.run.name, "config": self.config.source},
+                         steps=self.step, data=data_summary(self.data_spec),
+                         metrics=self.last_eval if self.last_eval_step == self.step else None)
 
     def _release_lock(self) -> None:
         if self.lock is not None:

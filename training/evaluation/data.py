@@ -20,15 +20,17 @@ _EVAL_LOADER = {"num_workers": 0, "shard_retries": 1, "retry_delay_s": 0}
 def eval_data_spec(tokenizer: str, image_res: int, patch_size: int, image_shards=(), region_shards=(),
                    video_shards=(), batch_size: int = 32, video_frames: int | None = None,
                    max_tokens: int | None = None, max_words: int | None = None,
-                   video_decode_timeout_s: float | None = None) -> DataSpec:
+                   video_decode_timeout_s: float | None = None, sets=()) -> DataSpec:
     """A data spec in evaluation mode over the given shard patterns; `image_res` and
     `patch_size` must match the model; a setting left None takes the data spec's default.
-    Invalid settings raise ConfigError naming the key."""
-    shards = {"image_text": list(image_shards), "region": list(region_shards), "video_text": list(video_shards)}
+    `sets`: further (name, kind, shard patterns), each a corpus of that name (its metrics'
+    prefix). Invalid settings raise ConfigError naming the key."""
+    named = [(EVAL_CORPORA[kind], kind, list(patterns)) for kind, patterns in
+             (("image_text", image_shards), ("region", region_shards), ("video_text", video_shards))]
     corpora = []
-    for kind, patterns in shards.items():
+    for name, kind, patterns in named + [(name, kind, list(patterns)) for name, kind, patterns in sets]:
         if patterns:
-            corpus = {"name": EVAL_CORPORA[kind], "kind": kind, "shards": patterns, "batch_size": batch_size}
+            corpus = {"name": name, "kind": kind, "shards": patterns, "batch_size": batch_size}
             if kind == "video_text":
                 corpus["options"] = _given(frames=video_frames, decode_timeout_s=video_decode_timeout_s)
             corpora.append(corpus)
@@ -43,7 +45,7 @@ def _given(**settings) -> dict:
 
 
 def eval_spec_like_training(data: DataSpec, image_shards=(), region_shards=(), video_shards=(),
-                            batch_size: int = 32) -> DataSpec:
+                            batch_size: int = 32, sets=()) -> DataSpec:
     """Eval sets read as a training data spec reads its corpora: its tokenizer and text
     length, image resolution, patch size and the frame count and decode timeout of its first
     video corpus."""
@@ -52,7 +54,7 @@ def eval_spec_like_training(data: DataSpec, image_shards=(), region_shards=(), v
              "video_decode_timeout_s": videos[0].options.decode_timeout_s} if videos else {}
     return eval_data_spec(data.text.tokenizer, data.image_res, data.patch_size, image_shards, region_shards,
                           video_shards, batch_size, max_tokens=data.text.max_tokens, max_words=data.text.max_words,
-                          **video)
+                          sets=sets, **video)
 
 
 def eval_stream(spec: DataSpec, corpus: CorpusSpec, max_samples: int | None = None) -> CorpusStream:

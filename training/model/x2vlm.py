@@ -170,24 +170,28 @@ class X2VLM(nn.Module):
         losses, stats, features = {}, {}, {}
         if image is not None:
             vision = self.encode_image(image["images"])
-            losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"))
+            losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"), "image")
         if region is not None:
             image_tokens = self.vision(region["images"])
-            vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
-            losses["region"], stats["region"], features["region"], text = self._alignment_losses(
-                vision, region, region["image_index"])
+            if any(self.config.losses.weights["region"][term] for term in ("itc", "itm", "mlm")):
+                vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
+                losses["region"], stats["region"], features["region"], text = self._alignment_losses(
+                    vision, region, region["image_index"], "region")
+            else:  # the box terms alone (grounding fine-tuning): no region features, ITC, ITM or MLM
+                losses["region"], stats["region"] = {}, {}
+                text = self.encode_text(region["text_ids"], region["text_mask"])
             box = self.predict_box(image_tokens[region["image_index"]], text)
             losses["region"]["bbox"], losses["region"]["giou"] = box_losses(box, region["boxes"])
         if video is not None:
             vision = self.encode_video(video["frames"])
-            losses["video"], stats["video"], features["video"], _ = self._alignment_losses(vision, video, video.get("image_index"))
+            losses["video"], stats["video"], features["video"], _ = self._alignment_losses(vision, video, video.get("image_index"), "video")
         weights = self.config.losses.weights
         total = sum(weights[kind][term] * value for kind, terms in losses.items() for term, value in terms.items())
         return {"loss": total, "losses": losses, "stats": stats, "features": features}
 
-    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index):
-        """ITC, ITM and MLM of one batch kind; also returns its statistics, its features and the
-        text encoding for the box head.
+    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index, kind: str):
+        """ITC, ITM and MLM (unless it weighs 0) of one batch kind; also returns its statistics,
+        its features and the text encoding for the box head.
 
         Across ranks everything moves at fixed shapes: the batch kind's rows are padded to
         ``batch["rows"]`` (the configured bound on rows per batch of the kind; by default this
@@ -216,10 +220,13 @@ class X2VLM(nn.Module):
         else:
             itm, dropped = self._matching_loss_local(vision, text, keys, temperature.detach()), text.hidden.new_zeros(())
 
-        masked_hidden = self._text_hidden(batch["mlm_ids"], batch["text_mask"])
-        fused = self.fuse(vision.tokens, vision.mask, masked_hidden, batch["text_mask"])
-        mlm = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"], batch.get("mlm_positions"))
-        return ({"itc": itc, "itm": itm, "mlm": mlm}, {"itm_dropped": dropped.float()},
+        losses = {"itc": itc, "itm": itm}
+        if settings.weights[kind]["mlm"]:  # weight 0 (retrieval fine-tuning): not computed
+            masked_hidden = self._text_hidden(batch["mlm_ids"], batch["text_mask"])
+            fused = self.fuse(vision.tokens, vision.mask, masked_hidden, batch["text_mask"])
+            losses["mlm"] = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"],
+                                                       batch.get("mlm_positions"))
+        return (losses, {"itm_dropped": dropped.float()},
                 {"vision": vision.features, "text": text.features}, text)
 
     def _itm_logits(self, vision_tokens, vision_mask, text_hidden, text_mask) -> torch.Tensor:
