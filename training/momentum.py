@@ -9,10 +9,12 @@ optimizer group, so weight decay and gradient clipping never see it. Once per op
 ``MomentumTeacher.update`` moves each momentum parameter towards its trained twin on the part
 each rank holds, never gathering the model:
 
-- ZeRO-0/1/2 (and ZeRO-3 parameters small enough to stay whole on every rank, ``ds_persist``):
-  every rank holds the whole compute-dtype parameter and updates all of it;
+- ZeRO-0/1/2: every rank holds the whole compute-dtype parameter and updates all of it;
 - ZeRO-3: ``param.ds_tensor``, the rank's partition of the flattened parameter; both twins have
-  the same shape, so their partitions line up element for element.
+  the same shape, so their partitions line up element for element. The parameters small enough
+  that ZeRO-3 keeps them whole on every rank between steps (``ds_persist``) are then gathered
+  again from their partitions, as DeepSpeed does for the trained ones after each step (one
+  coalesced all-gather of the small parameters only).
 
 The moving average is kept in fp32 beside the compute-dtype weights (in bf16 a step of
 (1 - 0.995) x the difference would mostly round away) and copied into them after each update.
@@ -103,8 +105,8 @@ def sample_ids(keys: list[str]) -> torch.Tensor:
 
 
 def _is_partitioned(param: torch.Tensor) -> bool:
-    """A ZeRO-3 parameter whose whole value is not kept on every rank."""
-    return hasattr(param, "ds_tensor") and not getattr(param, "ds_persist", False)
+    """A ZeRO-3 parameter."""
+    return hasattr(param, "ds_tensor")
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -138,6 +140,7 @@ class MomentumTeacher:
             self.names.append(name)
             self.trained.append(trained[name])
             self.copies.append(param)
+        self.persistent = [param for param in self.copies if getattr(param, "ds_persist", False)]
         with torch.no_grad():
             self.average = [_local(param).float().clone() for param in self.copies]
 
@@ -156,11 +159,10 @@ class MomentumTeacher:
         self._write()
 
     def _write(self) -> None:
-        for param, average in zip(self.copies, self.average):
-            _local(param).copy_(average)
-            if hasattr(param, "ds_tensor") and not _is_partitioned(param):
-                # Kept whole, but ZeRO-3 also rebuilds it from its partition (checkpoints, gathers).
-                param.ds_tensor.copy_(_partition_of(average, param))
+        torch._foreach_copy_([_local(param) for param in self.copies], self.average)
+        if self.persistent:  # drop the stale whole values, gather the new ones from the partitions
+            self.persistent[0].partition(self.persistent)
+            self.persistent[0].all_gather(self.persistent)
 
     # -- state that survives a restart -----------------------------------------------------------
     def state_dict(self) -> dict:
