@@ -181,7 +181,8 @@ class MomentumTeacher:
         whole = {}
         for name, param in zip(self.names, self.copies):
             if name in partitioned:
-                whole[name] = torch.cat([state["average"][name] for state in states])[:param.ds_numel]
+                numel = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+                whole[name] = torch.cat([state["average"][name] for state in states])[:numel]
             else:
                 whole[name] = states[0]["average"][name]
         averages = {name: (_partition_of(whole[name], param) if _is_partitioned(param) else whole[name])
