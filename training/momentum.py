@@ -166,7 +166,7 @@ class MomentumTeacher:
 
     # -- state that survives a restart -----------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"average": {name: average.cpu() for name, average in zip(self.names, self.average)},
+        return {"average": {name: average.to("cpu", copy=True) for name, average in zip(self.names, self.average)},
                 "partitioned": [name for name, param in zip(self.names, self.copies) if _is_partitioned(param)],
                 "queues": {kind: queue.state_dict() for kind, queue in self.encoders.queues.items()}}
 

@@ -120,3 +120,51 @@ def test_distilled_mlm_loss_matches_a_loop():
             total += (1 - alpha) * hard + alpha * distilled
             count += 1
     assert distilled_mlm_loss(logits, teacher, labels, alpha).item() == pytest.approx(total / count, rel=1e-9)
+
+
+def _fake_zero3(params, rank: int, world: int, whole: list[torch.Tensor] | None = None) -> None:
+    """Gives each parameter the attributes ZeRO-3 gives it: ``ds_tensor``, this rank's
+    partition of the flattened value (padded to equal parts), and ``ds_numel``."""
+    for i, param in enumerate(params):
+        flat = (param.data if whole is None else whole[i]).reshape(-1)
+        size = math.ceil(flat.numel() / world)
+        padded = torch.cat([flat, flat.new_zeros(size * world - flat.numel())])
+        param.ds_tensor = padded[rank * size:(rank + 1) * size].clone()
+        param.ds_numel = flat.numel()
+
+
+def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_the_queues(monkeypatch):
+    import training.momentum as momentum
+    from training.model import create_model
+
+    model = create_model("tiny")
+    model.config.losses.momentum_distillation.queue_size = 8
+    momentum.attach_momentum(model)
+    params = list(model.momentum.parameters())
+    torch.manual_seed(3)
+    whole = [torch.randn_like(param) for param in params]  # the momentum weights of the old run
+    queues = model.momentum.queues
+    queues["region"].push(torch.ones(5, 16), -torch.ones(5, 16), torch.arange(5), torch.arange(5) + 9,
+                          torch.tensor([True, True, False, True, True]))
+
+    states = []
+    for rank in range(2):  # the old run: 2 ranks, each saving its partitions
+        monkeypatch.setattr(momentum, "world", lambda rank=rank: (rank, 2))
+        _fake_zero3(params, rank, 2, whole)
+        states.append(momentum.MomentumTeacher(model, "cpu").state_dict())
+    saved_queue = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                   for name, value in queues["region"].state_dict().items()}
+    queues["region"].push(torch.zeros(8, 16), torch.zeros(8, 16), torch.zeros(8, dtype=torch.long),
+                          torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.bool))
+
+    monkeypatch.setattr(momentum, "world", lambda: (2, 3))  # rank 2 of the new run's 3
+    _fake_zero3(params, 2, 3, [torch.zeros_like(w) for w in whole])
+    teacher = momentum.MomentumTeacher(model, "cpu")
+    teacher.load_resharded(states)
+    for param, value in zip(params, whole):
+        size = math.ceil(value.numel() / 3)
+        expected = torch.cat([value.reshape(-1), value.new_zeros(3 * size - value.numel())])[2 * size:3 * size]
+        assert torch.equal(param.ds_tensor, expected)
+    for name, value in queues["region"].state_dict().items():
+        assert (torch.equal(value, saved_queue[name]) if isinstance(value, torch.Tensor)
+                else value == saved_queue[name])

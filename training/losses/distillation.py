@@ -53,8 +53,9 @@ class FeatureQueue:
         self.position = (self.position + count) % self.size
 
     def state_dict(self) -> dict:
-        return {"vision": self.vision.cpu(), "text": self.text.cpu(), "image_id": self.image_id.cpu(),
-                "text_hash": self.text_hash.cpu(), "valid": self.valid.cpu(), "position": self.position}
+        # Copies: the queue goes on changing in place after the state is taken.
+        return {**{name: getattr(self, name).to("cpu", copy=True)
+                   for name in ("vision", "text", "image_id", "text_hash", "valid")}, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         if state["vision"].shape != self.vision.shape:
