@@ -63,7 +63,8 @@ def run(config_path: str, steps: int, stage: int) -> dict:
         weights = gathered(teacher.copies)
         return {
             # the fp32 average against the independent one
-            "average_error": max((averages[n].double() - e).abs().max().item() for n, e in zip(teacher.names, expected)),
+            "average_error": max((averages[n].double() - e).abs().max().item()
+                                 for n, e in zip(teacher.names, expected)),
             # the compute-dtype copy: the average rounded (relative error, bf16 has 8 bits)
             "weight_error": max(((w - e).abs() / (e.abs() + 1e-6)).max().item() for w, e in zip(weights, expected)),
             # how far the average is from the current and from the initial weights: neither copy would pass

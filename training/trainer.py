@@ -354,12 +354,12 @@ class Trainer:
                 self.keys_log.write(json_line(self.step, batches))
             inputs = {}
             for kind, batch in batches.items():
-                inputs[MODEL_KIND[kind]] = move_batch(batch, self.device)
+                inputs[MODEL_KIND[kind]] = model_batch = move_batch(batch, self.device)
                 # The bound the losses pad to where ranks exchange rows: the same on every rank.
-                inputs[MODEL_KIND[kind]]["rows"] = rows_per_batch(self.data_spec.corpora_of(kind))
+                model_batch["rows"] = rows_per_batch(self.data_spec.corpora_of(kind))
                 if self.teacher is not None:  # the images' identities, kept in the feature queues
-                    inputs[MODEL_KIND[kind]]["sample_ids"] = self.teacher.sample_ids(batch["keys"]).to(self.device,
-                                                                                          non_blocking=True)
+                    model_batch["sample_ids"] = self.teacher.sample_ids(batch["keys"]).to(self.device,
+                                                                                     non_blocking=True)
             # The momentum distillation's weight, ramped up over the first steps.
             extra = {} if self.teacher is None else {"distill_alpha": self.teacher.alpha_at(self.step)}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())

@@ -168,3 +168,23 @@ def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_th
     for name, value in queues["region"].state_dict().items():
         assert (torch.equal(value, saved_queue[name]) if isinstance(value, torch.Tensor)
                 else value == saved_queue[name])
+
+
+def test_momentum_settings_are_validated_naming_the_key():
+    from data_pipeline.config import ConfigError
+    from training.model.model_config import model_config_from_dict
+    from training.momentum import alpha_at, check_queue_sizes
+
+    base = {"vision": {"name": "vit_tiny_patch16_224"}}
+    for bad, message in ((("momentum", 1.0), "losses.momentum_distillation.momentum: "),
+                         (("queue_size", 0), "losses.momentum_distillation.queue_size: "),
+                         (("alpha", 1.5), "losses.momentum_distillation.alpha: ")):
+        with pytest.raises(ConfigError, match=message):
+            model_config_from_dict({**base, "losses": {"momentum_distillation": dict([bad])}})
+    settings = model_config_from_dict({**base, "losses": {"momentum_distillation": {
+        "enabled": True, "queue_size": 64, "alpha_ramp_steps": 10}}}).losses.momentum_distillation
+    assert (settings.momentum, settings.alpha) == (0.995, 0.4)
+    assert [alpha_at(settings, step) for step in (0, 5, 10, 50)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+    check_queue_sizes(settings, {"image": 64}, "run.yaml")
+    with pytest.raises(ConfigError, match="queue_size: 64 is smaller than the 96 region rows"):
+        check_queue_sizes(settings, {"image": 64, "region": 96}, "run.yaml")
