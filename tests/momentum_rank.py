@@ -50,7 +50,11 @@ def run(config_path: str, steps: int, stage: int) -> dict:
     try:
         teacher = trainer.teacher
         coefficient = teacher.coefficient
-        optimized = {id(p) for group in trainer.engine.optimizer.param_groups for p in group["params"]}
+        # The module parameters each ZeRO optimizer keeps a master copy of and steps.
+        optimizer = trainer.engine.optimizer
+        groups = getattr(optimizer, "bit16_groups", None) or getattr(optimizer, "fp16_groups")
+        optimized = {id(p) for group in groups for p in group}
+        assert any(id(p) in optimized for p in teacher.trained)  # the check can see a stepped parameter
         in_optimizer = any(id(p) in optimized for p in teacher.copies) or any(p.requires_grad for p in teacher.copies)
         initial = gathered(teacher.trained)
         expected = initial  # the copy starts equal to the weights it copies
