@@ -6,6 +6,7 @@ autocast); on CPU the tiny config with smaller batches:
 
     python bench/bench_model_step.py --config x2vlm_base
     python bench/bench_model_step.py --config tiny --image-batch 16 --region-texts 16 --region-images 8
+    python bench/bench_model_step.py ... --momentum-distillation --queue-size 65536   # ALBEF's, its cost
 
 Prints samples/s (image-text pairs + region texts per second), peak memory, FLOPs per step
 counted by ``torch.utils.flop_counter.FlopCounterMode`` and, when the device's peak is known
@@ -58,6 +59,8 @@ def synthetic_batches(args, num_patches: int, grid: int, image_size: int, vocab:
         "boxes": boxes,
         **texts(count),
     }
+    image["sample_ids"] = torch.arange(args.image_batch)  # the images' identities (momentum distillation)
+    region["sample_ids"] = torch.arange(args.region_images) + args.image_batch
     assert region["patch_mask"].shape[1] == 1 + num_patches
     move = lambda batch: {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # noqa: E731
     return move(image), move(region)
@@ -76,6 +79,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on GPU)")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--momentum-distillation", action="store_true",
+                        help="ALBEF's momentum copy, queues and distilled targets (losses.momentum_distillation)")
+    parser.add_argument("--queue-size", type=int, default=65536, help="with --momentum-distillation")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU when not known")
     args = parser.parse_args(argv)
 
@@ -86,7 +92,16 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = create_model(config, load_pretrained=False).to(device)
     model.set_activation_checkpointing(args.activation_checkpointing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=on_gpu)
+    teacher = None
+    if args.momentum_distillation:
+        from training.momentum import MomentumTeacher, attach_momentum
+
+        model.config.losses.momentum_distillation.enabled = True
+        model.config.losses.momentum_distillation.queue_size = args.queue_size
+        attach_momentum(model)
+        teacher = MomentumTeacher(model, device)
+    trained = [p for p in model.parameters() if p.requires_grad]  # not the momentum copy
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.01, fused=on_gpu)
     image, region = synthetic_batches(
         args, model.vision.num_patches, model.vision.grid_size, model.config.vision.image_size,
         model.config.text.vocab_size, device,
@@ -98,6 +113,8 @@ def main(argv=None) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if teacher is not None:
+            teacher.update()
         return loss
 
     def sync() -> None:
@@ -121,11 +138,13 @@ def main(argv=None) -> None:
     flops = counter.get_total_flops()
 
     samples = args.image_batch + args.region_texts
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device_name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     print(f"config {config}: {parameters / 1e6:.2f}M parameters on {device_name} ({'bf16 autocast' if bf16 else 'fp32'})")
     print(f"batch: {args.image_batch} image-text + {args.region_texts} region texts over {args.region_images} images, "
           f"{args.text_length} tokens, {args.masks} masked; activation checkpointing {args.activation_checkpointing}")
+    if teacher is not None:
+        print(f"momentum distillation: queues of {args.queue_size} per kind")
     print(f"step time: {seconds * 1000:.1f} ms   samples/s: {samples / seconds:.1f}   last loss: {loss.item():.4f}")
     if on_gpu:
         print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (allocated)")

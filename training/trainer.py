@@ -124,7 +124,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
-        self.metrics = self.progress = self.keys_log = self.loader = None
+        self.metrics = self.progress = self.keys_log = self.loader = self.teacher = None
         self.last_eval, self.last_eval_step = None, None  # held-out metrics for the export's model card
         self.lock = hold_output_dir(self.output_dir, self.rank)
         try:
@@ -155,6 +155,16 @@ class Trainer:
         init_report = self._init_from(model)
         if init_report is not None:
             loaded_names |= set(init_report.loaded)
+        distillation = model.config.losses.momentum_distillation
+        if distillation.enabled:
+            # A copy of the weights just loaded; frozen, so in no optimizer group below.
+            from data_pipeline.loader.collate import rows_per_batch
+            from training.momentum import attach_momentum, check_queue_sizes
+
+            check_queue_sizes(distillation, {MODEL_KIND[kind]: self.world_size * rows_per_batch(corpora)
+                                             for kind in MODEL_KIND if (corpora := self.data_spec.corpora_of(kind))},
+                              config.source)
+            attach_momentum(model)
         from training.optim import build_scheduler, parameter_groups
 
         groups = parameter_groups(
@@ -188,6 +198,10 @@ class Trainer:
         for buffer in self.engine.module.buffers():
             if buffer.is_floating_point():
                 buffer.data = buffer.data.to(self.dtype)
+        if distillation.enabled:
+            from training.momentum import MomentumTeacher
+
+            self.teacher = MomentumTeacher(self.engine.module, self.device)
         self.checkpoints = CheckpointManager(checkpoint_root, self.engine, {"trainer": self}, self.rank,
                                              self.world_size, config.checkpoint.keep_last, config.checkpoint.keep_every)
         if resume_from:
@@ -252,9 +266,12 @@ class Trainer:
 
     # -- state that survives a restart ---------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "nonfinite_total": self.nonfinite_total,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "rng": rng_state.capture(), "data": self.loader.state_dict()}
+        state = {"step": self.step, "nonfinite_total": self.nonfinite_total,
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                 "rng": rng_state.capture(), "data": self.loader.state_dict()}
+        if self.teacher is not None:
+            state["momentum"] = self.teacher.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -262,6 +279,8 @@ class Trainer:
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         rng_state.restore(state["rng"])
         self.loader.load_state_dict(state["data"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(self._momentum_state(state))
 
     def load_resharded(self, states: list[dict]) -> None:
         """The states of every rank of a run with another world size: the counters (the same
@@ -271,7 +290,15 @@ class Trainer:
         self.nonfinite_total = first["nonfinite_total"]
         self.nonfinite_in_a_row = first["nonfinite_in_a_row"]
         self.loader.load_resharded([state["data"] for state in states])
+        if self.teacher is not None:
+            self.teacher.load_resharded([self._momentum_state(state) for state in states])
         rng_state.seed_everything(self.config.run.seed + self.rank + 1000 * self.step)
+
+    def _momentum_state(self, state: dict) -> dict:
+        if "momentum" not in state:
+            raise CheckpointError("the checkpoint holds no momentum weights or queues, but "
+                                  "model.losses.momentum_distillation is enabled")
+        return state["momentum"]
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -327,12 +354,17 @@ class Trainer:
                 self.keys_log.write(json_line(self.step, batches))
             inputs = {}
             for kind, batch in batches.items():
-                inputs[MODEL_KIND[kind]] = move_batch(batch, self.device)
+                inputs[MODEL_KIND[kind]] = model_batch = move_batch(batch, self.device)
                 # The bound the losses pad to where ranks exchange rows: the same on every rank.
-                inputs[MODEL_KIND[kind]]["rows"] = rows_per_batch(self.data_spec.corpora_of(kind))
+                model_batch["rows"] = rows_per_batch(self.data_spec.corpora_of(kind))
+                if self.teacher is not None:  # the images' identities, kept in the feature queues
+                    model_batch["sample_ids"] = self.teacher.sample_ids(batch["keys"]).to(self.device,
+                                                                                     non_blocking=True)
+            # The momentum distillation's weight, ramped up over the first steps.
+            extra = {} if self.teacher is None else {"distill_alpha": self.teacher.alpha_at(self.step)}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             with self.flops.counting(inputs):
-                out = self.engine(**inputs)
+                out = self.engine(**inputs, **extra)
                 loss = out["loss"]
                 if planted_nonfinite(self.step + 1, micro, self.rank):
                     loss = loss * math.nan
@@ -365,6 +397,8 @@ class Trainer:
                 sums[name] = (sums[name][0] + total, sums[name][1] + seen) if name in sums else (total, seen)
             nonfinite = bad if nonfinite is None else nonfinite | bad
             stop = summed[-1] > 0 if stop is None else stop | (summed[-1] > 0)
+        if self.teacher is not None:
+            self.teacher.update()  # after the optimizer step; on the device, nothing read
         # The one transfer to the host of the step.
         read = torch.stack([value for pair in sums.values() for value in pair]
                            + [nonfinite.float(), stop.float()]).tolist()
@@ -438,6 +472,8 @@ class Trainer:
 
         weights = {}
         for name, param in self.engine.module.named_parameters():
+            if name.startswith("momentum."):  # a training aid, not part of the model
+                continue
             full = safe_get_full_fp32_param(param)
             weights[name] = full.detach().float().cpu().contiguous()
         if self.is_main:

@@ -3,13 +3,16 @@ the tiny model, image, region and video batches, 2 micro-steps per optimizer ste
 nothing waits, so training/instrumentation.py's SyncCounter counts what would make a GPU run's
 host wait for the device (a read of a value, a data-dependent shape). The project's code
 (loader, forward, backward, trainer) may do one per optimizer step: reading the loss figures.
-DeepSpeed's own (its optimizer step's checks) are counted apart and printed."""
+DeepSpeed's own (its optimizer step's checks) are counted apart and printed. ALBEF's momentum
+distillation is on (its momentum forward, queues and moving-average update add none)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+
+import yaml
 
 from engine_support import REPO_ROOT, data_config, free_port, write_run_config
 
@@ -19,6 +22,10 @@ STEPS = 3
 def test_a_training_step_synchronises_the_host_once(tmp_path, engine_shards, capsys):
     config = write_run_config(tmp_path, engine_shards, max_steps=STEPS, data=data_config(engine_shards),
                               optim={"grad_accum": 2})
+    run = yaml.safe_load(config.read_text())
+    run["model"] = yaml.safe_load((REPO_ROOT / "configs/model/tiny.yaml").read_text())
+    run["model"]["losses"]["momentum_distillation"] = {"enabled": True, "queue_size": 128}
+    config.write_text(yaml.safe_dump(run, sort_keys=False))
     port = free_port()
     procs = []
     for rank in range(2):

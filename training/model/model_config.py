@@ -64,6 +64,29 @@ class TextConfig:
 
 
 @dataclasses.dataclass
+class MomentumDistillationConfig:
+    """ALBEF's momentum distillation (training/momentum.py, training/losses/distillation.py): an
+    exponential moving average of the towers, projections, fusion layers and MLM head; queues of
+    its features as extra contrastive candidates per batch kind; ITC and MLM targets mixed with
+    the momentum model's predictions."""
+    enabled: bool = False
+    # momentum weights <- momentum x momentum weights + (1 - momentum) x weights, once per
+    # optimizer step (ALBEF / LAVIS: 0.995).
+    momentum: float = setting(0.995, gt=0, lt=1)
+    # Entries per queue (one queue per batch kind, each entry a vision and a text feature with
+    # their identity). Each step adds world size x rows of the kind (padding rows included,
+    # marked invalid), which must fit: the trainer checks. ALBEF: 65536.
+    queue_size: int = setting(65536, min=1)
+    # The weight of the momentum model's distribution in the ITC and MLM targets.
+    alpha: float = setting(0.4, min=0, max=1)
+    # alpha grows linearly from 0 over the first alpha_ramp_steps optimizer steps (ALBEF: the
+    # first epoch; set it to the run's steps per epoch); 0: the full alpha from step 1.
+    alpha_ramp_steps: int = setting(1000, min=0)
+    # Mix the MLM targets with the momentum model's fused predictions too (ALBEF does).
+    mlm: bool = True
+
+
+@dataclasses.dataclass
 class LossConfig:
     itm_negatives: str = setting("global", choices=("global", "local"))  # where ITM hard negatives are drawn from
     # Global negatives move only the drawn text rows between ranks, in an all-to-all of fixed
@@ -82,6 +105,7 @@ class LossConfig:
     # losses.weights.<kind>.<term>; a term not given weighs 1.0.
     weights: dict[str, dict[str, float]] = setting({kind: {term: 1.0 for term in LOSS_TERMS[kind]}
                                                     for kind in LOSS_KINDS}, keys=LOSS_KINDS)
+    momentum_distillation: MomentumDistillationConfig = setting(MomentumDistillationConfig)
 
     def check(self, where: str) -> None:
         weights = {kind: {term: 1.0 for term in LOSS_TERMS[kind]} for kind in LOSS_KINDS}

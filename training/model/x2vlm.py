@@ -16,6 +16,9 @@ Batches (one dict per kind; every kind is optional in ``forward``):
   ``rows`` (int), the configured bound on texts per batch of the kind on any rank (the trainer
   gives it): the losses pad to it when they exchange rows between ranks. Without it every rank
   must hold the same number of texts per kind.
+- With momentum distillation (``losses.momentum_distillation``, a momentum copy attached by
+  training/momentum.py), every kind also needs ``sample_ids`` (B,) long: the identity of each
+  image or video (a hash of its sample key), which the feature queues keep.
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
 "stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity}},
@@ -43,7 +46,9 @@ from training.losses import (
     pair_positives,
     sample_hard_negatives,
 )
-from training.losses.gather import all_reduce_sum, pad_rows, world_size
+from training.losses.distillation import distilled_contrastive_loss, distilled_mlm_loss, queue_positives
+from training.losses.gather import all_reduce_sum, gather_rows, pad_rows, world_size
+from training.losses.mlm import select_positions
 from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capacity
 from training.model.model_config import ModelConfig
 from training.model.fusion import FusionEncoder
@@ -84,6 +89,8 @@ class X2VLM(nn.Module):
         self.itm_head = build_mlp(hidden, 2)
         self.bbox_head = build_mlp(hidden, 4)
         self.mlm_head = MaskedLanguageModelHead(self.text.config, self.text.embeddings.word_embeddings)
+        # With losses.momentum_distillation, training/momentum.py's frozen moving-average copy.
+        self.momentum = None
         self.set_activation_checkpointing(config.activation_checkpointing)
 
     def load_pretrained_towers(self) -> dict[str, list[str]]:
@@ -166,17 +173,22 @@ class X2VLM(nn.Module):
 
     # Losses -------------------------------------------------------------------------------
 
-    def forward(self, image: dict | None = None, region: dict | None = None, video: dict | None = None) -> dict:
+    def forward(self, image: dict | None = None, region: dict | None = None, video: dict | None = None,
+                distill_alpha: float | None = None) -> dict:
+        """With a momentum copy attached, DISTILL_ALPHA (default: the configured alpha) weighs
+        its predictions in the ITC and MLM targets; every batch then needs ``sample_ids``."""
         losses, stats, features = {}, {}, {}
+        alpha = self.config.losses.momentum_distillation.alpha if distill_alpha is None else distill_alpha
         if image is not None:
             vision = self.encode_image(image["images"])
-            losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"), "image")
+            losses["image"], stats["image"], features["image"], _ = self._alignment_losses(
+                vision, image, image.get("image_index"), "image", self._teacher("image", image, alpha))
         if region is not None:
             image_tokens = self.vision(region["images"])
             if any(self.config.losses.weights["region"][term] for term in ("itc", "itm", "mlm")):
                 vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
                 losses["region"], stats["region"], features["region"], text = self._alignment_losses(
-                    vision, region, region["image_index"], "region")
+                    vision, region, region["image_index"], "region", self._teacher("region", region, alpha))
             else:  # the box terms alone (grounding fine-tuning): no region features, ITC, ITM or MLM
                 losses["region"], stats["region"] = {}, {}
                 text = self.encode_text(region["text_ids"], region["text_mask"])
@@ -184,14 +196,30 @@ class X2VLM(nn.Module):
             losses["region"]["bbox"], losses["region"]["giou"] = box_losses(box, region["boxes"])
         if video is not None:
             vision = self.encode_video(video["frames"])
-            losses["video"], stats["video"], features["video"], _ = self._alignment_losses(vision, video, video.get("image_index"), "video")
+            losses["video"], stats["video"], features["video"], _ = self._alignment_losses(
+                vision, video, video.get("image_index"), "video", self._teacher("video", video, alpha))
         weights = self.config.losses.weights
         total = sum(weights[kind][term] * value for kind, terms in losses.items() for term, value in terms.items())
         return {"loss": total, "losses": losses, "stats": stats, "features": features}
 
-    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index, kind: str):
+    @torch.no_grad()
+    def _teacher(self, kind: str, batch: dict, alpha: float) -> tuple[str, VisionEncoding, float] | None:
+        """(KIND, the momentum copy's vision encoding of the batch, ALPHA); None without a
+        momentum copy."""
+        momentum = self.momentum
+        if momentum is None:
+            return None
+        if kind == "image":
+            return kind, momentum.encode_image(batch["images"]), alpha
+        if kind == "region":
+            tokens = momentum.vision(batch["images"])
+            return kind, momentum.encode_regions(tokens, batch["image_index"], batch["patch_mask"]), alpha
+        return kind, momentum.encode_video(batch["frames"]), alpha
+
+    def _alignment_losses(self, vision: VisionEncoding, batch: dict, image_index, kind: str, teacher=None):
         """ITC, ITM and MLM (unless it weighs 0) of one batch kind; also returns its statistics,
-        its features and the text encoding for the box head.
+        its features and the text encoding for the box head. TEACHER: (kind, the momentum copy's
+        vision encoding, alpha) with momentum distillation, else None.
 
         Across ranks everything moves at fixed shapes: the batch kind's rows are padded to
         ``batch["rows"]`` (the configured bound on rows per batch of the kind; by default this
@@ -205,13 +233,22 @@ class X2VLM(nn.Module):
         temperature = self.temperature()
 
         # ITC: this rank's rows against every rank's samples; the gradient of the gathered
-        # features is reduce-scattered back to their owners.
-        vision_all = gather_with_grad(pad_rows(vision.features, rows))
-        text_all = gather_with_grad(pad_rows(text.features, rows))
+        # features is reduce-scattered back to their owners. With momentum distillation the
+        # candidates are the momentum copy's (no gradient) and the gathered features serve ITM only.
+        if teacher is None:
+            vision_all = gather_with_grad(pad_rows(vision.features, rows))
+            text_all = gather_with_grad(pad_rows(text.features, rows))
+        else:
+            vision_all = gather_rows(pad_rows(vision.features.detach(), rows))
+            text_all = gather_rows(pad_rows(text.features.detach(), rows))
         positives = pair_positives(keys, all_keys, settings.same_text_positive)
         share = all_keys.valid.sum() / world_size()  # each rank's share of the global mean
-        itc = contrastive_loss(vision.features, text.features, temperature, positives, vision_all, text_all,
-                               column_valid=all_keys.valid, normaliser=share)
+        if teacher is None:
+            itc = contrastive_loss(vision.features, text.features, temperature, positives, vision_all, text_all,
+                                   column_valid=all_keys.valid, normaliser=share)
+        else:
+            itc = self._distilled_contrastive(teacher, vision, text, batch, image_index, keys, all_keys, positives,
+                                              rows, temperature, share)
 
         if settings.itm_negatives == "global" and world_size() > 1:
             drawable = positives | ~all_keys.valid[None, :]
@@ -224,10 +261,50 @@ class X2VLM(nn.Module):
         if settings.weights[kind]["mlm"]:  # weight 0 (retrieval fine-tuning): not computed
             masked_hidden = self._text_hidden(batch["mlm_ids"], batch["text_mask"])
             fused = self.fuse(vision.tokens, vision.mask, masked_hidden, batch["text_mask"])
-            losses["mlm"] = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"],
-                                                       batch.get("mlm_positions"))
+            if teacher is not None and settings.momentum_distillation.mlm:
+                losses["mlm"] = self._distilled_mlm(teacher, fused, batch)
+            else:
+                losses["mlm"] = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"],
+                                                           batch.get("mlm_positions"))
         return (losses, {"itm_dropped": dropped.float()},
                 {"vision": vision.features, "text": text.features}, text)
+
+    def _distilled_contrastive(self, teacher, vision, text, batch, image_index, keys, all_keys, positives, rows,
+                               temperature, share):
+        """ALBEF's ITC: this rank's rows against the momentum copy's features of every rank's
+        batch and of the kind's queue, targets mixed with the momentum copy's similarities; then
+        every rank's momentum features go into the queue (the same on every rank)."""
+        kind, teacher_vision, alpha = teacher
+        queue = self.momentum.queues[kind]
+        with torch.no_grad():
+            teacher_text = self.momentum.encode_text(batch["text_ids"], batch["text_mask"])
+            image_id = batch["sample_ids"] if image_index is None else batch["sample_ids"][image_index]
+            width = teacher_vision.features.shape[1]
+            gathered = gather_rows(pad_rows(torch.cat([teacher_vision.features, teacher_text.features], 1), rows))
+            identity = gather_rows(pad_rows(torch.stack([image_id, keys.text], 1), rows))
+            # New tensors: the loss keeps them for backward while the queue changes in place.
+            vision_columns = torch.cat([gathered[:, :width].to(queue.vision.dtype), queue.vision])
+            text_columns = torch.cat([gathered[:, width:].to(queue.text.dtype), queue.text])
+            in_queue = queue_positives(image_id, keys.text, queue, self.config.losses.same_text_positive)
+            column_valid = torch.cat([all_keys.valid, queue.valid])
+        itc = distilled_contrastive_loss(vision.features, text.features, teacher_vision.features,
+                                         teacher_text.features, vision_columns, text_columns, temperature,
+                                         torch.cat([positives, in_queue], 1), column_valid, alpha, share)
+        queue.push(gathered[:, :width], gathered[:, width:], identity[:, 0], identity[:, 1], all_keys.valid)
+        return itc
+
+    def _distilled_mlm(self, teacher, fused, batch):
+        """ALBEF's MLM: the masked tokens' targets mixed with the momentum copy's predictions,
+        fused with its own vision tokens."""
+        (_, teacher_vision, alpha), momentum, positions = teacher, self.momentum, batch.get("mlm_positions")
+        with torch.no_grad():
+            teacher_hidden = momentum._text_hidden(batch["mlm_ids"], batch["text_mask"])
+            teacher_fused = momentum.fuse(teacher_vision.tokens, teacher_vision.mask, teacher_hidden,
+                                          batch["text_mask"])
+            teacher_fused, _ = select_positions(teacher_fused, batch["mlm_labels"], positions)
+            teacher_logits = momentum.mlm_head(teacher_fused)
+        hidden, labels = select_positions(fused, batch["mlm_labels"], positions)
+        return distilled_mlm_loss(self.mlm_head(hidden), teacher_logits, labels, alpha)
 
     def _itm_logits(self, vision_tokens, vision_mask, text_hidden, text_mask) -> torch.Tensor:
         fused = self.fuse(vision_tokens, vision_mask, text_hidden, text_mask)
