@@ -48,6 +48,7 @@ from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capac
 from training.model.model_config import ModelConfig
 from training.model.fusion import FusionEncoder
 from training.model.heads import MaskedLanguageModelHead, Temperature, build_mlp
+from training.model.masked_image import MaskedImageModelling
 from training.model.pretrained_text import load_pretrained_text
 from training.model.regions import region_tokens
 from training.model.text import build_text_encoder
@@ -84,6 +85,8 @@ class X2VLM(nn.Module):
         self.itm_head = build_mlp(hidden, 2)
         self.bbox_head = build_mlp(hidden, 4)
         self.mlm_head = MaskedLanguageModelHead(self.text.config, self.text.embeddings.word_embeddings)
+        # Patch masks of image-text batches, the MIM decoder (model config `mim`; off by default).
+        self.mim = MaskedImageModelling(config.mim, self.vision, config.vision.name) if config.mim.masks else None
         self.set_activation_checkpointing(config.activation_checkpointing)
 
     def load_pretrained_towers(self) -> dict[str, list[str]]:
@@ -129,6 +132,14 @@ class X2VLM(nn.Module):
         tokens = self.vision(images)
         return self._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool))
 
+    def _masked_image_encoding(self, images: torch.Tensor) -> tuple[VisionEncoding, torch.Tensor | None]:
+        """Training's image-text encoding: ``encode_image``, or with the `mim` section the view
+        ITC / ITM / MLM read and the `image/mim` loss (see masked_image.py)."""
+        if self.mim is None:
+            return self.encode_image(images), None
+        tokens, loss = self.mim(self.vision, images)
+        return self._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)), loss
+
     def encode_video(self, frames: torch.Tensor) -> VisionEncoding:
         batch, num_frames = frames.shape[:2]
         frame_tokens = self.vision(frames.flatten(0, 1))
@@ -169,8 +180,10 @@ class X2VLM(nn.Module):
     def forward(self, image: dict | None = None, region: dict | None = None, video: dict | None = None) -> dict:
         losses, stats, features = {}, {}, {}
         if image is not None:
-            vision = self.encode_image(image["images"])
+            vision, mim = self._masked_image_encoding(image["images"])
             losses["image"], stats["image"], features["image"], _ = self._alignment_losses(vision, image, image.get("image_index"))
+            if mim is not None:
+                losses["image"]["mim"] = mim
         if region is not None:
             image_tokens = self.vision(region["images"])
             vision = self.encode_regions(image_tokens, region["image_index"], region["patch_mask"])
