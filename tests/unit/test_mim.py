@@ -17,6 +17,7 @@ from training.model.model_config import VisionConfig, model_config_from_dict
 from training.model.patch_masking import block_masks, masked_count
 from training.model.preprocessing import normalise
 from training.model.vision import VisionTower
+from training.optim import parameter_groups
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's published constants, written out here
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -200,6 +201,27 @@ def test_mim_loss_reaches_the_decoder_and_the_tower_and_is_weighted(drop):
         [n for n, g in decoder.items() if g is None or g.abs().sum() == 0]
     assert model.vision.trunk.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.text_proj.weight.grad is None  # the MIM loss depends on pixels only
+    # The trainer's optimizer groups hold the decoder: one step moves its weights.
+    groups = parameter_groups(model.named_parameters(), 1e-3, 0.01, is_new=lambda name: False, new_lr_scale=1.0)
+    before = model.mim.decoder.head.weight.detach().clone()
+    torch.optim.AdamW(groups).step()
+    assert not torch.equal(model.mim.decoder.head.weight, before)
+
+
+def test_kept_patches_under_activation_checkpointing_give_the_same_gradients():
+    config = TOWERS[0]
+    torch.manual_seed(0)
+    plain, checkpointed = VisionTower(config), VisionTower(config)
+    checkpointed.load_state_dict(plain.state_dict())
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    keep = block_masks(2, 4, 8, "cpu", torch.Generator().manual_seed(3)).kept
+    for tower in (plain, checkpointed):
+        tower.enable_kept_patches()
+    checkpointed.set_grad_checkpointing(True)
+    for tower in (plain, checkpointed):
+        tower(images, keep=keep).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
 def test_mim_off_by_default_changes_nothing():
