@@ -170,9 +170,8 @@ def test_dropping_masked_patches_gives_the_itc_features_of_the_kept_patches():
     with torch.no_grad():
         tokens, loss = model.mim(model.vision, images, masks)
         features = model._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)).features
-        # Independently: the kept patches alone, cut out of the image and laid side by side as
-        # a 1-row grid, cannot be passed to BEiT (its positions are the grid's); so compare with
-        # the full tower whose attention never looks at the masked patches.
+        # Independently: timm's BEiT over every patch with the masked patches' keys at -inf (the
+        # kept patches keep their grid positions, which BEiT's relative biases are indexed by).
         trunk = model.vision.trunk
         x = torch.cat([trunk.cls_token.expand(4, -1, -1), trunk.patch_embed(normalise(images))], dim=1)
         bias = _keys_masked_to_kept(masks.kept, 1, 16)
