@@ -7,7 +7,9 @@ forward + backward of the vision tower and the image-text contrastive loss, with
 
 The settings run in turns (one step of each, then again) so that a drift in the machine's
 speed does not favour one of them; the table gives the median step time, its ratio to 0 %,
-and the share of the patches each setting keeps (the ideal ratio for the transformer blocks).
+and the share of the patches each setting keeps (the ideal ratio for the transformer blocks);
+beside the wall time, the process's CPU time per step, which a machine shared with other jobs
+distorts less.
 Masks are the block masks training draws (training/model/patch_masking.py); 0 % is the
 ordinary forward over every patch. Text features are fixed random vectors: the text tower's
 cost does not change with the patches dropped.
@@ -56,22 +58,24 @@ def bench(config_name: str, batch: int, ratios: list[float], repeats: int, threa
             count = masked_count(tower.num_patches, ratio)
             keeps[ratio] = block_masks(batch, tower.grid_size, count, "cpu").kept
     times = {ratio: [] for ratio in ratios}
+    cpu = {ratio: [] for ratio in ratios}
     for ratio in ratios:  # warm-up
         step(tower, projection, images, text, temperature, positives, keeps[ratio])
     for _ in range(repeats):
         for ratio in ratios:
             tower.zero_grad(set_to_none=True)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             step(tower, projection, images, text, temperature, positives, keeps[ratio])
             times[ratio].append(time.perf_counter() - started)
-    base = statistics.median(times[ratios[0]])
+            cpu[ratio].append(time.process_time() - started_cpu)
+    base, base_cpu = statistics.median(times[ratios[0]]), statistics.median(cpu[ratios[0]])
     rows = []
     for ratio in ratios:
-        median = statistics.median(times[ratio])
+        median, median_cpu = statistics.median(times[ratio]), statistics.median(cpu[ratio])
         kept = tower.num_patches if keeps[ratio] is None else keeps[ratio].shape[1]
         rows.append({"config": config_name, "batch": batch, "dropped": ratio, "patches": f"{kept}/{tower.num_patches}",
-                     "step_s": median, "ratio": median / base, "kept_share": kept / tower.num_patches,
-                     "threads": threads})
+                     "step_s": median, "ratio": median / base, "cpu_s": median_cpu, "cpu_ratio": median_cpu / base_cpu,
+                     "kept_share": kept / tower.num_patches, "threads": threads})
     return rows
 
 
@@ -91,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0 <= r < 1 for r in args.dropped):
         parser.error(f"--dropped: each share must lie in [0, 1), got {args.dropped}")
     batches = args.batch if len(args.batch) == len(args.configs) else [args.batch[0]] * len(args.configs)
-    print(f"{'config':<12} {'batch':>5} {'dropped':>8} {'patches':>9} {'step s':>8} {'vs first':>9} {'kept share':>11}")
+    print(f"{'config':<12} {'batch':>5} {'dropped':>8} {'patches':>9} {'step s':>8} {'vs first':>9} "
+          f"{'CPU s':>8} {'vs first':>9} {'kept share':>11}")
     for config_name, batch in zip(args.configs, batches):
         for row in bench(config_name, batch, args.dropped, args.repeats, torch.get_num_threads()):
             print(f"{row['config']:<12} {row['batch']:>5} {row['dropped']:>8.0%} {row['patches']:>9} "
-                  f"{row['step_s']:>8.3f} {row['ratio']:>9.2f} {row['kept_share']:>11.2f}", flush=True)
+                  f"{row['step_s']:>8.3f} {row['ratio']:>9.2f} {row['cpu_s']:>8.3f} {row['cpu_ratio']:>9.2f} "
+                  f"{row['kept_share']:>11.2f}", flush=True)
     print(f"(forward + backward of the vision tower and ITC on CPU, {torch.get_num_threads()} threads, "
           f"median of {args.repeats})")
     return 0
