@@ -4,6 +4,7 @@ write, export from ZeRO-3, and the configuration errors that stop a run before i
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,35 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bitwise(tmp_path, sha
     assert codes == [0, 0], output
     resumed = losses_by_step(tmp_path / "out")
     assert [resumed[s] for s in range(saved.step + 1, 41)] == [uninterrupted[s] for s in range(saved.step + 1, 41)]
+
+
+def test_masked_image_modelling_trains_under_zero3_and_resumes_bitwise(tmp_path, shards):
+    """MIM with masked-patch dropping: the block masks come from the generators the checkpoint
+    saves, the decoder's weights and moments from DeepSpeed's files. The run's checkpoint of
+    step 8 is removed, which leaves what a kill between the checkpoints of steps 4 and 8
+    leaves; the resumed steps 5-8 repeat the first run's losses bit for bit."""
+    config = write_run_config(tmp_path, shards, zero_stage=3, max_steps=8, checkpoint={"every_steps": 4},
+                              data=data_config(shards, kinds=("image_text", "region")))
+    run = yaml.safe_load(config.read_text())
+    run["model"] = {**yaml.safe_load(Path(run["model"]).read_text()),
+                    "mim": {"enabled": True, "drop_masked": True, "mask_ratio": 0.5, "decoder_width": 32,
+                            "decoder_heads": 2}}
+    config.write_text(yaml.safe_dump(run, sort_keys=False))
+
+    def figures():
+        rows = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+        return {row["step"]: (row["loss"], row["image/mim"]) for row in rows if row["kind"] == "train"}
+
+    codes, output = run_ranks(config, 2, "--resume", "none")
+    assert codes == [0, 0], output
+    first = figures()
+    assert sorted(first) == list(range(1, 9)) and all(mim > 0 for _, mim in first.values())
+    shutil.rmtree(tmp_path / "out/checkpoints" / tag_for(8))
+    codes, output = run_ranks(config, 2, "--resume", "auto")
+    assert codes == [0, 0], output
+    assert "[resume] step 4 from" in output
+    resumed = figures()
+    assert [resumed[s] for s in range(5, 9)] == [first[s] for s in range(5, 9)]
 
 
 @pytest.mark.parametrize("crash_at, rank, survivor", [

@@ -14,7 +14,7 @@ from data_pipeline.config import ConfigError, build, read_yaml_file, setting, su
 TEXT_KINDS = ("bert", "roberta", "xlm-roberta")
 LOSS_KINDS = ("image", "region", "video")
 LOSS_TERMS = {
-    "image": ("itc", "itm", "mlm"),
+    "image": ("itc", "itm", "mlm", "mim"),
     "region": ("itc", "itm", "mlm", "bbox", "giou"),
     "video": ("itc", "itm", "mlm"),
 }
@@ -121,6 +121,32 @@ class LossConfig:
 
 
 @dataclasses.dataclass
+class MimConfig:
+    """Masked image modelling and masked-patch dropping on image-text batches (see
+    training/model/masked_image.py for which pass sees which patches). Off by default."""
+    # The `image/mim` loss: reconstruct the masked patches' normalised pixels (MAE) with a light
+    # decoder from the vision tower's output over the kept patches; weight losses.weights.image.mim.
+    enabled: bool = False
+    # FLIP: the image-text batch's one tower pass (ITC, ITM, MLM and MIM) sees the kept patches only.
+    drop_masked: bool = False
+    # Share of each image's patches masked, block-wise (BEiT); the count is exact per image.
+    mask_ratio: float = setting(0.5, gt=0, lt=1)
+    decoder_depth: int = setting(2, min=1)
+    decoder_width: int = setting(256, min=1)
+    decoder_heads: int = setting(8, min=1)
+
+    def check(self, where: str) -> None:
+        if self.decoder_width % self.decoder_heads or self.decoder_width % 4:
+            raise ConfigError(f"{subkey(where, 'decoder_width')}: must be a multiple of 4 (2D sine-cosine positions) "
+                              f"and of mim.decoder_heads ({self.decoder_heads}), got {self.decoder_width}")
+
+    @property
+    def masks(self) -> bool:
+        """Whether image-text batches draw patch masks at all."""
+        return self.enabled or self.drop_masked
+
+
+@dataclasses.dataclass
 class ModelConfig:
     vision: VisionConfig = setting()
     text: TextConfig = setting(TextConfig)
@@ -131,6 +157,7 @@ class ModelConfig:
     temperature_max: float = setting(0.5, gt=0)
     activation_checkpointing: bool = False
     losses: LossConfig = setting(LossConfig)
+    mim: MimConfig = setting(MimConfig)
     # Weights to start from (the trainer and fine-tuning read it; see training/init_from.py): a
     # model folder, a weights file with this model's names (.safetensors / .pt), or an official
     # X²-VLM / X-VLM checkpoint (.th), converted on the fly. Applied after the pre-trained towers.

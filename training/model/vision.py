@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.model.checkpoint_files import read_state_dict
+from training.model.kept_patches import enable_kept_patches, kept_patch_features, supports_kept_patches
 from training.model.model_config import VisionConfig
 from training.model.preprocessing import normalise
 
@@ -34,17 +35,33 @@ class VisionTower(nn.Module):
         stride = self.trunk.feature_info[-1]["reduction"]
         self.grid_size = config.image_size // stride
         self.num_patches = self.grid_size**2
+        self.patch_size = stride
+
+    @property
+    def can_keep_patches(self) -> bool:
+        """Whether ``forward(images, keep=...)`` can leave patches out (ViT, BEiT; not Swin)."""
+        return supports_kept_patches(self.trunk)
+
+    def enable_kept_patches(self) -> None:
+        enable_kept_patches(self.trunk)
 
     def _patch_tokens(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() == 4:  # Swin: (B, H, W, C)
             return features.flatten(1, 2)
         return features[:, self.num_prefix_tokens:]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels (B, 3, H, W) -> tokens (B, 1 + num_patches, D); see preprocessing.py."""
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 pixels (B, 3, H, W) -> tokens (B, 1 + num_patches, D); see preprocessing.py.
+
+        With KEEP (B, K) long (ascending patch indices; after ``enable_kept_patches``) only
+        those patches go through the trunk: tokens (B, 1 + K, D), token 0 their mean."""
         # Normalised in float32, then in the weights' dtype (bf16 under DeepSpeed bf16).
         images = normalise(images).to(self.trunk.patch_embed.proj.weight.dtype)
-        patches = self._patch_tokens(self.trunk.forward_features(images))
+        if keep is None:
+            features = self.trunk.forward_features(images)
+        else:
+            features = kept_patch_features(self.trunk, images, keep)
+        patches = self._patch_tokens(features)
         # BEiT with mean pooling normalises after pooling (fc_norm); X²-VLM normalises each patch
         # token with it and pools afterwards, which is what makes region pooling consistent.
         fc_norm = getattr(self.trunk, "fc_norm", None)

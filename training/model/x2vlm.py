@@ -53,6 +53,7 @@ from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capac
 from training.model.model_config import ModelConfig
 from training.model.fusion import FusionEncoder
 from training.model.heads import MaskedLanguageModelHead, Temperature, build_mlp
+from training.model.masked_image import MaskedImageModelling
 from training.model.pretrained_text import load_pretrained_text
 from training.model.regions import region_tokens
 from training.model.text import build_text_encoder
@@ -91,6 +92,8 @@ class X2VLM(nn.Module):
         self.mlm_head = MaskedLanguageModelHead(self.text.config, self.text.embeddings.word_embeddings)
         # With losses.momentum_distillation, training/momentum.py's frozen moving-average copy.
         self.momentum = None
+        # Patch masks of image-text batches, the MIM decoder (model config `mim`; off by default).
+        self.mim = MaskedImageModelling(config.mim, self.vision, config.vision.name) if config.mim.masks else None
         self.set_activation_checkpointing(config.activation_checkpointing)
 
     def load_pretrained_towers(self) -> dict[str, list[str]]:
@@ -136,6 +139,14 @@ class X2VLM(nn.Module):
         tokens = self.vision(images)
         return self._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool))
 
+    def _masked_image_encoding(self, images: torch.Tensor) -> tuple[VisionEncoding, torch.Tensor | None]:
+        """Training's image-text encoding: ``encode_image``, or with the `mim` section the view
+        ITC / ITM / MLM read and the `image/mim` loss (see masked_image.py)."""
+        if self.mim is None:
+            return self.encode_image(images), None
+        tokens, loss = self.mim(self.vision, images)
+        return self._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)), loss
+
     def encode_video(self, frames: torch.Tensor) -> VisionEncoding:
         batch, num_frames = frames.shape[:2]
         frame_tokens = self.vision(frames.flatten(0, 1))
@@ -180,9 +191,11 @@ class X2VLM(nn.Module):
         losses, stats, features = {}, {}, {}
         alpha = self.config.losses.momentum_distillation.alpha if distill_alpha is None else distill_alpha
         if image is not None:
-            vision = self.encode_image(image["images"])
+            vision, mim = self._masked_image_encoding(image["images"])
             losses["image"], stats["image"], features["image"], _ = self._alignment_losses(
                 vision, image, image.get("image_index"), "image", self._teacher("image", image, alpha))
+            if mim is not None:
+                losses["image"]["mim"] = mim
         if region is not None:
             image_tokens = self.vision(region["images"])
             if any(self.config.losses.weights["region"][term] for term in ("itc", "itm", "mlm")):
