@@ -6,9 +6,10 @@ region batch, over every text of its image), so that the cosine of two records s
 image-image, text-text and cross similarities ITC scores; stored as float16, `embed_dim`
 wide (256 in X²-VLM: 512 bytes and about 40 of header and key per sample and epoch).
 
-The vectors are made on the device and copied to the host without waiting (a pinned,
-non-blocking copy where there is a GPU); they are written after the step's one host
-transfer, which has waited for the device anyway. The record files' sizes are part of the
+The vectors are made on the device during the step and copied to the host in one copy after
+the step's one transfer of its figures: the device has finished the step's work by then, so
+the copy waits for nothing but itself (a few hundred kilobytes at X²-VLM's batch). The
+record files' sizes are part of the
 trainer's checkpoint state; a resume cuts the files back to them (see
 data_pipeline/loader/feature_records.py).
 """
@@ -40,10 +41,11 @@ class FeatureRecorder:
         self.root = Path(output_dir) / FOLDER
         self.rank, self.world_size = rank, world_size
         self.writer = FeatureRecordWriter(self.root, rank, world_size)
-        self.staged: list[tuple[str, list[int], list[str], int, torch.Tensor]] = []
+        self.staged: list[tuple[str, list[int], list[str], int]] = []
+        self.vectors: list[torch.Tensor] = []
 
     def stage(self, step: int, batches: dict, inputs: dict, features: dict, kinds: dict[str, str]) -> None:
-        """Starts the host copy of one micro-step's sample vectors. STEP: the loader's step that drew
+        """Keeps one micro-step's sample vectors, on the device. STEP: the loader's step that drew
         BATCHES (corpus kind -> batch); INPUTS: the batches on the device (model kind -> fields);
         FEATURES: the model's `features`; KINDS: corpus kind -> model kind."""
         for kind, batch in batches.items():
@@ -52,17 +54,22 @@ class FeatureRecorder:
             if not keys or model_kind not in features:
                 continue
             vectors = sample_vectors(features[model_kind], len(keys), inputs[model_kind].get("image_index"))
-            self.staged.append((batch["corpus"], list(batch["epochs"]), keys, step,
-                                vectors.to("cpu", non_blocking=True)))
+            self.staged.append((batch["corpus"], list(batch["epochs"]), keys, step))
+            self.vectors.append(vectors)
 
     def write(self) -> None:
-        """Appends the staged records (after the step's host transfer: the copies are done)."""
-        for corpus, epochs, keys, step, vectors in self.staged:
-            array = vectors.numpy()
+        """Appends the kept records; called after the step's transfer of its figures."""
+        if not self.staged:
+            return
+        host = torch.cat(self.vectors).cpu().numpy()  # every kind is embed_dim wide
+        at = 0
+        for corpus, epochs, keys, step in self.staged:
+            array = host[at:at + len(keys)]
+            at += len(keys)
             for epoch in sorted(set(epochs)):
                 chosen = [i for i, e in enumerate(epochs) if e == epoch]
                 self.writer.append(corpus, epoch, step, [keys[i] for i in chosen], array[chosen])
-        self.staged = []
+        self.staged, self.vectors = [], []
         self.writer.flush()
 
     def state_dict(self) -> dict:
