@@ -62,10 +62,11 @@ def main() -> None:
         got = read_features(Path(folder), "corpus", max_step=args.records)
         read = time.perf_counter() - started
         assert len(got) == args.records
+        per_record = read / args.records
         print(f"records: {size / args.records:.0f} bytes per sample and epoch ({args.width}-d float16 + header "
               f"+ a {len(keys[0])}-character key); write {written / args.records * 1e6:.1f} us per sample, "
-              f"read at a refresh {read / args.records * 1e6:.1f} us per sample "
-              f"({read * 1e6 / args.records * 4e6 / 1e6:.0f} s for a 4M-sample epoch)")
+              f"read {per_record * 1e6:.1f} us per record (a refresh reads the records appended since the "
+              f"last one; a resume all of the run's: {per_record * 4e6:.0f} s per 4M-sample epoch recorded)")
 
 
 if __name__ == "__main__":

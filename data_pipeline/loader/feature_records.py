@@ -51,27 +51,37 @@ def encode(step: int, key: str, vector: np.ndarray) -> bytes:
     return HEADER.pack(MAGIC, step, len(key_bytes), vector.shape[0]) + key_bytes + vector.tobytes()
 
 
-def read_records(path: Path, max_step: int | None = None):
-    """(step, key, float16 vector) of a file's records in order, up to the first with a step above
-    MAX_STEP, cut short or damaged."""
+def read_records(path: Path, max_step: int | None = None, offset: int = 0, stop: list | None = None):
+    """(step, key, float16 vector) of a file's records from byte OFFSET on, in order, up to the
+    first with a step above MAX_STEP, cut short or damaged. STOP, when given, receives where the
+    reading stopped: the byte offset to go on from once the file has grown, or None after damage."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
     except OSError as error:
         log.warning("feature records %s: cannot read (%s); its samples are grouped as unrecorded", path,
                     error.strerror)
-        return
-    at = 0
-    while at + HEADER.size <= len(data):
-        magic, step, key_length, width = HEADER.unpack_from(data, at)
-        end = at + HEADER.size + key_length + 2 * width
-        if magic != MAGIC or key_length > MAX_KEY_BYTES or not 0 < width <= MAX_WIDTH:
-            log.warning("feature records %s: damaged at byte %d; the records before it are used", path, at)
-            return
-        if end > len(data) or (max_step is not None and step > max_step):
-            return
-        key = data[at + HEADER.size:at + HEADER.size + key_length].decode("utf-8", "replace")
-        yield step, key, np.frombuffer(data, dtype="<f2", count=width, offset=at + HEADER.size + key_length)
-        at = end
+        data = b""
+    position, damaged = 0, False
+    try:
+        while position + HEADER.size <= len(data):
+            magic, step, key_length, width = HEADER.unpack_from(data, position)
+            end = position + HEADER.size + key_length + 2 * width
+            if magic != MAGIC or key_length > MAX_KEY_BYTES or not 0 < width <= MAX_WIDTH:
+                log.warning("feature records %s: damaged at byte %d; the records before it are used", path,
+                            offset + position)
+                damaged = True
+                return
+            if end > len(data) or (max_step is not None and step > max_step):
+                return
+            start = position + HEADER.size
+            key = data[start:start + key_length].decode("utf-8", "replace")
+            yield step, key, np.frombuffer(data, dtype="<f2", count=width, offset=start + key_length)
+            position = end
+    finally:
+        if stop is not None:
+            stop.append(None if damaged else offset + position)
 
 
 def record_files(root: Path, corpus: str) -> list[tuple[int, int, Path]]:
@@ -87,21 +97,41 @@ def record_files(root: Path, corpus: str) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def read_features(root: Path, corpus: str, max_step: int, epochs: int = 2) -> dict[str, np.ndarray]:
-    """{sample key: float16 vector} of the records of steps <= MAX_STEP in the corpus's newest
-    EPOCHS epochs of records; the latest record of a key wins (ties: the later epoch, then rank)."""
-    files = record_files(root, corpus)
-    if not files:
-        return {}
-    newest = max(epoch for epoch, _, _ in files)
-    best: dict[str, tuple[int, np.ndarray]] = {}
-    for epoch, _, path in files:
-        if epoch <= newest - epochs:
-            continue
-        for step, key, vector in read_records(path, max_step):
-            if key not in best or step >= best[key][0]:
-                best[key] = (step, vector)
-    return {key: vector for key, (_, vector) in best.items()}
+class FeatureSnapshot:
+    """{sample key: float16 vector} of a corpus's records of steps <= a bound that only grows: the
+    latest record of a key wins (ties, within one step: the later epoch, then rank). Each
+    `advance` reads only what was appended since the last one, from where it stopped in each
+    file; the result is the same as one reading of everything up to the bound."""
+
+    def __init__(self, root: Path, corpus: str):
+        self.root, self.corpus = Path(root), corpus
+        self.vectors: dict[str, np.ndarray] = {}
+        self.steps: dict[str, int] = {}
+        self.offsets: dict[Path, int | None] = {}  # None: damaged, not read again
+        self.bound = 0
+
+    def advance(self, max_step: int) -> dict[str, np.ndarray]:
+        if max_step < self.bound:
+            raise ValueError(f"feature records of corpus {self.corpus}: the step bound went back from "
+                             f"{self.bound} to {max_step}")
+        self.bound = max_step
+        vectors, steps = self.vectors, self.steps
+        for _, _, path in record_files(self.root, self.corpus):
+            offset = self.offsets.get(path, 0)
+            if offset is None:
+                continue
+            stop: list = []
+            for step, key, vector in read_records(path, max_step, offset, stop):
+                if step >= steps.get(key, -1):
+                    steps[key] = step
+                    vectors[key] = vector
+            self.offsets[path] = stop[0]
+        return vectors
+
+
+def read_features(root: Path, corpus: str, max_step: int) -> dict[str, np.ndarray]:
+    """FeatureSnapshot's vectors of the records of steps <= MAX_STEP, read at once."""
+    return FeatureSnapshot(root, corpus).advance(max_step)
 
 
 class FeatureRecordWriter:

@@ -98,14 +98,13 @@ class GroupingPool:
         self.filling: list[tuple[Location, dict]] = []
         self.ready: list[tuple[Location, dict]] = []
 
-    def add(self, epoch: int, entry: tuple[Location, dict]) -> Iterator[tuple[Location, dict]]:
-        """Takes one sample; once the pool is full, yields all of it, grouped."""
+    def add(self, entry: tuple[Location, dict]) -> bool:
+        """Takes one sample; True when the pool is full (time to `flush`)."""
         self.filling.append(entry)
-        if len(self.filling) >= self.capacity:
-            yield from self.flush(epoch)
+        return len(self.filling) >= self.capacity
 
     def flush(self, epoch: int) -> Iterator[tuple[Location, dict]]:
-        """Groups what the pool holds and yields it (the end of an epoch)."""
+        """Groups what the pool holds and yields it, in groups (when full, and at the end of an epoch)."""
         if self.filling:
             keys = [raw.get("__key__", "") for _, raw in self.filling]
             rng = random.Random(f"{self.seed}/{epoch}/{keys[0]}")

@@ -23,7 +23,7 @@ from collections import Counter
 
 from ..spec import DataSpec
 from .corpus_loader import CorpusLoader
-from .feature_records import read_features
+from .feature_records import FeatureSnapshot
 from .shuffle import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class MixedLoader:
         self.log_every = log_every
         self.feature_dir, self.records_lag = feature_dir, records_lag
         self.features_at = 0  # the step whose records the corpora group with (0: none yet)
+        self.snapshots: dict[str, FeatureSnapshot] = {}
 
     def __iter__(self):
         return self
@@ -76,10 +77,12 @@ class MixedLoader:
         at = self.step - self.step % grouping.refresh_steps
         if at == self.features_at and not restored:
             return
+        if restored or not self.snapshots:  # read from the start: the files may have been cut back
+            self.snapshots = {name: FeatureSnapshot(self.feature_dir, name) for name in self.loaders}
         self.features_at = at
         bound = at - self.records_lag
         for name, loader in self.loaders.items():
-            loader.set_features(read_features(self.feature_dir, name, bound) if bound > 0 else {})
+            loader.set_features(self.snapshots[name].advance(bound) if bound > 0 else {})
 
     def __next__(self) -> dict[str, dict]:
         self._refresh_features()

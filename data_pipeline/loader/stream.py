@@ -205,8 +205,9 @@ class CorpusStream:
         if self.pool is None:
             yield self.epoch, entry[1]
             return
-        for _, raw in self.pool.add(self.epoch, entry):
-            yield self.epoch, raw
+        if self.pool.add(entry):
+            for _, raw in self.pool.flush(self.epoch):
+                yield self.epoch, raw
 
     def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
         """(batch, stream state right after it), forever. Bad samples are counted, not batched."""

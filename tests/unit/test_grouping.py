@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from data_pipeline.loader import feature_records
-from data_pipeline.loader.feature_records import FeatureRecordWriter, read_features, read_records, restore
+from data_pipeline.loader.feature_records import (FeatureRecordWriter, FeatureSnapshot, encode, read_features,
+                                                  read_records, restore)
 from data_pipeline.loader.grouping import GroupingPool, group_order, group_sizes
 from training.losses.hardness import drawn_similarity, itc_hardness, itm_negative_similarity
 
@@ -90,7 +91,8 @@ def test_pool_groups_on_batch_boundaries_and_restores_from_locations():
     pool = GroupingPool(pool_batches=8, batch_size=BATCH, features=features, seed="s", pending=lambda: pending[0])
     out = []
     for index, key in enumerate(keys[:70]):
-        out += list(pool.add(0, ((0, index), {"__key__": key})))
+        if pool.add(((0, index), {"__key__": key})):
+            out += list(pool.flush(0))
     assert len(out) == 64 and len(pool.filling) == 6  # one full pool handed on, the next filling
     assert purity(cut([raw["__key__"] for _, raw in out], [BATCH] * 8), cluster) >= 0.9
     # Emission stopped half-way: the state lists what is left, in order, by location.
@@ -129,6 +131,36 @@ def test_feature_records_round_trip_step_bound_and_torn_tail(tmp_path):
     path.write_bytes(whole[:-20] + b"garbage!" * 10)
     assert [k for _, k, _ in read_records(path)] == ["a", "b"]
     assert read_features(tmp_path, "nothing", 10) == {}
+
+
+def test_a_snapshot_advanced_step_by_step_equals_one_reading(tmp_path):
+    writer = FeatureRecordWriter(tmp_path, rank=0, world_size=1)
+    snapshot = FeatureSnapshot(tmp_path, "coco")
+    assert snapshot.advance(5) == {}
+    vector = np.ones((1, 4), np.float16)
+    writer.append("coco", 0, 1, ["a"], vector)
+    writer.append("coco", 0, 2, ["b"], 2 * vector)
+    writer.flush()
+    assert sorted(snapshot.advance(5)) == ["a", "b"]
+    # A record half written when the snapshot reads is read once it is whole.
+    record = encode(6, "a", 3 * vector[0])
+    path = writer.path("coco", 0)
+    with open(path, "ab") as handle:
+        handle.write(record[:7])
+    assert snapshot.advance(6)["a"][0] == 1
+    with open(path, "ab") as handle:
+        handle.write(record[7:])
+    writer.append("coco", 1, 7, ["b", "c"], np.stack([4 * vector[0], 5 * vector[0]]))
+    writer.append("coco", 1, 9, ["a"], 6 * vector)  # beyond the next bound
+    writer.flush()
+    got = snapshot.advance(8)
+    whole = read_features(tmp_path, "coco", 8)
+    assert sorted(got) == sorted(whole) == ["a", "b", "c"]
+    assert all(np.array_equal(got[k], whole[k]) for k in whole)
+    assert [got[k][0] for k in "abc"] == [3, 4, 5]
+    assert snapshot.advance(9)["a"][0] == 6
+    with pytest.raises(ValueError, match="went back"):
+        snapshot.advance(8)
 
 
 def test_restore_cuts_files_back_to_the_checkpoint_and_removes_later_ones(tmp_path):
