@@ -219,3 +219,40 @@ def test_hardness_figures_match_a_loop():
     assert figure.item() == pytest.approx(sum(loop) / len(loop), abs=1e-5)
     # Nothing to measure: NaN, which the trainer's mean over ranks leaves out.
     assert torch.isnan(itc_hardness(vision, text, vision_columns, text_columns, torch.ones(5, 8, dtype=torch.bool)))
+
+
+def test_the_trainer_records_one_vector_per_sample_and_cuts_back_to_its_checkpoint(tmp_path):
+    from training.feature_records import FeatureRecorder, sample_vectors
+
+    torch.manual_seed(0)
+    normalise = torch.nn.functional.normalize
+    # A region batch: 2 images, 3 texts (image_index 0, 1, 1); an image-text batch of 2.
+    region = {"vision": normalise(torch.randn(3, 4), dim=1), "text": normalise(torch.randn(3, 4), dim=1)}
+    image = {"vision": normalise(torch.randn(2, 4), dim=1), "text": normalise(torch.randn(2, 4), dim=1)}
+    index = torch.tensor([0, 1, 1])
+    got = sample_vectors(region, 2, index).float()
+    rows = region["vision"] + region["text"]
+    expected = torch.stack([normalise(rows[0], dim=0), normalise(rows[1] + rows[2], dim=0)])
+    assert torch.allclose(got, expected, atol=1e-3)
+
+    recorder = FeatureRecorder(tmp_path, rank=0, world_size=1)
+    batches = {"image_text": {"corpus": "coco", "keys": ["a", "b"], "epochs": [0, 1]},
+               "region": {"corpus": "vg", "keys": ["x", "y"], "epochs": [2, 2]}}
+    inputs = {"image": {}, "region": {"image_index": index}}
+    kinds = {"image_text": "image", "region": "region"}
+    recorder.stage(7, batches, inputs, {"image": image, "region": region}, kinds)
+    recorder.write()
+    checkpoint = recorder.state_dict()
+    assert sorted(checkpoint["sizes"]) == ["coco/epoch00000.rank00000.bin", "coco/epoch00001.rank00000.bin",
+                                           "vg/epoch00002.rank00000.bin"]
+    root = tmp_path / "grouping_features"
+    assert np.allclose(read_features(root, "vg", 7)["y"], expected[1].numpy(), atol=1e-3)
+    assert sorted(read_features(root, "coco", 7)) == ["a", "b"]
+    # A step after the checkpoint, then a crash: the resume cuts its records away.
+    recorder.stage(8, {"image_text": {"corpus": "coco", "keys": ["c"], "epochs": [1]}}, inputs,
+                   {"image": {k: v[:1] for k, v in image.items()}}, kinds)
+    recorder.write()
+    assert "c" in read_features(root, "coco", 8)
+    resumed = FeatureRecorder(tmp_path, rank=0, world_size=1)
+    assert resumed.load_state_dicts([checkpoint]) == []
+    assert sorted(read_features(root, "coco", 8)) == ["a", "b"]
