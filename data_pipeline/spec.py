@@ -121,6 +121,16 @@ class LoaderSpec:
 
 
 @dataclass
+class GroupingSpec:
+    """GRIT-VLP grouped mini-batches (loader/grouping.py): each corpus's batches are formed from a
+    pool of `pool_batches` batches by grouping nearest neighbours in the features the trainer
+    recorded; the loader rereads the records every `refresh_steps` steps."""
+    enabled: bool = False
+    pool_batches: int = setting(16, min=2)
+    refresh_steps: int = setting(100, min=1)
+
+
+@dataclass
 class KindSettings:
     # The fraction of steps that carry a batch of this kind: 1.0 every step, 0.5 every other.
     ratio: float = setting(1.0, gt=0, max=1)
@@ -136,6 +146,7 @@ class DataSpec:
     # `kinds:` in the YAML; a kind not listed has ratio 1.0.
     kind_settings: dict[str, KindSettings] = setting({}, keys=KINDS, key="kinds")
     loader: LoaderSpec = setting(LoaderSpec)
+    grouping: GroupingSpec = setting(GroupingSpec)
     training: bool = True
     # The folder relative shard and tokenizer paths are taken from (itself relative to the YAML
     # file's folder); the working directory when not set.

@@ -124,7 +124,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
-        self.metrics = self.progress = self.keys_log = self.loader = self.teacher = None
+        self.metrics = self.progress = self.keys_log = self.loader = self.teacher = self.records = None
         self.last_eval, self.last_eval_step = None, None  # held-out metrics for the export's model card
         self.lock = hold_output_dir(self.output_dir, self.rank)
         try:
@@ -143,7 +143,16 @@ class Trainer:
         apply_global_batch(self.data_spec, config, self.world_size)
         # Built first: a missing shard or a shard count the ranks cannot share fails before any
         # model is built.
-        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size)
+        feature_dir = None
+        if self.data_spec.grouping.enabled:
+            from training.feature_records import FeatureRecorder
+
+            self.records = FeatureRecorder(self.output_dir, self.rank, self.world_size)
+            feature_dir = self.records.root
+        # With grouping, the loader reads the records of steps every rank has written: two
+        # optimizer steps back (a rank starting step s has seen every rank in step s - 1).
+        self.loader = MixedLoader(self.data_spec, self.rank, self.world_size, feature_dir=feature_dir,
+                                  records_lag=2 * config.optim.grad_accum)
         # Every rank builds identical initial weights; ZeRO-3 partitions each rank's own copy.
         rng_state.seed_everything(config.run.seed)
         model = create_model(config.model, load_pretrained=False)
@@ -271,6 +280,8 @@ class Trainer:
                  "rng": rng_state.capture(), "data": self.loader.state_dict()}
         if self.teacher is not None:
             state["momentum"] = self.teacher.state_dict()
+        if self.records is not None:
+            state["feature_records"] = self.records.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -278,6 +289,7 @@ class Trainer:
         self.nonfinite_total = state["nonfinite_total"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         rng_state.restore(state["rng"])
+        self._restore_records([state])
         self.loader.load_state_dict(state["data"])
         if self.teacher is not None:
             self.teacher.load_state_dict(self._momentum_state(state))
@@ -289,6 +301,7 @@ class Trainer:
         self.step = first["step"]
         self.nonfinite_total = first["nonfinite_total"]
         self.nonfinite_in_a_row = first["nonfinite_in_a_row"]
+        self._restore_records(states)
         self.loader.load_resharded([state["data"] for state in states])
         if self.teacher is not None:
             self.teacher.load_resharded([self._momentum_state(state) for state in states])
@@ -299,6 +312,13 @@ class Trainer:
             raise CheckpointError("the checkpoint holds no momentum weights or queues, but "
                                   "model.losses.momentum_distillation is enabled")
         return state["momentum"]
+
+    def _restore_records(self, states: list[dict]) -> None:
+        """Grouping's feature records cut back to the checkpoint (before the loader reads them)."""
+        if self.records is None or any("feature_records" not in state for state in states):
+            return
+        for note in self.records.load_state_dicts([state["feature_records"] for state in states]):
+            print(f"[grouping] rank {self.rank}: {note}", file=sys.stderr, flush=True)
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -366,6 +386,8 @@ class Trainer:
             with self.flops.counting(inputs):
                 out = self.engine(**inputs, **extra)
                 loss = out["loss"]
+                if self.records is not None:
+                    self.records.stage(self.loader.step, batches, inputs, out["features"], MODEL_KIND)
                 if planted_nonfinite(self.step + 1, micro, self.rank):
                     loss = loss * math.nan
                 names = ["loss"] + [f"{kind}/{term}" for group in ("losses", "stats")
@@ -402,6 +424,8 @@ class Trainer:
         # The one transfer to the host of the step.
         read = torch.stack([value for pair in sums.values() for value in pair]
                            + [nonfinite.float(), stop.float()]).tolist()
+        if self.records is not None:
+            self.records.write()
         figures = {name: read[2 * i] / read[2 * i + 1] if read[2 * i + 1] else math.nan
                    for i, name in enumerate(sums)}
         nonfinite, stop = bool(read[-2]), bool(read[-1])
@@ -502,6 +526,8 @@ class Trainer:
             self.loader.close()
         if self.keys_log:
             self.keys_log.close()
+        if self.records is not None:
+            self.records.close()
         self._release_lock()
 
 

@@ -39,8 +39,9 @@ def build_transform(corpus: CorpusSpec, spec: DataSpec):
 
 class CorpusDataset(IterableDataset):
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
-                 resume_states: list[dict | None], worker_offset: int):
+                 resume_states: list[dict | None], worker_offset: int, features=None):
         self.corpus, self.urls, self.spec = corpus, urls, spec
+        self.features = features
         self.rank, self.world_size = rank, world_size
         self.resume_states = resume_states
         self.worker_offset = worker_offset
@@ -50,7 +51,7 @@ class CorpusDataset(IterableDataset):
         physical, count = (info.id, info.num_workers) if info is not None else (0, 1)
         logical = (physical + self.worker_offset) % count
         stream = CorpusStream(self.corpus, self.urls, self.spec, self.rank, self.world_size, logical, count,
-                              build_transform(self.corpus, self.spec))
+                              build_transform(self.corpus, self.spec), features=self.features)
         state = self.resume_states[logical]
         if state is not None:
             stream.load_state_dict(state)
@@ -76,12 +77,13 @@ class CorpusLoader:
                 f"every worker needs at least one shard per epoch (write more, smaller shards or use fewer workers)")
         self.batches = 0
         self.states: list[dict | None] = [None] * self.workers
+        self.features = None  # grouping's {sample key: feature}; see set_features
         self._loader = None
         self._iterator = None
 
     def _start(self) -> None:
         dataset = CorpusDataset(self.corpus, self.urls, self.spec, self.rank, self.world_size,
-                                copy.deepcopy(self.states), self.batches % self.workers)
+                                copy.deepcopy(self.states), self.batches % self.workers, self.features)
         options = {}
         if self.num_workers > 0:
             options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork",
@@ -122,6 +124,14 @@ class CorpusLoader:
         self.states[worker] = batch.pop("_state")
         self.batches += 1
         return batch
+
+    def set_features(self, features) -> None:
+        """The recorded features grouping uses from the next batch on. The workers start again
+        from the state of the last batch handed out (as on a resume), so that batches they had
+        prefetched are made again with these features: which features a batch was grouped with
+        depends on the step alone, not on how far the workers had read ahead."""
+        self.close()
+        self.features = features
 
     def skipped(self) -> dict[str, int]:
         """Samples and shards skipped so far, by reason, summed over this rank's workers."""

@@ -6,6 +6,12 @@ kind the corpus is drawn by weight from the mixer's own RNG, seeded by (seed, ra
 Every rank therefore yields the same number of batches of each kind per step, however
 unevenly its shards are sized: corpus streams never end (see stream.py), and an epoch of
 training is a number of steps, the same on every rank.
+
+With `grouping` on, every `grouping.refresh_steps` steps the mixer rereads the features the
+trainer recorded (feature_records.py, `feature_dir`) of the steps up to `records_lag` before
+the current one, which every rank has written by then, and hands them to its corpora's
+workers. The features a batch is grouped with are therefore a function of the step, and a
+resume at step s rereads those of the last refresh before s: exact resume holds.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from collections import Counter
 
 from ..spec import DataSpec
 from .corpus_loader import CorpusLoader
+from .feature_records import FeatureSnapshot
 from .shuffle import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,8 @@ def _distributed_rank_and_size() -> tuple[int, int]:
 
 class MixedLoader:
     def __init__(self, spec: DataSpec, rank: int | None = None, world_size: int | None = None,
-                 num_workers: int | None = None, log_every: int = 1000):
+                 num_workers: int | None = None, log_every: int = 1000, feature_dir: str | os.PathLike | None = None,
+                 records_lag: int = 2):
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank_and_size()
         if not 0 <= rank < world_size:
@@ -50,6 +58,9 @@ class MixedLoader:
         self.step = 0
         self.drawn: Counter = Counter()
         self.log_every = log_every
+        self.feature_dir, self.records_lag = feature_dir, records_lag
+        self.features_at = 0  # the step whose records the corpora group with (0: none yet)
+        self.snapshots: dict[str, FeatureSnapshot] = {}
 
     def __iter__(self):
         return self
@@ -58,7 +69,23 @@ class MixedLoader:
         return [kind for kind in self.spec.kinds()
                 if math.floor((step + 1) * self.spec.kind_ratio[kind]) > math.floor(step * self.spec.kind_ratio[kind])]
 
+    def _refresh_features(self, restored: bool = False) -> None:
+        """At a refresh step, or on a restore: the records of the last refresh point."""
+        grouping = self.spec.grouping
+        if not grouping.enabled or self.feature_dir is None:
+            return
+        at = self.step - self.step % grouping.refresh_steps
+        if at == self.features_at and not restored:
+            return
+        if restored or not self.snapshots:  # read from the start: the files may have been cut back
+            self.snapshots = {name: FeatureSnapshot(self.feature_dir, name) for name in self.loaders}
+        self.features_at = at
+        bound = at - self.records_lag
+        for name, loader in self.loaders.items():
+            loader.set_features(self.snapshots[name].advance(bound) if bound > 0 else {})
+
     def __next__(self) -> dict[str, dict]:
+        self._refresh_features()
         out = {}
         for kind in self.kinds_at(self.step):
             corpora = self.spec.corpora_of(kind)
@@ -127,6 +154,7 @@ class MixedLoader:
         self.drawn = Counter(state["drawn"])
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["corpora"][name])
+        self._refresh_features(restored=True)
 
     def load_resharded(self, states: list[dict]) -> None:
         """Continues a run whose world size or worker count may have changed.
@@ -174,6 +202,7 @@ class MixedLoader:
         self.drawn = sum((Counter(s["drawn"]) for s in states), Counter()) if self.rank == 0 else Counter()
         for name, loader in self.loaders.items():
             loader.load_resharded([s["corpora"][name] for s in states])
+        self._refresh_features(restored=True)
 
     def close(self) -> None:
         for loader in self.loaders.values():

@@ -2,8 +2,8 @@
 
 A run's stream states say, for every old (rank, worker) slot, what it has not read yet of
 the epochs in progress: the rest of its current shard from the cursor, its later shards,
-the samples its shuffle buffer held, and all of its share of any later epoch that another
-slot has already begun. `reshard_streams` gathers these remainders for each epoch, from
+the samples its shuffle buffer (and grouping pool) held, and all of its share of any later
+epoch that another slot has already begun. `reshard_streams` gathers these remainders for each epoch, from
 the oldest epoch in progress to the newest, as units of reading (a shard tail, a whole
 shard, single samples by index; see stream.Unit), and deals each epoch's units out over
 the new slots. Each new slot reads its units of those epochs first (its transition plan)
@@ -72,7 +72,10 @@ def _remainders(states: list[dict], shards: int, seed: int, corpus: str
                     [i for i in picks if i >= index])
             for shard, start, picks in units[pos + 1:]:
                 add(state, epoch, shard, start, picks)
-            buffered = [] if state["buffer"] is None else state["buffer"]["locations"]
+            buffered = [] if state["buffer"] is None else list(state["buffer"]["locations"])
+            pool = state.get("pool")  # grouping's pool: read, not yet yielded, like the buffer
+            if pool is not None:
+                buffered += pool["filling"] + pool["ready"]
             for at, index in buffered:
                 add(state, epoch, units[at][0], None, [index])
     return first, last, left

@@ -16,6 +16,10 @@ After a change of world size or worker count (reshard.py) a slot first reads a p
 each epoch then in progress, the units of reading (shard tails, whole shards, single
 samples) dealt to it; the plan is part of its state until read, then whole epochs go on.
 
+With grouping on (the data spec's `grouping`, grouping.py), the samples the shuffle buffer
+releases pass through a pool of batches that is reordered into groups of similar samples
+before the transform; the pool's locations are part of the state, like the buffer's.
+
 Evaluation mode (the data spec's `training: false`) reads one pass over the slot's shards in
 their stored order, without a shuffle buffer, through the transforms' evaluation mode (no
 augmentation; every text of a sample) into the evaluation collates, optionally stopping
@@ -32,6 +36,7 @@ from ..io.shard_reader import COUNT_NOTHING, read_shard
 from ..skips import BadSample, Counters
 from ..spec import CorpusSpec, DataSpec
 from .collate import COLLATE, EVAL_COLLATE
+from .grouping import Features, GroupingPool
 from .shuffle import ShuffleBuffer
 
 log = logging.getLogger(__name__)
@@ -83,10 +88,11 @@ def epoch_shard_ids(shards: int, seed: int, corpus: str, epoch: int, slot: int, 
 class CorpusStream:
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
                  worker: int, num_workers: int, transform: Callable[[dict, random.Random], dict],
-                 passes: int | None = None, max_samples: int | None = None):
+                 passes: int | None = None, max_samples: int | None = None, features: Features | None = None):
         """`passes=None` streams forever (training); a number stops after that many epochs
         and yields the last, partial batch (evaluation, audits); in evaluation mode it is 1.
-        `max_samples` stops after that many samples have been batched."""
+        `max_samples` stops after that many samples have been batched. `features` (sample key
+        -> recorded feature) are what grouping measures similarity with, when it is on."""
         slots = world_size * num_workers
         if len(urls) < slots:
             raise ValueError(
@@ -107,6 +113,12 @@ class CorpusStream:
         self.cursor = (0, 0)  # (position in this epoch's shard list, next sample index in that shard)
         self.batches = 0
         self.buffer = self._new_buffer(0)
+        self.pending = 0  # samples in the batch being filled
+        grouping = spec.grouping
+        self.pool = None
+        if grouping.enabled and not self.evaluation:
+            self.pool = GroupingPool(grouping.pool_batches, corpus.batch_size, features or {},
+                                     f"{spec.seed}/{corpus.name}/grouping/{rank}/{worker}", lambda: self.pending)
         # Epochs read from explicit units instead of this slot's share of whole shards: the
         # transition after a change of world size. Empty in a run that never changed it.
         self.plan: dict[int, list[Unit]] = {}
@@ -153,6 +165,9 @@ class CorpusStream:
         while True:
             units = self.units(self.epoch)
             pos, start = self.cursor
+            if self.pool is not None:  # the rest of a grouped pool first (after a restore)
+                for _, raw in self.pool.emit():
+                    yield self.epoch, raw
             while pos < len(units):
                 barren = True
                 for index, raw in self._read_unit(units[pos], start):
@@ -161,13 +176,16 @@ class CorpusStream:
                     self.cursor = (pos, index + 1)
                     out = self.buffer.push((pos, index), raw)
                     if out is not None:
-                        yield self.epoch, out[1]
+                        yield from self._through_pool(out)
                 if barren and start == 0 and units[pos][1] == 0:  # a whole shard read, and no sample in it
                     self.barren.add(units[pos][0])
                 pos, start = pos + 1, 0
                 self.cursor = (pos, 0)
-            for _, raw in self.buffer.drain():
-                yield self.epoch, raw
+            for out in self.buffer.drain():
+                yield from self._through_pool(out)
+            if self.pool is not None:  # the epoch's last, partial pool
+                for _, raw in self.pool.flush(self.epoch):
+                    yield self.epoch, raw
             # A worker whose shards of one epoch all fail goes on to the next epoch's; once it has
             # tried every shard of the corpus without a sample, no epoch will give it one. (An
             # evaluation pass ends by itself; its caller judges an empty result.)
@@ -182,6 +200,14 @@ class CorpusStream:
             self.buffer = self._new_buffer(self.epoch)
             if self.passes is not None and self.epoch >= self.passes:
                 return
+
+    def _through_pool(self, entry) -> Iterator[tuple[int, dict]]:
+        if self.pool is None:
+            yield self.epoch, entry[1]
+            return
+        if self.pool.add(entry):
+            for _, raw in self.pool.flush(self.epoch):
+                yield self.epoch, raw
 
     def batches_with_state(self) -> Iterator[tuple[dict, dict]]:
         """(batch, stream state right after it), forever. Bad samples are counted, not batched."""
@@ -207,11 +233,13 @@ class CorpusStream:
                 self.counters.add(reason)
             item["epoch"] = epoch
             pending.append(item)
+            self.pending = len(pending)
             batched += 1
             if len(pending) == self.corpus.batch_size:
                 batch = self.collate(pending)
                 batch["epochs"] = [s["epoch"] for s in pending]
                 pending = []
+                self.pending = 0
                 self.batches += 1
                 yield batch, self.state_dict()
             if batched == self.max_samples:
@@ -245,6 +273,8 @@ class CorpusStream:
             "epoch": self.epoch,
             "cursor": list(self.cursor),
             "buffer": self.buffer.state_dict(),
+            # Grouping's pool: absent with grouping off, so that such states stay as they were.
+            **({"pool": self.pool.state_dict()} if self.pool is not None else {}),
             "plan": [[epoch, [[shard, start, list(picks)] for shard, start, picks in units]]
                      for epoch, units in sorted(self.plan.items())],
             "batches": self.batches,
@@ -270,9 +300,21 @@ class CorpusStream:
         self.plan = {epoch: [(shard, start, tuple(picks)) for shard, start, picks in units]
                      for epoch, units in state.get("plan", [])}
         self.buffer = self._new_buffer(self.epoch)
+        shards = [self.urls[shard] for shard, _, _ in self.units(self.epoch)]
+        pool = state.get("pool")
+        if pool is not None and self.pool is None and (pool["filling"] or pool["ready"]):
+            raise ValueError(f"{where}: the state holds samples in a grouping pool but data.grouping is off; "
+                             f"turn it on to resume this state (they would be lost)")
+        # The pool's samples are fetched in the same pass as the buffer's.
+        pooled = [] if pool is None else [tuple(loc) for loc in pool["filling"] + pool["ready"]]
+        found = {}
+        if state["buffer"] is not None or pooled:
+            buffered = [] if state["buffer"] is None else [tuple(loc) for loc in state["buffer"]["locations"]]
+            found = self._fetch(shards, buffered + pooled)
         if state["buffer"] is not None:  # None: a fresh buffer (the start of a transition)
-            shards = [self.urls[shard] for shard, _, _ in self.units(self.epoch)]
-            self.buffer.load_state_dict(state["buffer"], lambda locations: self._fetch(shards, locations))
+            self.buffer.load_state_dict(state["buffer"], lambda locations: found)
+        if self.pool is not None:
+            self.pool.load_state_dict(pool, found)
 
     def _fetch(self, shards: list[str], locations: list[tuple[int, int]]) -> dict:
         """Raw samples at the given (position in the epoch's units, index) locations, reading

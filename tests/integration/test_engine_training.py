@@ -37,6 +37,12 @@ def mean(values):
     return sum(values) / len(values)
 
 
+def grouped_data(shards) -> dict:
+    """The default data with grouped mini-batches on: the exact-resume runs below hold for it too
+    (from step 4 on the loader regroups by the features the ranks record)."""
+    return {**data_config(shards), "grouping": {"enabled": True, "pool_batches": 2, "refresh_steps": 4}}
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
     config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=200,
@@ -59,7 +65,7 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
 def uninterrupted(engine_shards, tmp_path_factory):
     """The reference: 40 steps in one go, the loss of every step logged."""
     directory = tmp_path_factory.mktemp("uninterrupted")
-    config = write_run_config(directory, engine_shards, max_steps=40)
+    config = write_run_config(directory, engine_shards, max_steps=40, data=grouped_data(engine_shards))
     codes, output = run_ranks(config, 2, "--resume", "none", *MOMENTUM)
     assert codes == [0, 0], output
     losses = losses_by_step(directory / "out")
@@ -68,7 +74,7 @@ def uninterrupted(engine_shards, tmp_path_factory):
 
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path, shards, uninterrupted):
-    config = write_run_config(tmp_path, shards, max_steps=40)
+    config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards))
     checkpoint = tmp_path / "out/checkpoints" / tag_for(20)
     ranks = Ranks(config, 2, *MOMENTUM)
     wait_for(lambda: (checkpoint / MARKER).exists(), 300, "the step-20 checkpoint", ranks)
@@ -78,10 +84,18 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path,
     assert f"[resume] step 20 from {checkpoint}" in output
     resumed = losses_by_step(tmp_path / "out")
     assert [resumed[s] for s in range(21, 41)] == [uninterrupted[s] for s in range(21, 41)]
+    # Grouping's records (one file per rank and corpus epoch) and its figures, per kind.
+    assert sorted(p.name for p in (tmp_path / "out/grouping_features/images").iterdir())[:2] == [
+        "epoch00000.rank00000.bin", "epoch00000.rank00001.bin"]
+    rows = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+    for kind in ("image", "region", "video"):
+        for figure in ("itm_neg_sim", "itc_hardness"):
+            values = [row[f"{kind}/{figure}"] for row in rows if f"{kind}/{figure}" in row]
+            assert values and all(-1 <= v <= 1 for v in values), (kind, figure, values)
 
 
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bitwise(tmp_path, shards, uninterrupted):
-    config = write_run_config(tmp_path, shards, max_steps=40)
+    config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards))
     metrics = tmp_path / "out/metrics.jsonl"
     ranks = Ranks(config, 2, *MOMENTUM)
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 15, 300, "step 15", ranks)

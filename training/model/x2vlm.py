@@ -21,7 +21,8 @@ Batches (one dict per kind; every kind is optional in ``forward``):
   image or video (a hash of its sample key), which the feature queues keep.
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
-"stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity}},
+"stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity,
+"itm_neg_sim", "itc_hardness": how hard the negatives are (losses/hardness.py)}},
 "features": {kind: {"vision": (N, E), "text": (N, E)}}}``; nothing in it makes the host wait
 for the device. For evaluation use
 ``encode_image`` / ``encode_video`` / ``encode_regions`` / ``encode_text`` (their ``features``
@@ -48,6 +49,7 @@ from training.losses import (
 )
 from training.losses.distillation import distilled_contrastive_loss, distilled_mlm_loss, queue_positives
 from training.losses.gather import all_reduce_sum, gather_rows, pad_rows, world_size
+from training.losses.hardness import drawn_similarity, itc_hardness, itm_negative_similarity
 from training.losses.mlm import select_positions
 from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capacity
 from training.model.model_config import ModelConfig
@@ -263,12 +265,14 @@ class X2VLM(nn.Module):
             itc = self._distilled_contrastive(teacher, vision, text, batch, image_index, keys, all_keys, positives,
                                               rows, temperature, share)
 
+        excluded = positives | ~all_keys.valid[None, :]
+        hardness = itc_hardness(vision.features, text.features, vision_all.detach(), text_all.detach(), excluded)
         if settings.itm_negatives == "global" and world_size() > 1:
-            drawable = positives | ~all_keys.valid[None, :]
-            itm, dropped = self._matching_loss_global(vision, text, vision_all, text_all, drawable, rows,
-                                                      temperature.detach())
+            itm, dropped, negative_sim = self._matching_loss_global(vision, text, vision_all, text_all, excluded,
+                                                                    rows, temperature.detach())
         else:
-            itm, dropped = self._matching_loss_local(vision, text, keys, temperature.detach()), text.hidden.new_zeros(())
+            itm, negative_sim = self._matching_loss_local(vision, text, keys, temperature.detach())
+            dropped = text.hidden.new_zeros(())
 
         losses = {"itc": itc, "itm": itm}
         if settings.weights[kind]["mlm"]:  # weight 0 (retrieval fine-tuning): not computed
@@ -279,7 +283,7 @@ class X2VLM(nn.Module):
             else:
                 losses["mlm"] = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"],
                                                            batch.get("mlm_positions"))
-        return (losses, {"itm_dropped": dropped.float()},
+        return (losses, {"itm_dropped": dropped.float(), "itm_neg_sim": negative_sim, "itc_hardness": hardness},
                 {"vision": vision.features, "text": text.features}, text)
 
     def _distilled_contrastive(self, teacher, vision, text, batch, image_index, keys, all_keys, positives, rows,
@@ -333,6 +337,8 @@ class X2VLM(nn.Module):
             t2v = text.features.float() @ vision.features.float().t() / temperature
             negative_text, text_valid = sample_hard_negatives(v2t, positives)
             negative_vision, vision_valid = sample_hard_negatives(t2v, positives)
+            negative_sim = itm_negative_similarity(drawn_similarity(v2t, negative_text, text_valid, temperature),
+                                                   drawn_similarity(t2v, negative_vision, vision_valid, temperature))
         vision_tokens = torch.cat([vision.tokens, vision.tokens[negative_vision], vision.tokens])
         vision_mask = torch.cat([vision.mask, vision.mask[negative_vision], vision.mask])
         text_hidden = torch.cat([text.hidden, text.hidden, text.hidden[negative_text]])
@@ -341,7 +347,7 @@ class X2VLM(nn.Module):
         count, device = vision.tokens.shape[0], logits.device
         labels = (torch.arange(3 * count, device=device) < count).long()
         weights = torch.cat([torch.ones(count, dtype=torch.bool, device=device), vision_valid, text_valid])
-        return matching_loss(logits, labels, weights)
+        return matching_loss(logits, labels, weights), negative_sim
 
     def _matching_loss_global(self, vision, text, vision_all, text_all, excluded, rows, temperature):
         """ITM with hard negatives drawn from every rank's batch (``excluded``: the positives and
@@ -352,13 +358,16 @@ class X2VLM(nn.Module):
         goes back to their owners through the same exchange. The loss is divided by the global
         number of pairs / world size: the ranks' mean is the mean over every pair.
 
-        Returns (loss, pairs left out for the exchange's capacity)."""
+        Returns (loss, pairs left out for the exchange's capacity, mean similarity of the drawn
+        negatives)."""
         settings = self.config.losses
         with torch.no_grad():
             v2t = vision.features.float() @ text_all.detach().float().t() / temperature
             t2v = text.features.float() @ vision_all.detach().float().t() / temperature
             negative_text, text_valid = sample_hard_negatives(v2t, excluded)
             negative_vision, vision_valid = sample_hard_negatives(t2v, excluded)
+            negative_sim = itm_negative_similarity(drawn_similarity(v2t, negative_text, text_valid, temperature),
+                                                   drawn_similarity(t2v, negative_vision, vision_valid, temperature))
 
         world = world_size()
         capacity = slot_capacity(rows, world, settings.itm_exchange_capacity)
@@ -378,4 +387,4 @@ class X2VLM(nn.Module):
         weights = torch.cat([torch.ones_like(text_valid), text_valid & fetched_placed, received.valid])
         total = all_reduce_sum(weights.sum(), CATEGORY)
         dropped = (text_valid & ~fetched_placed).sum() + received.dropped_sending + received.dropped_receiving
-        return matching_loss(logits, labels, weights, normaliser=total / world), dropped
+        return matching_loss(logits, labels, weights, normaliser=total / world), dropped, negative_sim
