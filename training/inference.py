@@ -7,6 +7,7 @@
     predictor.score(["a.jpg", "b.jpg"], ["a red circle", "two squares"])  # ITM probability per pair
     predictor.ground("a.jpg", "the red circle")            # Box(x, y, w, h) in a.jpg's pixels
     predictor.rank(paths, "a red circle", top_k=5)         # ITC, then ITM re-ranking of the top k
+    predictor.caption(["a.jpg"], max_len=30, beam=3)       # captions from the causal decoder
 
 Images are paths, bytes (any format Pillow reads) or PIL images; they go through the data
 pipeline's evaluation-mode steps, as evaluation reads its shards: the whole image resized to
@@ -211,6 +212,36 @@ class X2VLMPredictor:
     def ground(self, image: ImageInput, text: str) -> Box:
         """The box of what TEXT describes in IMAGE, in IMAGE's pixels."""
         return self.ground_batch([image], [text])[0]
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[ImageInput] | ImageInput, max_len: int = 30, beam: int = 1,
+                prompt: str = "", length_penalty: float = 1.0) -> list[str]:
+        """A caption of each image from the causal decoder (training/model/generation.py): greedy
+        with ``beam=1``, else beam search; at most ``max_len`` tokens after PROMPT, which starts
+        every caption (e.g. "a picture of") and is left out of the result. Meaningful for a
+        model trained with the captioning loss (losses.weights.image.lm)."""
+        from training.model.generation import generate
+
+        images = _as_list(images)
+        prompt_ids = self.text.backend.encode(prompt, add_special_tokens=False).ids if prompt.strip() else []
+        room = self.model.config.text.max_position_embeddings - 1 - len(prompt_ids)
+        if not 1 <= max_len <= room:
+            raise InputError(f"max_len {max_len}: must lie between 1 and {room} (the model's positions, less the prompt)")
+        from training.evaluation.captioning import special_ids
+
+        if beam < 1:
+            raise InputError(f"beam {beam}: must be >= 1")
+        captions = []
+        for s in _chunks(len(images), self.batch_size):
+            vision, _ = self._encode_images(images[s], s.start)
+            try:
+                with self._autocast():
+                    ids = generate(self.model, vision, max_len=max_len, beam=beam, prompt=prompt_ids,
+                                   length_penalty=length_penalty, **special_ids(self.text))
+            except ValueError as error:  # a beam width the vocabulary cannot fill
+                raise InputError(str(error)) from None
+            captions += [self.text.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+        return captions
 
     def rank(self, images: Sequence[ImageInput], query: str, top_k: int = 10, itm_top_k: int = 16) -> list[Ranked]:
         """The TOP_K images that best match QUERY, best first, as x2vlm-eval ranks: by ITC

@@ -3,12 +3,15 @@
   x2vlm-predict rank MODEL_FOLDER IMAGE_DIR "a red circle" [--top-k 10] [--itm-top-k 16]
   x2vlm-predict score MODEL_FOLDER pairs.tsv              (image<TAB>text per line; or .jsonl)
   x2vlm-predict ground MODEL_FOLDER image.jpg "the red circle" [--out box.png]
+  x2vlm-predict caption MODEL_FOLDER IMAGE... [--beam 3] [--max-len 30] [--out captions.json]
 
 rank: the images of a folder (and its subfolders) against a text, best first: ITC similarity,
 then the first --itm-top-k re-ranked by ITM probability, as x2vlm-eval ranks. score: the ITM
 probability of each image-text pair of a file; relative image paths are taken from the file's
 folder. ground: the box of a phrase in an image, printed as x y w h in the image's pixels and
-drawn into a PNG.
+drawn into a PNG. caption: a caption of each image (or of each image of a folder) from the
+causal decoder, for a model trained with the captioning loss: IMAGE<TAB>caption per line, or a
+JSON list of {"image", "caption"} with --out.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="x2vlm-predict", description=__doc__.splitlines()[0],
                                      epilog="Exit codes: 0 done; 2 a model folder, image, text or file that cannot be "
                                             "used (named).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,score,ground}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{rank,score,ground,caption}")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
@@ -64,7 +67,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ground.add_argument("text", help="the phrase to ground")
     ground.add_argument("--out", type=Path, help="the PNG with the box drawn (default: IMAGE_STEM.ground.png here)")
 
-    for sub in (rank, score, ground):
+    caption = command("caption", "a caption of each image, from the causal decoder")
+    caption.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
+                         help="image files, or folders of images (subfolders too)")
+    caption.add_argument("--beam", type=at_least(1), default=1, help="beam width; 1: greedy (1)")
+    caption.add_argument("--max-len", type=at_least(1), default=30, help="most tokens per caption (30)")
+    caption.add_argument("--prompt", default="", help="text every caption starts with, left out of the output "
+                                                      "(e.g. 'a picture of'; default none)")
+    caption.add_argument("--out", type=Path, help="write the captions to this JSON file instead of printing them")
+
+    for sub in (rank, score, ground, caption):
         sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         sub.add_argument("--batch-size", type=at_least(1), default=32, help="images per model call (32)")
     return parser.parse_args(argv)
@@ -80,6 +92,19 @@ def image_files(folder: Path) -> list[Path]:
              if p.suffix.lower() in suffixes and p.is_file() and p.resolve().is_relative_to(root)]
     if not files:
         raise UsageError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def caption_inputs(paths: list[Path]) -> list[Path]:
+    """The image files named, folders expanded (image_files) in the order given."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += image_files(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: not a file or directory")
     return files
 
 
@@ -135,6 +160,8 @@ def run(args: argparse.Namespace) -> None:
         files = image_files(args.images)  # before the model loads: a wrong folder fails at once
     elif args.command == "score":
         pairs = read_pairs(args.pairs)
+    elif args.command == "caption":
+        files = caption_inputs(args.images)
     predictor = X2VLMPredictor(args.model, device=args.device, batch_size=args.batch_size)
     if args.command == "rank":
         ranked = predictor.rank(files, args.query, top_k=args.top_k, itm_top_k=args.itm_top_k)
@@ -151,6 +178,15 @@ def run(args: argparse.Namespace) -> None:
             print(f"{len(scores)} scores written to {args.out}")
         else:
             print("\n".join(rows))
+    elif args.command == "caption":
+        captions = predictor.caption(files, max_len=args.max_len, beam=args.beam, prompt=args.prompt)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            entries = [{"image": str(f), "caption": c} for f, c in zip(files, captions)]
+            args.out.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"{len(captions)} captions written to {args.out}")
+        else:
+            print("\n".join(f"{f}\t{c}" for f, c in zip(files, captions)))
     else:
         box = predictor.ground(args.image, args.text)
         out = draw_box(args.image, box, args.text, args.out or Path(f"{args.image.stem}.ground.png"))

@@ -32,6 +32,10 @@ MOMENTUM = ("--set", "model.losses.momentum_distillation.enabled=true",
             "--set", "model.losses.momentum_distillation.queue_size=256",
             "--set", "model.losses.momentum_distillation.alpha_ramp_steps=10")
 
+# The exact-resume runs train captioning too (image/lm, off by default): its state must survive
+# a kill and a resume bitwise like the other losses'.
+CAPTIONING = ("--set", "model.losses.weights.image.lm=0.5")
+
 
 def mean(values):
     return sum(values) / len(values)
@@ -66,20 +70,22 @@ def uninterrupted(engine_shards, tmp_path_factory):
     """The reference: 40 steps in one go, the loss of every step logged."""
     directory = tmp_path_factory.mktemp("uninterrupted")
     config = write_run_config(directory, engine_shards, max_steps=40, data=grouped_data(engine_shards))
-    codes, output = run_ranks(config, 2, "--resume", "none", *MOMENTUM)
+    codes, output = run_ranks(config, 2, "--resume", "none", *MOMENTUM, *CAPTIONING)
     assert codes == [0, 0], output
     losses = losses_by_step(directory / "out")
     assert sorted(losses) == list(range(1, 41))
+    rows = [json.loads(line) for line in (directory / "out/metrics.jsonl").read_text().splitlines()]
+    assert all(row["image/lm"] > 0 for row in rows if row["kind"] == "train")
     return losses
 
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path, shards, uninterrupted):
     config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards))
     checkpoint = tmp_path / "out/checkpoints" / tag_for(20)
-    ranks = Ranks(config, 2, *MOMENTUM)
+    ranks = Ranks(config, 2, *MOMENTUM, *CAPTIONING)
     wait_for(lambda: (checkpoint / MARKER).exists(), 300, "the step-20 checkpoint", ranks)
     ranks.kill()  # SIGKILL to every rank, wherever it is past step 20
-    codes, output = run_ranks(config, 2, "--resume", "auto", *MOMENTUM)
+    codes, output = run_ranks(config, 2, "--resume", "auto", *MOMENTUM, *CAPTIONING)
     assert codes == [0, 0], output
     assert f"[resume] step 20 from {checkpoint}" in output
     resumed = losses_by_step(tmp_path / "out")
@@ -97,13 +103,13 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path,
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bitwise(tmp_path, shards, uninterrupted):
     config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards))
     metrics = tmp_path / "out/metrics.jsonl"
-    ranks = Ranks(config, 2, *MOMENTUM)
+    ranks = Ranks(config, 2, *MOMENTUM, *CAPTIONING)
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 15, 300, "step 15", ranks)
     ranks.signal(signal.SIGUSR1)
     assert ranks.wait(300) == [REQUEUE_EXIT_CODE] * 2, ranks.output()
     [saved] = complete_checkpoints(tmp_path / "out/checkpoints")
     assert 15 <= saved.step < 40
-    codes, output = run_ranks(config, 2, *MOMENTUM)  # --resume auto is the default
+    codes, output = run_ranks(config, 2, *MOMENTUM, *CAPTIONING)  # --resume auto is the default
     assert codes == [0, 0], output
     resumed = losses_by_step(tmp_path / "out")
     assert [resumed[s] for s in range(saved.step + 1, 41)] == [uninterrupted[s] for s in range(saved.step + 1, 41)]

@@ -59,4 +59,5 @@ def test_loss_weights_not_given_default_to_one():
     config["losses"]["weights"] = {"video": {"mlm": 0.25}}
     weights = model_config_from_dict(config).losses.weights
     assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25}
-    assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0}
+    # An optional term (image/lm, captioning) is off unless given.
+    assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.0}

@@ -2,6 +2,7 @@
 
   x2vlm-eval MODEL_FOLDER --image-shards 'eval/image/*.tar' \
       --region-shards 'eval/region/*.tar' --video-shards 'eval/video/*.tar' --out metrics.json
+  x2vlm-eval MODEL_FOLDER --image-shards 'eval/image/*.tar' --captioning   (also BLEU-4 and CIDEr-D)
   x2vlm-eval --model-config configs/model/tiny.yaml --tokenizer DIR ...   (random weights: a smoke test)
 
 MODEL_FOLDER is a model folder (training/model_folder.py: x2vlm-export, x2vlm-convert or the
@@ -19,6 +20,7 @@ import torch
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
 from data_pipeline.spec import TextSpec, VideoTextOptions
+from training.evaluation.captioning import CaptioningSettings
 from training.evaluation.data import eval_data_spec
 from training.evaluation.evaluator import evaluate
 from training.model_folder import ModelFolderError, load_model_folder
@@ -65,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--itm-top-k", type=at_least(0), default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images or videos per encoding batch (32)")
     parser.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate only the first N samples per kind")
+    parser.add_argument("--captioning", action="store_true",
+                        help="also caption the images of --image-shards with the causal decoder and score the "
+                             "captions against their texts: BLEU-4 and CIDEr-D (for a model trained with "
+                             "losses.weights.image.lm)")
+    parser.add_argument("--caption-beam", type=at_least(1), default=1, help="beam width of --captioning; 1: greedy (1)")
+    parser.add_argument("--caption-max-len", type=at_least(1), default=30, help="most tokens per caption (30)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
@@ -125,7 +133,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model),
         args.image_shards, args.region_shards, args.video_shards, batch_size=args.batch_size,
         video_frames=args.video_frames, max_tokens=args.max_tokens)
-    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k, max_samples=args.max_samples)
+    if args.captioning and not args.image_shards:
+        raise UsageError("--captioning needs --image-shards")
+    captioning = CaptioningSettings(args.caption_max_len, args.caption_beam) if args.captioning else None
+    metrics = evaluate(model, spec, itm_top_k=args.itm_top_k, max_samples=args.max_samples, captioning=captioning)
     if args.grounding_png:
         from training.evaluation.plots import draw_grounding_examples
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from data_pipeline.loader.stream import CorpusStream
 from data_pipeline.spec import DataSpec
+from training.evaluation.captioning import CaptioningSettings, evaluate_captioning
 from training.evaluation.data import eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
 from training.evaluation.retrieval_metrics import retrieval_metrics
@@ -182,13 +183,15 @@ def evaluate_grounding(model, stream: CorpusStream) -> dict[str, float]:
 
 
 def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 128,
-             max_samples: int | None = None) -> dict[str, float]:
+             max_samples: int | None = None, captioning: CaptioningSettings | None = None) -> dict[str, float]:
     """Every corpus of ``spec`` (a data spec in evaluation mode, e.g. from ``eval_data_spec``);
     a flat dict ``{corpus}/{metric}``: with the corpora ``eval_data_spec`` names,
     ``image/txt_r1`` ... ``image/r_mean``, ``region/grounding_acc``,
     ``region/centre_baseline_acc``, ``region/mean_iou``, ``video/txt_r1`` ..., plus counts
     (``image/images``, ``image/texts``, ``video/videos``, ``region/queries``, ``{corpus}/skipped``).
     ``max_samples``: only the first that many samples of each corpus, in stored order.
+    ``captioning``: also caption each image of the image-text sets and score the captions
+    against the image's texts (``image/bleu4``, ``image/cider``; see ``captioning.py``).
 
     ``model`` is the bare X2VLM (``engine.module`` under DeepSpeed). It is put in eval mode
     for the run and back in its previous mode after."""
@@ -210,6 +213,8 @@ def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 1
             else:
                 values = evaluate_retrieval(model, stream, itm_top_k, itm_batch_size)
             values["skipped"] = sum(stream.counters.as_dict().values())
+            if captioning is not None and stream.corpus.kind == "image_text":
+                values.update(evaluate_captioning(model, eval_stream(spec, stream.corpus, max_samples), captioning))
             metrics.update({f"{stream.corpus.name}/{name}": value for name, value in values.items()})
     finally:
         model.train(was_training)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 
+from training.model.causal import causal_mask
 from training.model.model_config import TextConfig
 from training.model.text import transformers_config
 
@@ -27,7 +28,11 @@ class QueryKeyValue(nn.Module):
         self.value = nn.Linear(key_value_width, width)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """context_mask: (N, K) bool over the context, or a prepared (N, 1, L or 1, K) one (causal
+        self-attention gives each query its own row)."""
         batch, length, width = hidden.shape
+        if context_mask.dim() == 2:
+            context_mask = context_mask[:, None, None, :]
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)
@@ -36,7 +41,7 @@ class QueryKeyValue(nn.Module):
             heads(self.query(hidden)),
             heads(self.key(context)),
             heads(self.value(context)),
-            attn_mask=context_mask[:, None, None, :],
+            attn_mask=context_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
         return out.transpose(1, 2).reshape(batch, length, width)
@@ -77,10 +82,15 @@ class FusionEncoder(nn.Module):
         self.apply(_init_like_bert)
 
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, vision: torch.Tensor, vision_mask: torch.Tensor
+        self, text: torch.Tensor, text_mask: torch.Tensor, vision: torch.Tensor, vision_mask: torch.Tensor,
+        causal: bool = False,
     ) -> torch.Tensor:
-        """text (N, L, H), text_mask (N, L) bool/long, vision (N, P, D), vision_mask (N, P) bool."""
+        """text (N, L, H), text_mask (N, L) bool/long, vision (N, P, D), vision_mask (N, P) bool.
+        ``causal``: each text position attends to itself and the positions before it only (the
+        captioning decoder, training/model/causal.py); the cross-attention to vision is unchanged."""
         text_mask, vision_mask = text_mask.bool(), vision_mask.bool()
+        if causal:
+            text_mask = causal_mask(text_mask)
         for layer in self.layer:
             if self.grad_checkpointing and self.training:
                 text = checkpoint(layer, text, text_mask, vision, vision_mask, use_reentrant=False)

@@ -14,10 +14,18 @@ from data_pipeline.config import ConfigError, build, read_yaml_file, setting, su
 TEXT_KINDS = ("bert", "roberta", "xlm-roberta")
 LOSS_KINDS = ("image", "region", "video")
 LOSS_TERMS = {
-    "image": ("itc", "itm", "mlm", "mim"),
+    "image": ("itc", "itm", "mlm", "mim", "lm"),
     "region": ("itc", "itm", "mlm", "bbox", "giou"),
     "video": ("itc", "itm", "mlm"),
 }
+# Optional objectives: weight 0 unless the config gives one; a term of weight 0 is not computed.
+# image/lm: captioning, next-token prediction in the causal mode (training/model/causal.py).
+OPTIONAL_TERMS = {"image": ("lm",)}
+
+
+def default_loss_weights() -> dict[str, dict[str, float]]:
+    return {kind: {term: 0.0 if term in OPTIONAL_TERMS.get(kind, ()) else 1.0 for term in LOSS_TERMS[kind]}
+            for kind in LOSS_KINDS}
 
 
 @dataclasses.dataclass
@@ -102,13 +110,12 @@ class LossConfig:
     # Which pairs count as positives (besides the pair itself) in ITC targets and are never
     # drawn as ITM negatives.
     same_text_positive: bool = True
-    # losses.weights.<kind>.<term>; a term not given weighs 1.0.
-    weights: dict[str, dict[str, float]] = setting({kind: {term: 1.0 for term in LOSS_TERMS[kind]}
-                                                    for kind in LOSS_KINDS}, keys=LOSS_KINDS)
+    # losses.weights.<kind>.<term>; a term not given weighs 1.0, an optional one 0 (OPTIONAL_TERMS).
+    weights: dict[str, dict[str, float]] = setting(default_loss_weights(), keys=LOSS_KINDS)
     momentum_distillation: MomentumDistillationConfig = setting(MomentumDistillationConfig)
 
     def check(self, where: str) -> None:
-        weights = {kind: {term: 1.0 for term in LOSS_TERMS[kind]} for kind in LOSS_KINDS}
+        weights = default_loss_weights()
         for kind, terms in self.weights.items():
             for term, weight in terms.items():
                 key = subkey(where, f"weights.{kind}.{term}")

@@ -20,6 +20,9 @@ Batches (one dict per kind; every kind is optional in ``forward``):
   training/momentum.py), every kind also needs ``sample_ids`` (B,) long: the identity of each
   image or video (a hash of its sample key), which the feature queues keep.
 
+With ``losses.weights.image.lm`` > 0 the image batch also trains captioning (``image/lm``):
+next-token prediction over ``text_ids`` in the causal mode (``decode``).
+
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
 "stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity,
 "itm_neg_sim", "itc_hardness": how hard the negatives are (losses/hardness.py)}},
@@ -47,11 +50,13 @@ from training.losses import (
     pair_positives,
     sample_hard_negatives,
 )
+from training.losses.captioning import captioning_loss
 from training.losses.distillation import distilled_contrastive_loss, distilled_mlm_loss, queue_positives
 from training.losses.gather import all_reduce_sum, gather_rows, pad_rows, world_size
 from training.losses.hardness import drawn_similarity, itc_hardness, itm_negative_similarity
 from training.losses.mlm import select_positions
 from training.losses.exchange import CATEGORY, fetch_rows, send_rows, slot_capacity
+from training.model.causal import causal_mask
 from training.model.model_config import ModelConfig
 from training.model.fusion import FusionEncoder
 from training.model.heads import MaskedLanguageModelHead, Temperature, build_mlp
@@ -173,6 +178,12 @@ class X2VLM(nn.Module):
     def fuse(self, vision_tokens, vision_mask, text_hidden, text_mask) -> torch.Tensor:
         return self.fusion(text_hidden, text_mask, vision_tokens, vision_mask)
 
+    def decode(self, vision_tokens, vision_mask, text_ids, text_mask) -> torch.Tensor:
+        """(N, L, H): the text and fusion layers in causal mode (training/model/causal.py); the
+        MLM head on position t gives the logits of token t + 1."""
+        hidden = self.text(input_ids=text_ids, attention_mask=causal_mask(text_mask)).last_hidden_state
+        return self.fusion(hidden, text_mask, vision_tokens, vision_mask, causal=True)
+
     def itm_score(self, vision: VisionEncoding, text: TextEncoding) -> torch.Tensor:
         """Probability that each (vision, text) pair matches: (N,)."""
         fused = self.fuse(vision.tokens, vision.mask, text.hidden, text.mask)
@@ -198,6 +209,10 @@ class X2VLM(nn.Module):
                 vision, image, image.get("image_index"), "image", self._teacher("image", image, alpha))
             if mim is not None:
                 losses["image"]["mim"] = mim
+            if self.config.losses.weights["image"]["lm"] > 0:
+                losses["image"]["lm"] = captioning_loss(
+                    self.mlm_head, self.decode(vision.tokens, vision.mask, image["text_ids"], image["text_mask"]),
+                    image["text_ids"], image["text_mask"])
         if region is not None:
             image_tokens = self.vision(region["images"])
             if any(self.config.losses.weights["region"][term] for term in ("itc", "itm", "mlm")):

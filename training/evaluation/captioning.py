@@ -1,0 +1,54 @@
+"""Captioning on held-out image-text shards: a caption of each image from the causal decoder
+(training/model/generation.py), scored against the image's own texts with BLEU-4 and CIDEr-D
+(caption_metrics.py). The ids that start, end and pad a text come from the data spec's
+tokenizer, through the loader's own text encoder."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from data_pipeline.loader.stream import CorpusStream
+from data_pipeline.text import TextEncoder
+from training.evaluation.caption_metrics import caption_metrics
+from training.evaluation.data import eval_batches
+from training.model.generation import generate
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptioningSettings:
+    max_len: int = 30  # most generated tokens per caption
+    beam: int = 1  # 1: greedy
+
+
+def special_ids(text: TextEncoder) -> dict:
+    """generate()'s token arguments for the tokenizer of TEXT."""
+    tokenizer = text.tokenizer
+    banned = {text.pad_id, text.mask_id, text.cls_id, tokenizer.unk_token_id, tokenizer.bos_token_id} - {None, text.sep_id}
+    return {"bos_id": text.cls_id, "eos_id": text.sep_id, "pad_id": text.pad_id, "banned": sorted(banned)}
+
+
+@torch.no_grad()
+def generate_eval_captions(model, stream: CorpusStream, settings: CaptioningSettings
+                           ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(caption of each image, its reference texts), keyed by sample key."""
+    device = next(model.parameters()).device
+    text = TextEncoder(stream.spec.text)
+    special = special_ids(text)
+    candidates, references = {}, {}
+    for batch in eval_batches(stream):
+        vision = model.encode_image(batch["images"].to(device))
+        ids = generate(model, vision, max_len=settings.max_len, beam=settings.beam, **special)
+        owners = batch["text_sample"].tolist()
+        for i, key in enumerate(batch["keys"]):
+            candidates[key] = text.tokenizer.decode(ids[i], skip_special_tokens=True).strip()
+            references[key] = [t for t, owner in zip(batch["texts"], owners) if owner == i]
+    if not candidates:
+        raise ValueError(f"eval image shards {stream.urls[:3]}...: no usable sample (skipped: {stream.counters.as_dict()})")
+    return candidates, references
+
+
+def evaluate_captioning(model, stream: CorpusStream, settings: CaptioningSettings) -> dict[str, float]:
+    """``bleu4``, ``cider`` (CIDEr-D) and ``captioned`` (images) of one eval set."""
+    candidates, references = generate_eval_captions(model, stream, settings)
+    return {**caption_metrics(candidates, references), "captioned": len(candidates)}
