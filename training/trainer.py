@@ -84,7 +84,7 @@ def check_model_matches_data(model, data_spec, source: str) -> None:
     if tokens > model.config.text.vocab_size:
         raise ConfigError(f"{source}: the tokenizer {data_spec.text.tokenizer} has {tokens} tokens but the model's "
                           f"'text.vocab_size' is {model.config.text.vocab_size}; its ids would not fit the embeddings")
-    problem = tokenizer_problem(model.config.text, tokenizer.pad_token_id, data_spec.text.max_tokens)
+    problem = tokenizer_problem(model.config.text, tokenizer.pad_token_id)
     if problem:
         raise ConfigError(f"{source}: tokenizer {data_spec.text.tokenizer}: {problem}")
 

@@ -8,12 +8,14 @@ import pickle
 import random
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from data_pipeline.config import ConfigError
 from data_pipeline.demo_corpus import DemoCorpusSpec, generate
 from data_pipeline.shards.cli import main as shards_main
 from data_pipeline.spec import TextSpec
@@ -232,7 +234,7 @@ def test_an_xlm_roberta_tower_trains_mlm_on_a_chinese_batch(unigram):
     torch.manual_seed(0)
     model = create_model(config)
     assert type(model.text).__name__ == "XLMRobertaModel"
-    assert tokenizer_problem(model.config.text, encoder.pad_id, 24) is None
+    assert tokenizer_problem(model.config.text, encoder.pad_id) is None
     # RoBERTa positions: the first token at pad_token_id + 1, padding at pad_token_id.
     positions = model.text.embeddings.create_position_ids_from_input_ids(batch["text_ids"], 1)
     lengths = batch["text_mask"].sum(dim=1)
@@ -250,13 +252,18 @@ def test_an_xlm_roberta_tower_trains_mlm_on_a_chinese_batch(unigram):
 
 def test_a_tower_whose_padding_or_positions_do_not_fit_the_tokenizer_is_refused():
     from training.model.model_config import TextConfig
+    from training.run_config import _check_across_sections
 
     # An XLM-R tokenizer pads with 1; a tower left at pad_token_id 0 would take <s> for padding.
     xlmr = TextConfig(kind="xlm-roberta", vocab_size=160, max_position_embeddings=66, pad_token_id=0)
-    assert "set text.pad_token_id: 1" in tokenizer_problem(xlmr, 1, 64)
+    assert "set text.pad_token_id: 1" in tokenizer_problem(xlmr, 1)
     xlmr.pad_token_id = 1
-    assert tokenizer_problem(xlmr, 1, 64) is None  # positions 2 .. 65
-    assert tokenizer_problem(xlmr, 1, 65) == ("texts of up to 65 tokens need 67 positions (a xlm-roberta tower "
-                                              "numbers them from pad_token_id + 1 = 2) but the model's "
-                                              "'text.max_position_embeddings' is 66")
-    assert tokenizer_problem(TextConfig(kind="bert", vocab_size=80, max_position_embeddings=40), 0, 40) is None
+    assert tokenizer_problem(xlmr, 1) is None
+    # Positions 2 .. max_tokens + 1: 64 tokens fit 66 position embeddings, 65 do not.
+    model = SimpleNamespace(text=xlmr, vision=None)
+    _check_across_sections(model, SimpleNamespace(text=SimpleNamespace(max_tokens=64), corpora=[]))
+    with pytest.raises(ConfigError, match=r"data.text.max_tokens: 65 exceeds the model's text.max_position_embeddings "
+                                          r"\(66\) less the xlm-roberta position offset \(text.pad_token_id \+ 1 = 2\)"):
+        _check_across_sections(model, SimpleNamespace(text=SimpleNamespace(max_tokens=65), corpora=[]))
+    bert = TextConfig(kind="bert", vocab_size=80, max_position_embeddings=40)
+    _check_across_sections(SimpleNamespace(text=bert, vision=None), SimpleNamespace(text=SimpleNamespace(max_tokens=40), corpora=[]))

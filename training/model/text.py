@@ -44,25 +44,15 @@ def transformers_config(config: TextConfig, num_layers: int) -> PretrainedConfig
     return hf_config
 
 
-# RoBERTa and XLM-R number positions from pad_token_id + 1 and give padding the position
-# pad_token_id, both found from the input ids (transformers' create_position_ids_from_input_ids).
-_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta")
-
-
-def tokenizer_problem(config: TextConfig, pad_id: int | None, max_tokens: int) -> str | None:
-    """Why texts of a tokenizer padding with `pad_id`, up to `max_tokens` long, would not fit
-    the tower; None when they do. The tower takes padding from `text.pad_token_id` (its
-    embedding row stays zero; for RoBERTa / XLM-R also where positions start), so it must be
-    the tokenizer's: an XLM-R tokenizer pads with 1 and begins with <s> = 0, which a tower
+def tokenizer_problem(config: TextConfig, pad_id: int | None) -> str | None:
+    """Why texts of a tokenizer padding with `pad_id` would not fit the tower; None when they
+    do. The tower takes padding from `text.pad_token_id` (its embedding row stays zero; for
+    RoBERTa / XLM-R also where positions start, see `TextConfig.position_offset`), so it must
+    be the tokenizer's: an XLM-R tokenizer pads with 1 and begins with <s> = 0, which a tower
     left at the default 0 would take for padding."""
     if pad_id != config.pad_token_id:
         return (f"the model's 'text.pad_token_id' is {config.pad_token_id} but the tokenizer pads with id {pad_id}; "
                 f"set text.pad_token_id: {pad_id}")
-    offset = config.pad_token_id + 1 if config.kind in _POSITIONS_AFTER_PAD else 0
-    if max_tokens + offset > config.max_position_embeddings:
-        return (f"texts of up to {max_tokens} tokens need {max_tokens + offset} positions"
-                f"{f' (a {config.kind} tower numbers them from pad_token_id + 1 = {offset})' if offset else ''} "
-                f"but the model's 'text.max_position_embeddings' is {config.max_position_embeddings}")
     return None
 
 
