@@ -7,7 +7,7 @@
 #   tokenizer/  a unigram (XLM-R style) tokenizer trained on the training shards' texts
 #   train/      the run (configs/runs/demo_multilingual.yaml, 2 CPU ranks), export/ its model folder
 #   eval_metrics.json  held-out retrieval (Chinese queries) and grounding (Chinese expressions)
-#   scripts/demo_multilingual.sh
+#   scripts/demo_multilingual.sh [--reuse-data]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/demo_multilingual
@@ -17,25 +17,8 @@ shards=$out/shards
 start=$(date +%s)
 export PATH="$PWD/.venv/bin:$PATH"
 
-.venv/bin/x2vlm-shards demo --out "$corpus" --images 600 --videos 0 --seed 0 --quiet \
-    --languages en=0.4,zh=0.3,en+zh=0.3 --eval-languages zh
-rm -rf "$shards"
-for split in train eval; do
-    .venv/bin/x2vlm-shards build --prefix demo-image --output "$shards/image/$split" --media-root "$corpus/images" \
-        --format coco-captions --annotations "$ann/coco_captions_$split.json" \
-        --format coco-instances --annotations "$ann/coco_instances_$split.json" \
-        --format vg-regions --annotations "$ann/vg_regions_$split.json" \
-        --samples-per-shard 100 --workers 2 >/dev/null
-done
-for split in train val; do
-    .venv/bin/x2vlm-shards build --prefix demo-region --output "$shards/region/${split/val/eval}" --media-root "$corpus/images" \
-        --format refcoco --annotations "$ann/refcoco/refs(unc).p" --refcoco-split "$split" \
-        --samples-per-shard 100 --workers 2 >/dev/null
-done
-# The tokenizer sees the training texts only. Pieces of at most 6 characters: on this small
-# corpus of repeated sentences longer Chinese pieces grow into whole phrases of the templates.
-.venv/bin/x2vlm-shards tokenizer --kind unigram --vocab-size 256 --max-piece-length 6 --quiet \
-    --shards "$shards/image/train" --shards "$shards/region/train" --out "$out/tokenizer"
+# The data (scripts/demo_multilingual_data.sh); --reuse-data keeps what an earlier run built.
+[ "${1:-}" = --reuse-data ] || scripts/demo_multilingual_data.sh "$out"
 
 # Pre-training on 2 CPU ranks, one thread each (see scripts/demo.sh).
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -43,7 +26,7 @@ train=$out/train
 rm -rf "$train"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 .venv/bin/deepspeed --num_gpus 2 --master_port "$port" training/pretrain.py --config configs/runs/demo_multilingual.yaml \
-    --resume none 2>&1 | grep -v -E "^\[20[0-9-]+ |UserWarning|warnings.warn|return func" | tee "$out/train.log"
+    --resume none 2>&1 | grep --line-buffered -v -E "^\[20[0-9-]+ |UserWarning|warnings.warn|return func" | tee "$out/train.log"
 last=$(cat "$train/checkpoints/latest")
 .venv/bin/x2vlm-export "$train/checkpoints/$last" --out "$out/export"
 .venv/bin/x2vlm-eval "$out/export" --image-res 64 --itm-top-k 16 \
