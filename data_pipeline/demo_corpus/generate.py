@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import pickle
 import random
 from dataclasses import dataclass, field
@@ -67,8 +68,8 @@ def check_languages(shares: dict[str, float], what: str) -> None:
     for language, share in shares.items():
         if language not in LANGUAGES:
             raise ValueError(f"{what}: unknown language {language!r} (allowed: {', '.join(LANGUAGES)})")
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share >= 0:
-            raise ValueError(f"{what}: the share of {language} must be a number >= 0, got {share!r}")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < math.inf:
+            raise ValueError(f"{what}: the share of {language} must be a finite number >= 0, got {share!r}")
     if not sum(shares.values()) > 0:
         raise ValueError(f"{what}: needs a language with a share above 0, got {shares!r}")
 
