@@ -295,9 +295,12 @@ def check_sections(config: RunConfig) -> tuple["ModelConfig", "DataSpec"]:
 
 
 def _check_across_sections(model: "ModelConfig", data: "DataSpec") -> None:
-    if data.text.max_tokens > model.text.max_position_embeddings:
+    offset = model.text.position_offset
+    if data.text.max_tokens + offset > model.text.max_position_embeddings:
         raise ConfigError(f"data.text.max_tokens: {data.text.max_tokens} exceeds the model's "
-                          f"text.max_position_embeddings ({model.text.max_position_embeddings})")
+                          f"text.max_position_embeddings ({model.text.max_position_embeddings})"
+                          + (f" less the {model.text.kind} position offset (text.pad_token_id + 1 = {offset})"
+                             if offset else ""))
     for i, corpus in enumerate(data.corpora):
         if corpus.kind == "video_text" and corpus.options.frames > model.vision.max_frames:
             raise ConfigError(f"data.corpora[{i}].options.frames: {corpus.options.frames} exceeds the model's "

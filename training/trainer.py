@@ -77,10 +77,16 @@ def check_model_matches_data(model, data_spec, source: str) -> None:
                           f"region patch masks would not fit the vision tokens")
     from transformers import AutoTokenizer
 
-    tokens = len(AutoTokenizer.from_pretrained(data_spec.text.tokenizer))
+    from training.model.text import tokenizer_problem
+
+    tokenizer = AutoTokenizer.from_pretrained(data_spec.text.tokenizer)
+    tokens = len(tokenizer)
     if tokens > model.config.text.vocab_size:
         raise ConfigError(f"{source}: the tokenizer {data_spec.text.tokenizer} has {tokens} tokens but the model's "
                           f"'text.vocab_size' is {model.config.text.vocab_size}; its ids would not fit the embeddings")
+    problem = tokenizer_problem(model.config.text, tokenizer.pad_token_id)
+    if problem:
+        raise ConfigError(f"{source}: tokenizer {data_spec.text.tokenizer}: {problem}")
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -119,14 +119,19 @@ def _overlaps(a: tuple[int, int, int], b: tuple[int, int, int], margin: int) -> 
     return not (ax + aside + margin <= bx or bx + bside + margin <= ax or ay + aside + margin <= by or by + bside + margin <= ay)
 
 
-def position_phrase(shape: Shape, width: int, height: int) -> str:
-    """Where the shape's centre lies on a 3 x 3 grid: 'at the top left', 'in the center', ..."""
+def grid_cell(shape: Shape, width: int, height: int) -> tuple[str, str]:
+    """(vertical, horizontal) cell of the shape's centre on a 3 x 3 grid: 'top' / '' / 'bottom',
+    'left' / '' / 'right'."""
     bx, by, bw, bh = shape.box
     cx, cy = bx + bw / 2, by + bh / 2
     col = min(int(3 * cx / width), 2)
     row = min(int(3 * cy / height), 2)
-    horizontal = ("left", "", "right")[col]
-    vertical = ("top", "", "bottom")[row]
+    return ("top", "", "bottom")[row], ("left", "", "right")[col]
+
+
+def position_phrase(shape: Shape, width: int, height: int) -> str:
+    """Where the shape's centre lies on a 3 x 3 grid: 'at the top left', 'in the center', ..."""
+    vertical, horizontal = grid_cell(shape, width, height)
     if horizontal and vertical:
         return f"at the {vertical} {horizontal}"
     if horizontal:

@@ -32,7 +32,9 @@ Kinds:
              [SEP] [MASK]; pieces learned by WordPieceTrainer, or with --whole-words every
              character and then the most frequent whole words (as the demo tokenizer)
   unigram    XLM-R style (XLMRobertaTokenizerFast): a SentencePiece-like unigram model learned
-             by UnigramTrainer, '\u2581' word starts, <s> <pad> </s> <unk> <mask>
+             by UnigramTrainer, '\u2581' word starts, <s> <pad> </s> <unk> <mask>; pieces of at most
+             --max-piece-length characters; a run of Chinese / Japanese characters (no spaces)
+             is a word of its own, so no piece mixes CJK with Latin text or digits
 
 Texts: the captions of each sample and each region's captions (its label when it has none),
 cleaned as training cleans them (lower case, punctuation out, at most --max-words words).
@@ -66,6 +68,9 @@ def add_subcommand(subparsers) -> None:
                         help=f"words kept per text when cleaning, as text.max_words (default {TextSpec.max_words})")
     parser.add_argument("--whole-words", action="store_true",
                         help="wordpiece only: whole words by frequency instead of learned pieces")
+    parser.add_argument("--max-piece-length", type=int, default=None, metavar="N",
+                        help="unigram only: most characters in a piece (default 16, as SentencePiece); "
+                             "smaller keeps pieces of unspaced CJK text word-sized on a small corpus")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="tokenizer folder to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -85,6 +90,10 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return f"--max-words must be at least 1, got {args.max_words}"
     if args.whole_words and args.kind != "wordpiece":
         return "--whole-words is for --kind wordpiece; a unigram model learns its pieces"
+    if args.max_piece_length is not None and args.kind != "unigram":
+        return "--max-piece-length is for --kind unigram; WordPiece grows its pieces by merges"
+    if args.max_piece_length is not None and args.max_piece_length < 1:
+        return f"--max-piece-length must be at least 1, got {args.max_piece_length}"
     for _, path in args.annotations:
         problem = annotation_file_problem(path)
         if problem:
@@ -170,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     from ..text.tokenizer_training import VocabularyTooSmall, train_tokenizer
 
     try:
-        tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, args.whole_words, show_progress=not args.quiet)
+        tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, args.whole_words, show_progress=not args.quiet,
+                                    max_piece_length=args.max_piece_length)
     except VocabularyTooSmall as error:
         return _fail(f"--vocab-size: {error}")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 from transformers import AutoTokenizer
@@ -14,14 +15,24 @@ from .cleaning import BadText, clean_caption
 from .masking import IGNORE_INDEX, mask_tokens
 
 
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_cjk_piece(token: str) -> bool:
+    """A piece of Chinese / Japanese text (Han, Kana), with or without its '▁' word start."""
+    return _CJK.match(token.lstrip("▁")) is not None
+
+
 def word_start_rule(tokenizer):
     """How to tell a word's first token, by the tokenizer's model: WordPiece marks
-    continuations with '##'; byte-level BPE (RoBERTa) and SentencePiece (XLM-R) mark
-    word starts with 'Ġ' / '▁'."""
+    continuations with '##' (BERT's pre-tokenizer makes every CJK character a word of its
+    own); byte-level BPE (RoBERTa) and SentencePiece (XLM-R) mark word starts with 'Ġ' / '▁'.
+    Chinese has no spaces, so a SentencePiece '▁' would make a whole clause one word and
+    whole-word masking would mask it all or nothing: there each CJK piece is a word."""
     model = type(tokenizer.backend_tokenizer.model).__name__
     if model == "WordPiece":
         return lambda token, i: not token.startswith("##")
-    return lambda token, i: i == 0 or token.startswith(("Ġ", "▁"))
+    return lambda token, i: i == 0 or token.startswith(("Ġ", "▁")) or is_cjk_piece(token)
 
 
 class TextEncoder:

@@ -11,6 +11,15 @@ Two kinds:
   unigram model learned by UnigramTrainer; <s> <pad> </s> <unk> <mask>), an
   `XLMRobertaTokenizerFast`.
 
+CJK text (Chinese, Japanese) has no spaces: the whitespace split hands a unigram trainer a
+whole clause as one "word", and it learns pieces up to `max_piece_length` characters from
+anywhere in it, as SentencePiece does on unsegmented text (XLM-R's vocabulary holds such
+multi-character pieces). As SentencePiece's `split_by_unicode_script` does, the trainer here
+sees each run of Han / Kana characters as a word of its own, so no piece spans CJK and Latin
+text or digits; the tokenizer that loads needs no such split (no piece crosses the boundary,
+so its segmentation cannot either). On a small corpus of repeated sentences the pieces grow
+into whole phrases of the templates; a smaller `max_piece_length` keeps them word-sized.
+
 Each tokenizer is trained with the normalizer and pre-tokenizer of its transformers class and
 built from its vocabulary by that class, which is what `from_pretrained` does when it reads
 the folder back (transformers 5 rebuilds the pipeline from the class and takes only the
@@ -32,7 +41,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Sequence
 
-from tokenizers import Tokenizer, models, trainers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
 
 KINDS = ("wordpiece", "unigram")
@@ -40,6 +49,11 @@ CONTINUATION = "##"
 # UnigramTrainer's step between the scores of the characters it adds back (tokenizers'
 # unigram/trainer.rs, `finalize`).
 _ADDED_CHARACTER_STEP = 0.0001
+# SentencePiece's max_sentencepiece_length, which UnigramTrainer shares.
+DEFAULT_MAX_PIECE_LENGTH = 16
+# A run of Han or Kana characters (SentencePiece counts Kana and the prolonged sound mark as
+# Han when it splits by script), with the '▁' of a word start before it.
+_CJK_RUN = Regex(r"▁?[\p{Han}\p{Hiragana}\p{Katakana}ー]+")
 
 
 class VocabularyTooSmall(ValueError):
@@ -128,15 +142,25 @@ def _order_added_characters(scores: dict[str, float]) -> None:
         scores[piece] = value
 
 
-def unigram_vocabulary(texts: Sequence[str], vocab_size: int, show_progress: bool = False) -> list[tuple[str, float]]:
-    """(piece, log probability) pairs: the special tokens, then the pieces in spelling order."""
-    specials = _specials(XLMRobertaTokenizerFast)
+def unigram_training_pipeline() -> Tokenizer:
+    """XLMRobertaTokenizerFast's pipeline with every CJK run split off as a training word."""
     pipeline = _pipeline(XLMRobertaTokenizerFast)
+    pipeline.pre_tokenizer = pre_tokenizers.Sequence([pipeline.pre_tokenizer, pre_tokenizers.Split(_CJK_RUN, "isolated")])
+    return pipeline
+
+
+def unigram_vocabulary(texts: Sequence[str], vocab_size: int, show_progress: bool = False,
+                       max_piece_length: int = DEFAULT_MAX_PIECE_LENGTH) -> list[tuple[str, float]]:
+    """(piece, log probability) pairs: the special tokens, then the pieces in spelling order."""
+    if max_piece_length < 1:
+        raise ValueError(f"max_piece_length must be >= 1, got {max_piece_length}")
+    specials = _specials(XLMRobertaTokenizerFast)
+    pipeline = unigram_training_pipeline()
     # The trainer keeps every character (the '▁' word start too) whatever the vocabulary size.
     _check_fits(vocab_size, len(specials) + len(_alphabet(pipeline, texts)))
     pipeline.model = models.Unigram()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                                      show_progress=show_progress)
+                                      show_progress=show_progress, max_piece_length=max_piece_length)
     pipeline.train_from_iterator(texts, trainer, length=len(texts))
     pieces = [tuple(p) for p in json.loads(pipeline.to_str())["model"]["vocab"]]
     if [p for p, _ in pieces[:len(specials)]] != specials or len(pieces) > vocab_size:
@@ -148,12 +172,15 @@ def unigram_vocabulary(texts: Sequence[str], vocab_size: int, show_progress: boo
 
 
 def train_tokenizer(texts: Sequence[str], kind: str, vocab_size: int, whole_words: bool = False,
-                    show_progress: bool = False) -> PreTrainedTokenizerFast:
+                    show_progress: bool = False, max_piece_length: int | None = None) -> PreTrainedTokenizerFast:
     """A tokenizer of `kind` with at most `vocab_size` tokens learned from `texts`; save it
     with `save_pretrained(folder)`. Raises `VocabularyTooSmall` when the special tokens and
-    the characters of the texts do not fit."""
+    the characters of the texts do not fit. `max_piece_length` (unigram only; default 16)
+    bounds the characters of a piece."""
     if not texts:
         raise ValueError("no texts to train a tokenizer on")
+    if max_piece_length is not None and kind != "unigram":
+        raise ValueError("max_piece_length is a unigram setting; WordPiece grows its pieces by merges")
     if kind == "wordpiece":
         vocab = (whole_word_vocabulary(texts, vocab_size) if whole_words
                  else learned_wordpiece_vocabulary(texts, vocab_size, show_progress))
@@ -161,5 +188,6 @@ def train_tokenizer(texts: Sequence[str], kind: str, vocab_size: int, whole_word
     if kind == "unigram":
         if whole_words:
             raise ValueError("whole_words is a WordPiece vocabulary; a unigram model learns its pieces")
-        return XLMRobertaTokenizerFast(vocab=unigram_vocabulary(texts, vocab_size, show_progress))
+        return XLMRobertaTokenizerFast(vocab=unigram_vocabulary(
+            texts, vocab_size, show_progress, max_piece_length or DEFAULT_MAX_PIECE_LENGTH))
     raise ValueError(f"tokenizer kind must be one of {', '.join(KINDS)}, got {kind!r}")

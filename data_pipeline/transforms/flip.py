@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 import re
 
-_SIDE = re.compile(r"\b(left|right)", re.IGNORECASE)
-_SWAP = {"left": "right", "right": "left"}
+# English words, and the Chinese characters for left and right (左边, 左上角, 从左到右, 向左).
+_SIDE = re.compile(r"\b(left|right)|([左右])", re.IGNORECASE)
+_SWAP = {"left": "right", "right": "left", "左": "右", "右": "左"}
 
 
 def mentions_side(text: str) -> bool:
@@ -18,6 +19,8 @@ def mentions_side(text: str) -> bool:
 
 
 def _swap_word(match: re.Match) -> str:
+    if match.group(2):
+        return _SWAP[match.group(2)]
     word = match.group(1)
     swapped = _SWAP[word.lower()]
     if word.isupper():
@@ -28,7 +31,7 @@ def _swap_word(match: re.Match) -> str:
 
 
 def swap_sides(text: str) -> str:
-    """'left' <-> 'right', also as the start of 'leftmost', 'rightward', keeping case."""
+    """'left' <-> 'right', also as the start of 'leftmost', 'rightward', keeping case; '左' <-> '右'."""
     return _SIDE.sub(_swap_word, text)
 
 

@@ -59,6 +59,12 @@ class TextConfig:
     # A local Hugging Face model directory (config.json + model.safetensors or pytorch_model.bin).
     pretrained: str | None = setting(None, nonempty=True)
 
+    @property
+    def position_offset(self) -> int:
+        """The first position id: RoBERTa and XLM-R number positions from pad_token_id + 1 and give
+        padding pad_token_id (transformers' create_position_ids_from_input_ids); BERT from 0."""
+        return self.pad_token_id + 1 if self.kind in ("roberta", "xlm-roberta") else 0
+
     def check(self, where: str) -> None:
         if not 0 < self.fusion_start < self.num_layers:
             raise ConfigError(f"{subkey(where, 'fusion_start')}: must lie between 1 and text.num_layers - 1 "

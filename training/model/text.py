@@ -44,6 +44,18 @@ def transformers_config(config: TextConfig, num_layers: int) -> PretrainedConfig
     return hf_config
 
 
+def tokenizer_problem(config: TextConfig, pad_id: int | None) -> str | None:
+    """Why texts of a tokenizer padding with `pad_id` would not fit the tower; None when they
+    do. The tower takes padding from `text.pad_token_id` (its embedding row stays zero; for
+    RoBERTa / XLM-R also where positions start, see `TextConfig.position_offset`), so it must
+    be the tokenizer's: an XLM-R tokenizer pads with 1 and begins with <s> = 0, which a tower
+    left at the default 0 would take for padding."""
+    if pad_id != config.pad_token_id:
+        return (f"the model's 'text.pad_token_id' is {config.pad_token_id} but the tokenizer pads with id {pad_id}; "
+                f"set text.pad_token_id: {pad_id}")
+    return None
+
+
 def build_text_encoder(config: TextConfig):
     _, model_class = _KINDS[config.kind]
     return model_class(transformers_config(config, config.fusion_start), add_pooling_layer=False)
