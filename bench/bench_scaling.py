@@ -283,7 +283,9 @@ def exchange_gradients(model: nn.Module) -> None:
     from training.instrumentation import traffic_category
 
     world = dist.get_world_size()
-    flat = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+    # every parameter, as ZeRO partitions them all (one a kind leaves unused has a zero gradient)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in model.parameters()])
     flat = torch.cat([flat, flat.new_zeros(-len(flat) % world)])
     shard = flat.new_empty(len(flat) // world)
     with traffic_category("gradients"):
@@ -537,12 +539,14 @@ def main(argv=None) -> None:
     parser.add_argument("--capacity", type=float, default=2.0, help="losses.itm_exchange_capacity")
     parser.add_argument("--activation-checkpointing", action="store_true", help="checkpoint the fusion layers")
     parser.add_argument("--projection-only", action="store_true")
+    parser.add_argument("--projection-kinds", nargs="+", default=["image", "region"],
+                        choices=["image", "region", "video"], help="the kinds of a step (base 4M: image and region)")
     args = parser.parse_args(argv)
 
     if not args.projection_only:
         measured_table(args)
         print()
-    for line in projection(["image", "region"], args.capacity):
+    for line in projection(args.projection_kinds, args.capacity):
         print(line)
 
 
