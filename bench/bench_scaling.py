@@ -473,6 +473,8 @@ def measured_table(args) -> list[str]:
               f"{'dropped':>7} {'step s':>6}")
     lines += ["measured, per rank per step, MB (1e6 bytes); bytes are rank 0's (the same on every rank unless "
               "noted)", header, "-" * len(header)]
+    for line in lines:
+        print(line, flush=True)
     shape = SHAPES[args.size]
     base_parameters = parameter_count(args.size)
     torch.set_num_threads(1)  # before the parent computes anything: forked ranks inherit no thread pool
