@@ -11,7 +11,8 @@ configs/deepspeed/zero3.json plus bf16 and gradient clipping, and trains on synt
 images at 224 px and 40-token texts through the full loss code (ITC, ITM with global hard
 negatives, MLM, boxes). Printed per rank: the resident memory after the engine is built and
 after each step, the process's peak, the loss and the step time. It takes several minutes on
-a CPU and about 7 GB of memory per rank.
+a CPU and more than 7 GB of memory
+per rank (6.8 GB were resident during the first step; docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
