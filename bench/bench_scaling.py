@@ -9,20 +9,23 @@ the base and large configs against the gradient traffic of ZeRO-2 and ZeRO-3.
     python bench/bench_scaling.py --ranks 2 4 --kinds image --modes new
     python bench/bench_scaling.py --projection-only
 
-Each rank runs the real model code (training/model/x2vlm.py, training/losses/) at the base
-model's widths and X²-VLM base's per-GPU batch (128 image-text pairs; a region batch of 50
-images padded to its bound of 250 texts, of which 200-250 are real; texts of 40 tokens, 12
-masked; bf16), with stand-ins where the CPU cannot afford the real thing: the vision tower is
-a linear map of 16x16-pixel patch means to the base tower's 197 tokens of width 768, and the
-text stack has 1 text layer and `--fusion-layers` fusion layers (X²-VLM base: 12 and 6) of
-base width. Bytes depend on shapes, not on depth. Kinds run one at a time (their bytes add up)
-to bound memory: 8 ranks share this machine's memory.
+Each rank runs one step of the real model and loss code (training/model/x2vlm.py,
+training/losses/) at the base model's widths and X²-VLM base's per-GPU batch (128 image-text
+pairs; a region batch of 50 images padded to its bound of 250 texts, of which 200-250 are real;
+texts of 40 tokens, 12 masked; bf16), with stand-ins where the CPU cannot afford the real thing:
+the vision tower is a linear map of 16x16-pixel patch means to the base tower's 197 tokens of
+width 768, the text stack has one BERT layer, the fusion layers are a pooling stand-in
+(`--fusion-layers N`: N real ones) and the vocabulary has 2,048 words. Nothing that crosses
+ranks changes shape, so the bytes are the base model's. Kinds run one at a time (their bytes
+add up) to bound memory: 8 ranks share this machine's memory.
 
 Bytes are counted by training/instrumentation.py (ring model: what leaves a rank); `payload`
-is what a rank hands to the collective, for the ITM all-to-all its whole buffer. Peak memory is
-the growth of each rank process's resident set during its first step (CPU: no allocator
-statistics). Host syncs are those SyncCounter counts in the step (forward and backward).
-docs/PERFORMANCE.md explains the method and holds the results.
+is what a rank hands to the collective, for the ITM all-to-all its whole buffer. After the
+backward each rank runs ZeRO-2's exchange (reduce-scatter + all-gather, bf16) of the stand-in's
+gradients, scaled in `grads base` to the real parameter count. Peak memory is MemTracker's
+count of the tensors the step holds at its peak beyond weights and gradients. Host syncs are
+the SyncCounter's in the forward and backward. docs/PERFORMANCE.md explains the method and
+holds the results.
 """
 from __future__ import annotations
 
