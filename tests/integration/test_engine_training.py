@@ -236,7 +236,7 @@ def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tm
 
     codes, output = run_ranks(config, new_world, "--set", "run.max_steps=25")
     assert codes == [0] * new_world, output
-    assert f"[resume] step 10 from" in output and f"universal, from 2 ranks to {new_world}" in output
+    assert "[resume] step 10 from" in output and f"universal, from 2 ranks to {new_world}" in output
     after = trained_keys(tmp_path / "old/out", "images", range(11, 26))
     assert len(after) == 15 * new_world * 4
 
