@@ -11,4 +11,5 @@ export PYTHONUNBUFFERED=1
 # The venv's tools first: DeepSpeed keys its compiled-op cache on the ninja it finds, and a
 # different ninja in a child process would rebuild the ops from scratch.
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest ${TESTS:-tests} "$@"
+# The slowest tests are listed at the end: the suite must stay within its time on CI.
+exec .venv/bin/python -m pytest ${TESTS:-tests} --durations=20 "$@"

@@ -3,6 +3,7 @@ RANK, WORLD_SIZE, LOCAL_RANK), srun tasks (which set only SLURM_*), or a single 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,8 @@ def init(backend: str | None = None) -> tuple[int, int, torch.device]:
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     deepspeed.init_distributed(dist_backend=backend or ("nccl" if use_cuda else "gloo"), auto_mpi_discovery=False)
+    if not use_cuda:
+        _unlink_shared_memory_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -45,6 +48,25 @@ def init(backend: str | None = None) -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def shared_memory_buffer_path(environ: dict, rank: int) -> Path:
+    """The file DeepSpeed's CPU communication op maps for this rank's shared-memory all-reduce
+    when every rank runs on one machine (the launcher sets LOCAL_SIZE = WORLD_SIZE): named after
+    the user, MASTER_ADDR, MASTER_PORT and the rank (deepspeed/ops/csrc/cpu/comm/shm.cpp)."""
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{environ.get('MASTER_ADDR', '')}_"
+                               f"{environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def _unlink_shared_memory_buffer() -> None:
+    """DeepSpeed never removes its shared-memory buffer (69 MB per rank), so every CPU run left
+    one per rank in /dev/shm, in memory, until the machine restarted. Once every rank has mapped
+    every other's (they do so inside init_distributed), each rank removes its own name; the
+    memory goes when the last rank using it exits."""
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):  # the same on every rank
+        return  # ranks on several machines: DeepSpeed made no buffer
+    dist.barrier()
+    shared_memory_buffer_path(dict(os.environ), dist.get_rank()).unlink(missing_ok=True)
 
 
 def barrier() -> None:

@@ -170,10 +170,14 @@ def test_real_trainer_preempted_requeued_and_resumed_matches_one_node_run(slurm_
     reference = tmp_path / "reference"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "training/pretrain.py",
+    port = free_port()
+    result = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "training/pretrain.py",
                              "--config", str(config), "--set", f"run.output_dir={reference}", "--resume", "none"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # DeepSpeed's shared-memory all-reduce buffers (69 MB per rank, mapped when every rank is on
+    # one machine) are gone with the run instead of staying in /dev/shm.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     expected = losses_by_step(reference)
     assert sorted(expected) == list(range(1, max_steps + 1))
 
