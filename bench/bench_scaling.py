@@ -1,12 +1,14 @@
 """Scaling of the pre-training losses with the number of ranks: what each rank sends per step
 by category, the peak memory of the loss computation and the host synchronisations, on 1 to 8
-gloo ranks on CPU, for the losses as they are ("new") and as they were ("old": every rank's
-vision tokens and text hidden states all-gathered with gradient for ITM, the gathered gradient
-all-reduced, shapes exchanged before each gather); then a projection to 8, 64 and 512 GPUs for
-the base and large configs against the gradient traffic of ZeRO-2 and ZeRO-3.
+gloo ranks on CPU, for the losses as they are ("new": ITM's drawn text rows exchanged as hidden
+states, `losses.itm_exchange: hidden_states`; "ids": as token ids encoded again where they are
+paired, `token_ids`) and as they were ("old": every rank's vision tokens and text hidden states
+all-gathered with gradient for ITM, the gathered gradient all-reduced, shapes exchanged before
+each gather); then a projection to 8, 64 and 512 GPUs for the base and large configs against
+the gradient traffic of ZeRO-2 and ZeRO-3, with the FLOPs the token-id exchange adds.
 
     python bench/bench_scaling.py                      # 1, 2, 4, 8 ranks; image and region kinds
-    python bench/bench_scaling.py --ranks 2 4 --kinds image --modes new
+    python bench/bench_scaling.py --ranks 2 4 --kinds image --modes new ids
     python bench/bench_scaling.py --projection-only
 
 Each rank runs one step of the real model and loss code (training/model/x2vlm.py,
@@ -36,6 +38,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,6 +60,9 @@ SHAPES = {
               "rows": {"image": 64, "region": 125, "video": 16}},
 }
 BF16 = 2
+INT32 = 4
+# The bench's modes that run the current losses, and the losses.itm_exchange each sets.
+EXCHANGE = {"new": "hidden_states", "ids": "token_ids"}
 
 
 # -- the model at base width with stand-in towers ------------------------------------------
@@ -100,7 +106,7 @@ class StandInFusion(nn.Module):
         return text + self.proj(pooled)[:, None, :] * text_mask.to(text.dtype)[..., None]
 
 
-def build_model(size: str, fusion_layers: int, capacity: float, vocab: int):
+def build_model(size: str, fusion_layers: int, capacity: float, vocab: int, exchange: str = "hidden_states"):
     """X2VLM of SIZE's widths with the stand-in vision tower, one text layer, FUSION_LAYERS real
     fusion layers (0: the stand-in fusion) and a VOCAB-word vocabulary (the MLM head's cost; no
     token id crosses ranks)."""
@@ -113,6 +119,7 @@ def build_model(size: str, fusion_layers: int, capacity: float, vocab: int):
     config.text.vocab_size = vocab
     config.vision.timm_kwargs = {"depth": 1}  # replaced below; only its width is used
     config.losses.itm_exchange_capacity = capacity
+    config.losses.itm_exchange = exchange
     model = X2VLM(config)
     model.vision = StandInVision(model.vision.width)
     if fusion_layers == 0:
@@ -298,7 +305,8 @@ def exchange_gradients(model: nn.Module) -> None:
 def _loss(model, args: dict, batch: dict):
     """The step's loss and the kind's ITM pairs left out (a tensor: read after the counters)."""
     kind = args["kind"]
-    if args["mode"] == "new":
+    if args["mode"] in EXCHANGE:
+        model.config.losses.itm_exchange = EXCHANGE[args["mode"]]
         out = model(**{kind: batch})
         return out["loss"], out["stats"][kind]["itm_dropped"].detach()
     return old_forward(model, kind, batch), torch.zeros(())
@@ -310,6 +318,8 @@ def _rank_main(rank: int, world: int, port: int, args: dict, out: str, model: nn
     from training.instrumentation import SyncCounter, TrafficCounter
 
     torch.set_num_threads(1)
+    # The ring-model counters wrap the *_tensor collectives, which this torch calls deprecated.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     shape = SHAPES[args["size"]]
@@ -380,16 +390,57 @@ def slot_capacity(rows: int, world: int, factor: float) -> int:
     return max(1, min(rows, math.ceil(factor * rows / world)))
 
 
-def new_bytes(shape: dict, kind: str, world: int, factor: float) -> dict[str, float]:
+def new_bytes(shape: dict, kind: str, world: int, factor: float, exchange: str = "hidden_states") -> dict[str, float]:
     """Bytes each rank sends per step for one kind with the new losses (ring model)."""
     n, length, hidden, embed = shape["rows"][kind], shape["length"], shape["hidden"], shape["embed"]
     others = world - 1
     features = others * n * (3 * 8 + 4 * embed * BF16)  # keys; 2 feature gathers; 2 reduce-scatters
     c = slot_capacity(n, world, factor)
-    text_row = length * (hidden + 1) * BF16
-    # requests and targets (int64), answers and sent rows with their gradients, the pair count
-    itm = others * c * (2 * 8 + 4 * text_row) + 2 * others / world * 8 if world > 1 else 0.0
+    if exchange == "hidden_states":  # answers and sent rows (hidden + mask), each with its gradient
+        rows = 4 * length * (hidden + 1) * BF16
+    else:  # answers and sent rows (ids + mask), no gradient
+        rows = 2 * 2 * length * INT32
+    # plus the requests and targets (int64) and the pair count
+    itm = others * c * (2 * 8 + rows) + 2 * others / world * 8 if world > 1 else 0.0
     return {"features": features, "itm_exchange": itm}
+
+
+def flops_per_item(size: str) -> dict[str, float]:
+    """Forward + backward FLOPs of X²-VLM SIZE's vision tower per image, text tower per text and
+    fusion layers per pair at the bench's shapes (torch's FlopCounterMode on meta tensors)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.model import create_model
+
+    shape, m = SHAPES[size], 2
+    with torch.device("meta"):
+        model = create_model(f"x2vlm_{size}", load_pretrained=False)
+        images = torch.zeros(m, 3, 224, 224, dtype=torch.uint8)
+        ids = torch.zeros(m, shape["length"], dtype=torch.long)
+        mask = torch.ones(m, shape["length"], dtype=torch.long)
+        tokens = torch.zeros(m, shape["tokens"], shape["width"], requires_grad=True)
+        hidden = torch.zeros(m, shape["length"], shape["hidden"], requires_grad=True)
+        vision_mask = torch.ones(m, shape["tokens"], dtype=torch.bool)
+
+    def count(compute) -> float:
+        with FlopCounterMode(display=False) as counter:
+            compute().float().sum().backward()
+        return counter.get_total_flops() / m
+
+    return {"vision": count(lambda: model.vision(images)), "text": count(lambda: model._text_hidden(ids, mask)),
+            "fusion": count(lambda: model.fuse(tokens, vision_mask, hidden, mask))}
+
+
+def step_flops(size: str, flops: dict, kind: str) -> tuple[float, float]:
+    """(FLOPs of a step of KIND's towers and fusion layers, FLOPs the token-id exchange adds):
+    the vision tower on the batch's images; the text tower on the texts and on their masked copies
+    (MLM); the fusion layers on each text's pair, its two ITM negatives and its MLM pass, and for
+    regions its box. The exchange encodes again the fetched and the received texts: 2 x rows."""
+    rows = SHAPES[size]["rows"][kind]
+    images = rows // 5 if kind == "region" else rows
+    fusions = 5 if kind == "region" else 4
+    return (images * flops["vision"] + rows * (2 * flops["text"] + fusions * flops["fusion"]),
+            2 * rows * flops["text"])
 
 
 def old_bytes(shape: dict, kind: str, world: int) -> dict[str, float]:
@@ -438,31 +489,46 @@ def itc_memory(shape: dict, kind: str, world: int) -> tuple[float, float]:
 
 def projection(kinds: list[str], factor: float) -> list[str]:
     lines = []
-    header = (f"{'config':6} {'GPUs':>5} | {'features':>9} {'ITM exch':>9} {'new total':>9} | {'old total':>9} | "
-              f"{'ZeRO-2':>8} {'ZeRO-3':>8} | {'new/Z2':>7} {'new/Z3':>7} {'old/Z2':>7} | {'dropped':>7} | "
-              f"{'ITC mem new':>11} {'old':>9}")
+    header = (f"{'config':6} {'GPUs':>5} {'rows as':>6} | {'features':>9} {'ITM exch':>9} {'new total':>9} | "
+              f"{'old total':>9} | {'ZeRO-2':>8} {'ZeRO-3':>8} | {'new/Z2':>7} {'new/Z3':>7} {'old/Z2':>7} | "
+              f"{'dropped':>7} | {'ITC mem new':>11} {'old':>9} | {'+FLOPs':>6}")
     lines += ["bytes each rank sends per optimizer step (grad_accum 1), MB; kinds: " + ", ".join(kinds)
               + f"; itm_exchange_capacity {factor}", header, "-" * len(header)]
+    breakeven = []
     for size in ("base", "large"):
         params = parameter_count(size)
         shape = SHAPES[size]
+        flops = flops_per_item(size)
+        step, extra = (sum(values) for values in zip(*(step_flops(size, flops, k) for k in kinds)))
         for world in (8, 64, 512):
-            new = [new_bytes(shape, k, world, factor) for k in kinds]
-            features = sum(b["features"] for b in new)
-            itm = sum(b["itm_exchange"] for b in new)
             old = sum(sum(old_bytes(shape, k, world).values()) for k in kinds)
             zero2 = 2 * (world - 1) / world * params * BF16
             zero3 = 3 * (world - 1) / world * params * BF16
             dropped = sum(expected_dropped(shape["rows"][k], world, factor) * shape["rows"][k] for k in kinds) / sum(
                 shape["rows"][k] for k in kinds)
             memory = [itc_memory(shape, k, world) for k in kinds]
-            total = features + itm
-            lines.append(
-                f"{size:6} {world:5d} | {features / MB:9.1f} {itm / MB:9.1f} {total / MB:9.1f} | {old / MB:9.1f} | "
-                f"{zero2 / MB:8.0f} {zero3 / MB:8.0f} | {100 * total / zero2:6.1f}% {100 * total / zero3:6.1f}% "
-                f"{100 * old / zero2:6.0f}% | {100 * dropped:6.2f}% | {max(m[0] for m in memory) / MB:11.1f} "
-                f"{max(m[1] for m in memory) / MB:9.0f}")
-        lines.append(f"{size}: {params / 1e6:.1f}M parameters")
+            totals = {}
+            for exchange, label in (("hidden_states", "hidden"), ("token_ids", "ids")):
+                new = [new_bytes(shape, k, world, factor, exchange) for k in kinds]
+                features = sum(b["features"] for b in new)
+                itm = sum(b["itm_exchange"] for b in new)
+                total = totals[exchange] = features + itm
+                lines.append(
+                    f"{size:6} {world:5d} {label:>7} | {features / MB:9.1f} {itm / MB:9.1f} {total / MB:9.1f} | "
+                    f"{old / MB:9.1f} | {zero2 / MB:8.0f} {zero3 / MB:8.0f} | {100 * total / zero2:6.1f}% "
+                    f"{100 * total / zero3:6.1f}% {100 * old / zero2:6.0f}% | {100 * dropped:6.2f}% | "
+                    f"{max(m[0] for m in memory) / MB:11.1f} {max(m[1] for m in memory) / MB:9.0f} | "
+                    f"{100 * extra / step if exchange == 'token_ids' else 0:5.1f}%")
+            breakeven.append((size, world, totals["hidden_states"] - totals["token_ids"], extra))
+        lines.append(f"{size}: {params / 1e6:.1f}M parameters; a step's towers and fusion layers {step / 1e12:.1f} "
+                     f"TFLOP, of which the token-id exchange adds {extra / 1e12:.2f}")
+    lines.append("rows as: what ITM's exchanged text rows are (losses.itm_exchange: hidden_states, token_ids); "
+                 "+FLOPs: the text-tower passes token_ids adds, of the step's tower and fusion FLOPs")
+    lines.append("token_ids is the faster choice when a GPU's share of the interconnect moves fewer bytes a second "
+                 "than the bytes it saves in the time its extra FLOPs take; at 400 TFLOP/s achieved:")
+    for size, world, saved, extra in breakeven:
+        lines.append(f"  {size:5} {world:4d} GPUs: saves {saved / MB:6.1f} MB for {extra / 1e12:.2f} TFLOP "
+                     f"({1e3 * extra / 400e12:.1f} ms): below {saved / (extra / 400e12) / 1e9:5.1f} GB/s per GPU")
     return lines
 
 
@@ -502,7 +568,7 @@ def measured_table(args) -> list[str]:
 
                 named = ("features", "itm_exchange", "gradients")
                 other = sum(v[1] for k, v in first["traffic"].items() if k not in named)
-                formula = (new_bytes(shape, kind, world, args.capacity) if mode == "new"
+                formula = (new_bytes(shape, kind, world, args.capacity, EXCHANGE[mode]) if mode in EXCHANGE
                            else old_bytes(shape, kind, world))
                 # ZeRO-2's traffic for the base model's parameters, at the bytes per parameter
                 # measured on the stand-in's gradients
@@ -535,7 +601,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--kinds", nargs="+", default=["image", "region"], choices=["image", "region", "video"])
-    parser.add_argument("--modes", nargs="+", default=["new", "old"], choices=["new", "old"])
+    parser.add_argument("--modes", nargs="+", default=["new", "ids", "old"], choices=["new", "ids", "old"],
+                        help="new: ITM rows moved as hidden states; ids: as token ids; old: the replaced losses")
     parser.add_argument("--size", default="base", choices=list(SHAPES))
     parser.add_argument("--fusion-layers", type=int, default=0,
                         help="real fusion layers (X²-VLM: 6); 0: the stand-in fusion (default)")

@@ -109,6 +109,14 @@ class LossConfig:
     # whatever the world size; a draw beyond its pair's slots is left out of the ITM loss and
     # counted (`<kind>/itm_dropped`). With world size <= capacity nothing is ever left out.
     itm_exchange_capacity: float = setting(2.0, min=1)
+    # What a moved text row is. `hidden_states`: the owner's text-tower output (bf16, length x
+    # hidden: 61 KB at base shapes), with its gradient sent back. `token_ids`: its token ids and
+    # mask (int32, 320 B at length 40), encoded again by the text tower where it is paired, so
+    # nothing goes back; about 1/200 of the bytes for about 2 x rows more text-tower passes a
+    # step (+18 % of an image-text step's FLOPs at base shapes). docs/PERFORMANCE.md gives the
+    # interconnect speed below which token_ids is the faster choice. The re-encoded rows see their
+    # own dropout draw; with dropout 0 both give the same losses and summed gradients.
+    itm_exchange: str = setting("hidden_states", choices=("hidden_states", "token_ids"))
     # The texts other ranks send a rank, to pair with a hard-negative vision of its own, number
     # about `rows` on average; it computes at most rows + itm_receive_margin x sqrt(rows) of
     # them (a margin in standard deviations of that count); beyond, left out and counted.

@@ -283,8 +283,8 @@ class X2VLM(nn.Module):
         excluded = positives | ~all_keys.valid[None, :]
         hardness = itc_hardness(vision.features, text.features, vision_all.detach(), text_all.detach(), excluded)
         if settings.itm_negatives == "global" and world_size() > 1:
-            itm, dropped, negative_sim = self._matching_loss_global(vision, text, vision_all, text_all, excluded,
-                                                                    rows, temperature.detach())
+            itm, dropped, negative_sim = self._matching_loss_global(vision, text, batch["text_ids"], vision_all,
+                                                                    text_all, excluded, rows, temperature.detach())
         else:
             itm, negative_sim = self._matching_loss_local(vision, text, keys, temperature.detach())
             dropped = text.hidden.new_zeros(())
@@ -364,14 +364,15 @@ class X2VLM(nn.Module):
         weights = torch.cat([torch.ones(count, dtype=torch.bool, device=device), vision_valid, text_valid])
         return matching_loss(logits, labels, weights), negative_sim
 
-    def _matching_loss_global(self, vision, text, vision_all, text_all, excluded, rows, temperature):
+    def _matching_loss_global(self, vision, text, text_ids, vision_all, text_all, excluded, rows, temperature):
         """ITM with hard negatives drawn from every rank's batch (``excluded``: the positives and
         the padding among the gathered columns). Each pair is computed once, where its vision
         lives: this rank's pairs; its visions with their hard-negative texts, whose text rows
         are fetched from their owners; and the texts other ranks sent here with a hard-negative
-        vision of this rank. Only text rows move (a fifth of a vision row), and their gradient
-        goes back to their owners through the same exchange. The loss is divided by the global
-        number of pairs / world size: the ranks' mean is the mean over every pair.
+        vision of this rank. Only text rows move (a fifth of a vision row): hidden states whose
+        gradient goes back to their owners through the same exchange, or (``itm_exchange:
+        token_ids``) token ids that the text tower encodes again here. The loss is divided by the
+        global number of pairs / world size: the ranks' mean is the mean over every pair.
 
         Returns (loss, pairs left out for the exchange's capacity, mean similarity of the drawn
         negatives)."""
@@ -386,17 +387,29 @@ class X2VLM(nn.Module):
 
         world = world_size()
         capacity = slot_capacity(rows, world, settings.itm_exchange_capacity)
-        payload = torch.cat([text.hidden, text.mask[..., None].to(text.hidden.dtype)], dim=-1)
+        by_ids = settings.itm_exchange == "token_ids"
+        if by_ids:
+            payload = torch.cat([text_ids, text.mask.to(text_ids.dtype)], dim=-1).to(torch.int32)
+        else:
+            payload = torch.cat([text.hidden, text.mask[..., None].to(text.hidden.dtype)], dim=-1)
         fetched, fetched_placed = fetch_rows(payload, negative_text, text_valid, rows, capacity)
         keep = min(world * capacity, rows + math.ceil(settings.itm_receive_margin * math.sqrt(rows)))
         received = send_rows(payload, negative_vision, vision_valid, rows, capacity, keep)
 
-        width = text.hidden.shape[-1]
-        text_rows = torch.cat([payload, fetched, received.rows])
+        moved = torch.cat([fetched, received.rows])
+        if by_ids:
+            length = text_ids.shape[1]
+            moved_mask = moved[:, length:].long()
+            text_hidden = torch.cat([text.hidden, self._text_hidden(moved[:, :length].long(), moved_mask)])
+            text_mask = torch.cat([text.mask.bool(), moved_mask.bool()])
+        else:
+            width = text.hidden.shape[-1]
+            text_hidden = torch.cat([text.hidden, moved[..., :width]])
+            text_mask = torch.cat([text.mask.bool(), moved[..., width] > 0.5])
         own = torch.arange(vision.tokens.shape[0], device=payload.device)
         partner = torch.cat([own, own, received.target])
         logits = self._itm_logits(vision.tokens.index_select(0, partner), vision.mask.index_select(0, partner),
-                                  text_rows[..., :width], text_rows[..., width] > 0.5)
+                                  text_hidden, text_mask)
         count = own.shape[0]
         labels = (torch.arange(logits.shape[0], device=logits.device) < count).long()
         weights = torch.cat([torch.ones_like(text_valid), text_valid & fetched_placed, received.valid])
