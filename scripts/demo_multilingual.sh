@@ -17,8 +17,8 @@ shards=$out/shards
 start=$(date +%s)
 export PATH="$PWD/.venv/bin:$PATH"
 
-# The data (scripts/demo_multilingual_data.sh); --reuse-data keeps what an earlier run built.
-[ "${1:-}" = --reuse-data ] || scripts/demo_multilingual_data.sh "$out"
+# The data (scripts/demo_data.sh --multilingual); --reuse-data keeps what an earlier run built.
+[ "${1:-}" = --reuse-data ] || scripts/demo_data.sh "$out" --multilingual
 
 # Pre-training on 2 CPU ranks, one thread each (see scripts/demo.sh).
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -136,6 +136,22 @@ def run_ranks(config: Path, world: int, *args: str, timeout: float = 600, env: d
     return codes, ranks.output()
 
 
+def run_rank_scripts(script: Path, *args: str, world: int = 2, timeout: float = 600) -> None:
+    """Runs SCRIPT (a test's own rank program: it builds the trainer itself) as WORLD ranks with
+    the environment a launcher gives them; fails with the ranks' output unless all exit 0."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
+                   PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        procs.append(subprocess.Popen([sys.executable, str(script), *(a.format(rank=rank) for a in args)],
+                                      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * world, "\n".join(outputs)[-6000:]
+
+
 def losses_by_step(out_dir: Path) -> dict[int, float]:
     """The training loss per step from metrics.jsonl; a step logged twice (before a crash and
     again after the resume) keeps its last value."""

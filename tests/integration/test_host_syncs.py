@@ -8,13 +8,11 @@ distillation is on (its momentum forward, queues and moving-average update add n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import yaml
 
-from engine_support import REPO_ROOT, data_config, free_port, write_run_config
+from engine_support import REPO_ROOT, data_config, run_rank_scripts, write_run_config
 
 STEPS = 3
 
@@ -26,18 +24,8 @@ def test_a_training_step_synchronises_the_host_once(tmp_path, engine_shards, cap
     run["model"] = yaml.safe_load((REPO_ROOT / "configs/model/tiny.yaml").read_text())
     run["model"]["losses"]["momentum_distillation"] = {"enabled": True, "queue_size": 128}
     config.write_text(yaml.safe_dump(run, sort_keys=False))
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
-                   PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-        procs.append(subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests/host_syncs_rank.py"), str(config), str(STEPS),
-             str(tmp_path / f"syncs{rank}.json")], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outputs)[-4000:]
+    run_rank_scripts(REPO_ROOT / "tests/host_syncs_rank.py", str(config), str(STEPS),
+                     str(tmp_path / "syncs{rank}.json"))
 
     for rank in range(2):
         steps = json.loads((tmp_path / f"syncs{rank}.json").read_text())["steps"]

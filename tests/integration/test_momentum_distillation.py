@@ -6,13 +6,10 @@ every rank's part, without the momentum copy ever being in an optimizer group.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import yaml
 
-from engine_support import REPO_ROOT, data_config, free_port, write_run_config
+from engine_support import REPO_ROOT, data_config, run_rank_scripts, write_run_config
 
 STEPS = 4
 MOMENTUM = 0.5  # a far-moving average: a copy that did not follow, or followed at once, fails
@@ -27,18 +24,8 @@ def test_momentum_copy_is_the_moving_average_of_the_weights_under_zero2_and_zero
                                                        "alpha_ramp_steps": 2}
     config.write_text(yaml.safe_dump(run, sort_keys=False))
 
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
-                   PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-        procs.append(subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests/momentum_rank.py"), str(config), str(STEPS),
-             str(tmp_path / f"momentum{rank}.json"), "2", "3"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outputs)[-6000:]
+    run_rank_scripts(REPO_ROOT / "tests/momentum_rank.py", str(config), str(STEPS),
+                     str(tmp_path / "momentum{rank}.json"), "2", "3")
 
     for rank in range(2):
         results = json.loads((tmp_path / f"momentum{rank}.json").read_text())
