@@ -226,15 +226,18 @@ def trained_keys(out_dir: Path, corpus: str, steps: range) -> list[tuple[str, in
 
 @pytest.mark.parametrize("new_world", [1, 3])
 def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tmp_path, shards, new_world):
-    data = data_config(shards, kinds=("image_text",))
+    """With momentum distillation and grouped mini-batches on: the momentum weights and queues are
+    re-dealt to the new ranks, and the samples held in the grouping pools still arrive once."""
+    data = {**data_config(shards, kinds=("image_text",)),
+            "grouping": {"enabled": True, "pool_batches": 2, "refresh_steps": 4}}
     config = write_run_config(tmp_path / "old", shards, max_steps=10, data=data, checkpoint={"every_steps": 10},
                               logging={"every_steps": 1, "trained_keys": True})
-    codes, output = run_ranks(config, 2, "--resume", "none")
+    codes, output = run_ranks(config, 2, "--resume", "none", *MOMENTUM)
     assert codes == [0, 0], output
     before = trained_keys(tmp_path / "old/out", "images", range(1, 11))
     assert len(before) == 10 * 2 * 4
 
-    codes, output = run_ranks(config, new_world, "--set", "run.max_steps=25")
+    codes, output = run_ranks(config, new_world, "--set", "run.max_steps=25", *MOMENTUM)
     assert codes == [0] * new_world, output
     assert "[resume] step 10 from" in output and f"universal, from 2 ranks to {new_world}" in output
     after = trained_keys(tmp_path / "old/out", "images", range(11, 26))

@@ -1,0 +1,150 @@
+"""Each optional objective on the demo, against the demo run without it, over several seeds.
+
+    python bench/compare_objectives.py                       # all variants, seeds 0 1 2 (hours on 2 cores)
+    python bench/compare_objectives.py --variants off momentum --seeds 0
+
+Every run is the demo run (configs/runs/demo.yaml: the demo model, 2 CPU ranks, ZeRO-2, 400
+steps) with one option turned on by `--set` overrides, and `run.seed` and `data.seed` set to the
+seed (initial weights, masks, shuffling). The seeds of `off` give the run-to-run spread the other
+variants are read against. Each finished run leaves `RESULTS/<variant>-seed<S>/result.json`, and
+a later call skips it: an interrupted comparison goes on where it stopped. The table prints the
+held-out figures of the run's last evaluation (mean and min-max over seeds), how the variant's
+own loss term fell (mean of its first and last logged values), and the mean similarity of the
+drawn ITM negatives (`image/itm_neg_sim`, GRIT-VLP's hardness) over the run.
+
+The demo's shards must exist: `bash scripts/demo_data.sh runs/demo` (or `make demo`) builds them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Each variant: the overrides that turn it on, and the train-loss term it adds (None: it adds none).
+# Momentum: a queue below one epoch of the demo's 800 images and alpha ramped over about one
+# epoch (800 images / 32 pairs per step), as ALBEF ramps it over its first epoch.
+VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "off": ((), None),
+    "momentum": (("model.losses.momentum_distillation.enabled=true",
+                  "model.losses.momentum_distillation.queue_size=512",
+                  "model.losses.momentum_distillation.alpha_ramp_steps=25"), None),
+    "grouping": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25"), None),
+    "mim": (("model.mim.enabled=true", "model.mim.decoder_width=64", "model.mim.decoder_heads=4"), "image/mim"),
+    "mim_drop": (("model.mim.enabled=true", "model.mim.drop_masked=true", "model.mim.decoder_width=64",
+                  "model.mim.decoder_heads=4"), "image/mim"),
+    "captioning": (("model.losses.weights.image.lm=0.5",), "image/lm"),
+}
+# (metrics.jsonl key, column title) of the held-out figures.
+FIGURES = (("image/img_r1", "T->I R@1"), ("image/txt_r1", "I->T R@1"), ("region/grounding_acc", "grounding"),
+           ("video/img_r1", "video R@1"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_variant(variant: str, seed: int, directory: Path, max_steps: int, log) -> dict:
+    """Trains the demo with VARIANT's overrides and SEED; returns its result row."""
+    overrides = [f"run.output_dir={directory / 'train'}", f"run.seed={seed}", f"data.seed={seed}",
+                 f"run.max_steps={max_steps}", f"eval.every_steps={max_steps}",
+                 f"checkpoint.every_steps={max_steps}", "checkpoint.keep_last=1", "logging.tensorboard=false",
+                 *VARIANTS[variant][0]]
+    command = [str(REPO_ROOT / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+               "training/pretrain.py", "--config", "configs/runs/demo.yaml", "--resume", "none"]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "PATH": f"{REPO_ROOT / '.venv/bin'}:{os.environ['PATH']}"}
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(directory / "train.log", "w") as out:
+        code = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    seconds = time.monotonic() - start
+    if code != 0:
+        raise SystemExit(f"{variant} seed {seed}: the run exited {code}; its log is {directory / 'train.log'}")
+    rows = [json.loads(line) for line in (directory / "train/metrics.jsonl").read_text().splitlines()]
+    final = [row for row in rows if row["kind"] == "eval"][-1]
+    train = [row for row in rows if row["kind"] == "train"]
+    result = {"variant": variant, "seed": seed, "steps": final["step"], "seconds": round(seconds, 1),
+              **{key: final[key] for key, _ in FIGURES},
+              "chance": 1 / final["image/images"], "centre": final["region/centre_baseline_acc"]}
+    term = VARIANTS[variant][1]
+    if term:
+        values = [row[term] for row in train if term in row]
+        result["term"], result["term_first"], result["term_last"] = term, values[0], values[-1]
+    neg = [row["image/itm_neg_sim"] for row in train if "image/itm_neg_sim" in row]
+    result["itm_neg_sim"] = statistics.fmean(neg) if neg else None
+    log(f"{variant} seed {seed}: {seconds:.0f} s, " + ", ".join(f"{title} {result[key]:.3f}" for key, title in FIGURES))
+    return result
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} [{min(values):.3f}-{max(values):.3f}]" if len(values) > 1 else f"{mean:.3f}"
+
+
+def table(results: list[dict]) -> str:
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
+    head = (f"{'variant':<11} seeds | " + " | ".join(f"{title:<19}" for _, title in FIGURES)
+            + " | itm_neg_sim | own loss first -> last | s/run")
+    lines = [head, "-" * len(head)]
+    for variant in variants:
+        rows = [r for r in results if r["variant"] == variant]
+        cells = [f"{spread([r[key] for r in rows]):<19}" for key, _ in FIGURES]
+        neg = [r["itm_neg_sim"] for r in rows if r["itm_neg_sim"] is not None]
+        term = (f"{rows[0]['term']} {statistics.fmean(r['term_first'] for r in rows):.3f} -> "
+                f"{statistics.fmean(r['term_last'] for r in rows):.3f}" if "term" in rows[0] else "")
+        lines.append(f"{variant:<11} {len(rows):>5} | " + " | ".join(cells)
+                     + f" | {statistics.fmean(neg) if neg else float('nan'):11.3f} | {term:<22} | "
+                     f"{statistics.fmean(r['seconds'] for r in rows):5.0f}")
+    lines.append(f"held-out figures: mean [min-max] over seeds; chance T->I R@1 {results[0]['chance']:.4f}, "
+                 f"centre-box grounding {results[0]['centre']:.4f}; itm_neg_sim: mean over the run of the drawn "
+                 f"image-text ITM negatives' similarity")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="options to run (default: all; `off` is the demo as shipped)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--max-steps", type=int, default=400, help="steps per run (default: the demo's 400)")
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "runs/compare",
+                        help="folder of the runs and their result.json files (default: runs/compare)")
+    args = parser.parse_args(argv)
+    if not any((REPO_ROOT / "runs/demo/shards/image/train").glob("*.tar")):
+        parser.error("no demo shards under runs/demo/shards: build them with `bash scripts/demo_data.sh runs/demo`")
+
+    def log(line: str) -> None:
+        print(f"[compare {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+    results = []
+    for seed in args.seeds:  # seed by seed: a partial comparison still has every variant's first seeds
+        for variant in args.variants:
+            directory = args.results / f"{variant}-seed{seed}"
+            done = directory / "result.json"
+            if done.exists():
+                results.append(json.loads(done.read_text()))
+                continue
+            log(f"{variant} seed {seed}: training in {directory}")
+            result = run_variant(variant, seed, directory, args.max_steps, log)
+            done.write_text(json.dumps(result, indent=1))
+            results.append(result)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
