@@ -30,12 +30,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Each variant: the overrides that turn it on, and the train-loss term it adds (None: it adds none).
 # Momentum: a queue below one epoch of the demo's 800 images and alpha ramped over about one
-# epoch (800 images / 32 pairs per step), as ALBEF ramps it over its first epoch.
+# epoch (800 images / 32 pairs per step), as ALBEF ramps it over its first epoch; from step 100
+# (ALBEF starts from pre-trained towers) or, momentum_scratch, from the random weights.
+MOMENTUM = ("model.losses.momentum_distillation.enabled=true", "model.losses.momentum_distillation.queue_size=512",
+            "model.losses.momentum_distillation.alpha_ramp_steps=25")
 VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "off": ((), None),
-    "momentum": (("model.losses.momentum_distillation.enabled=true",
-                  "model.losses.momentum_distillation.queue_size=512",
-                  "model.losses.momentum_distillation.alpha_ramp_steps=25"), None),
+    "momentum": ((*MOMENTUM, "model.losses.momentum_distillation.start_step=100"), None),
+    "momentum_scratch": (MOMENTUM, None),
     "grouping": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25"), None),
     "mim": (("model.mim.enabled=true", "model.mim.decoder_width=64", "model.mim.decoder_heads=4"), "image/mim"),
     "mim_drop": (("model.mim.enabled=true", "model.mim.drop_masked=true", "model.mim.decoder_width=64",

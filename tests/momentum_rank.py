@@ -58,11 +58,15 @@ def run(config_path: str, steps: int, stage: int) -> dict:
         in_optimizer = any(id(p) in optimized for p in teacher.copies) or any(p.requires_grad for p in teacher.copies)
         initial = gathered(teacher.trained)
         expected = initial  # the copy starts equal to the weights it copies
-        for _ in range(steps):
+        start = teacher.settings.start_step
+        for step in range(steps):
             trainer.train_step()
             trainer.step += 1
             current = gathered(teacher.trained)
-            expected = [coefficient * e + (1 - coefficient) * w for e, w in zip(expected, current)]
+            if step + 1 == start:  # the copy restarts as the weights after step START
+                expected = current
+            elif step + 1 > start:
+                expected = [coefficient * e + (1 - coefficient) * w for e, w in zip(expected, current)]
         averages = whole_averages(teacher)
         weights = gathered(teacher.copies)
         return {

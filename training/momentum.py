@@ -72,10 +72,11 @@ class MomentumEncoders(nn.Module):
 
 def alpha_at(settings, step: int) -> float:
     """The distillation weight for optimizer step STEP + 1 (STEP steps done): ramped linearly
-    from 0 over the first ``alpha_ramp_steps`` (SETTINGS: losses.momentum_distillation)."""
+    from 0 over the first ``alpha_ramp_steps`` from ``start_step`` (SETTINGS:
+    losses.momentum_distillation)."""
     if not settings.alpha_ramp_steps:
         return settings.alpha
-    return settings.alpha * min(1.0, step / settings.alpha_ramp_steps)
+    return settings.alpha * min(1.0, max(0, step - settings.start_step) / settings.alpha_ramp_steps)
 
 
 def check_queue_sizes(settings, rows_per_step: dict[str, int], where: str) -> None:
@@ -146,6 +147,16 @@ class MomentumTeacher:
 
     def alpha_at(self, step: int) -> float:
         return alpha_at(self.settings, step)
+
+    def active_at(self, step: int) -> bool:
+        """Whether optimizer step STEP + 1 (STEP steps done) runs and updates the momentum copy."""
+        return step >= self.settings.start_step
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """The momentum copy becomes the trained weights as they are now (at ``start_step``)."""
+        torch._foreach_copy_(self.average, [_local(param).float() for param in self.trained])
+        self._write()
 
     sample_ids = staticmethod(sample_ids)
 

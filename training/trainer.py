@@ -365,6 +365,8 @@ class Trainer:
         from data_pipeline.loader.collate import rows_per_batch
 
         accum = self.config.optim.grad_accum
+        if self.teacher is not None and self.step == self.teacher.settings.start_step > 0:
+            self.teacher.restart()  # from here on the momentum copy follows the trained weights
         # figure name -> (sum of its finite values, how many there were) over micro-steps and ranks
         sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         nonfinite = stop = None
@@ -386,8 +388,9 @@ class Trainer:
                 if self.teacher is not None:  # the images' identities, kept in the feature queues
                     model_batch["sample_ids"] = self.teacher.sample_ids(batch["keys"]).to(self.device,
                                                                                      non_blocking=True)
-            # The momentum distillation's weight, ramped up over the first steps.
-            extra = {} if self.teacher is None else {"distill_alpha": self.teacher.alpha_at(self.step)}
+            # The momentum distillation's weight, ramped up over its first steps.
+            extra = {} if self.teacher is None else {"distill_alpha": self.teacher.alpha_at(self.step),
+                                                     "distill": self.teacher.active_at(self.step)}
             samples += sum(len(batch.get("keys", ())) for batch in batches.values())
             with self.flops.counting(inputs):
                 out = self.engine(**inputs, **extra)
@@ -425,7 +428,7 @@ class Trainer:
                 sums[name] = (sums[name][0] + total, sums[name][1] + seen) if name in sums else (total, seen)
             nonfinite = bad if nonfinite is None else nonfinite | bad
             stop = summed[-1] > 0 if stop is None else stop | (summed[-1] > 0)
-        if self.teacher is not None:
+        if self.teacher is not None and self.teacher.active_at(self.step):
             self.teacher.update()  # after the optimizer step; on the device, nothing read
         # The one transfer to the host of the step.
         read = torch.stack([value for pair in sums.values() for value in pair]

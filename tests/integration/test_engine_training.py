@@ -26,11 +26,13 @@ def shards(engine_shards):
     return engine_shards
 
 
-# The exact-resume runs train with ALBEF's momentum distillation on: its momentum weights and
-# queues (which wrap around: 32 region rows a step) must come back bit for bit too.
+# The exact-resume runs train with ALBEF's momentum distillation on from step 6 (start_step 5):
+# its momentum weights and queues (which wrap around: 32 region rows a step) must come back bit
+# for bit too.
 MOMENTUM = ("--set", "model.losses.momentum_distillation.enabled=true",
             "--set", "model.losses.momentum_distillation.queue_size=256",
-            "--set", "model.losses.momentum_distillation.alpha_ramp_steps=10")
+            "--set", "model.losses.momentum_distillation.alpha_ramp_steps=10",
+            "--set", "model.losses.momentum_distillation.start_step=5")
 
 # The exact-resume runs train captioning too (image/lm, off by default): its state must survive
 # a kill and a resume bitwise like the other losses'.

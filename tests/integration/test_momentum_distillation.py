@@ -1,7 +1,8 @@
 """ALBEF momentum distillation under DeepSpeed: 2 real ranks (CPU, gloo, bf16), the tiny model,
 image, region and video batches. One launch trains under ZeRO-2, then ZeRO-3, with
-`model.losses.momentum_distillation` on; after k steps the momentum copy must equal the moving
-average of the trained weights that the test computes itself (tests/momentum_rank.py), on
+`model.losses.momentum_distillation` on from the second step (start_step 1); after k steps the
+momentum copy must equal the moving average, from the weights after step 1, of the trained
+weights that the test computes itself (tests/momentum_rank.py), on
 every rank's part, without the momentum copy ever being in an optimizer group."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from engine_support import REPO_ROOT, data_config, run_rank_scripts, write_run_c
 
 STEPS = 4
 MOMENTUM = 0.5  # a far-moving average: a copy that did not follow, or followed at once, fails
+START = 1  # the copy restarts as the weights after the first step (start_step)
 
 
 def test_momentum_copy_is_the_moving_average_of_the_weights_under_zero2_and_zero3(tmp_path, engine_shards):
@@ -21,7 +23,7 @@ def test_momentum_copy_is_the_moving_average_of_the_weights_under_zero2_and_zero
     run = yaml.safe_load(config.read_text())
     run["model"] = yaml.safe_load((REPO_ROOT / "configs/model/tiny.yaml").read_text())
     run["model"]["losses"]["momentum_distillation"] = {"enabled": True, "momentum": MOMENTUM, "queue_size": 64,
-                                                       "alpha_ramp_steps": 2}
+                                                       "alpha_ramp_steps": 2, "start_step": START}
     config.write_text(yaml.safe_dump(run, sort_keys=False))
 
     run_rank_scripts(REPO_ROOT / "tests/momentum_rank.py", str(config), str(STEPS),

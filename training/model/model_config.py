@@ -98,6 +98,13 @@ class MomentumDistillationConfig:
     alpha_ramp_steps: int = setting(1000, min=0)
     # Mix the MLM targets with the momentum model's fused predictions too (ALBEF does).
     mlm: bool = True
+    # The optimizer step from which the momentum copy takes part; before it, the plain losses
+    # and no momentum copy to run or update. At that step the copy restarts as the trained
+    # weights, and alpha ramps from there. ALBEF starts at 0 from pre-trained towers. From random
+    # weights the copy's features are all alike (the demo, from scratch: mean cosine 0.997
+    # between its images' features after 400 steps), the ITC targets then say nothing and ITC
+    # does not learn: start once the towers tell samples apart.
+    start_step: int = setting(0, min=0)
 
 
 @dataclasses.dataclass

@@ -198,11 +198,13 @@ class X2VLM(nn.Module):
     # Losses -------------------------------------------------------------------------------
 
     def forward(self, image: dict | None = None, region: dict | None = None, video: dict | None = None,
-                distill_alpha: float | None = None) -> dict:
-        """With a momentum copy attached, DISTILL_ALPHA (default: the configured alpha) weighs
-        its predictions in the ITC and MLM targets; every batch then needs ``sample_ids``."""
+                distill_alpha: float | None = None, distill: bool = True) -> dict:
+        """With a momentum copy attached and DISTILL, DISTILL_ALPHA (default: the configured
+        alpha) weighs its predictions in the ITC and MLM targets; every batch then needs
+        ``sample_ids``. Without DISTILL the copy is left out (before ``start_step``)."""
         losses, stats, features = {}, {}, {}
         alpha = self.config.losses.momentum_distillation.alpha if distill_alpha is None else distill_alpha
+        alpha = alpha if distill else None
         if image is not None:
             vision, mim = self._masked_image_encoding(image["images"])
             losses["image"], stats["image"], features["image"], _ = self._alignment_losses(
@@ -237,7 +239,7 @@ class X2VLM(nn.Module):
         """(KIND, the momentum copy's vision encoding of the batch, ALPHA); None without a
         momentum copy."""
         momentum = self.momentum
-        if momentum is None:
+        if momentum is None or alpha is None:
             return None
         if kind == "image":
             return kind, momentum.encode_image(batch["images"]), alpha
