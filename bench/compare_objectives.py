@@ -17,6 +17,7 @@ The demo's shards must exist: `bash scripts/demo_data.sh runs/demo` (or `make de
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import socket
@@ -26,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 # Each variant: the overrides that turn it on, and the train-loss term it adds (None: it adds none).
 # Momentum: a queue below one epoch of the demo's 800 images and alpha ramped over about one
@@ -86,8 +90,50 @@ def run_variant(variant: str, seed: int, directory: Path, max_steps: int, log) -
         result["term"], result["term_first"], result["term_last"] = term, values[0], values[-1]
     neg = [row["image/itm_neg_sim"] for row in train if "image/itm_neg_sim" in row]
     result["itm_neg_sim"] = statistics.fmean(neg) if neg else None
+    result["neighbours"] = batch_neighbours(directory / "train")
     log(f"{variant} seed {seed}: {seconds:.0f} s, " + ", ".join(f"{title} {result[key]:.3f}" for key, title in FIGURES))
     return result
+
+
+def batch_neighbours(train: Path, corpus: str = "demo_images", seed: int = 0) -> tuple[float, float] | None:
+    """How alike the samples of the run's batches were, by the features grouping grouped them
+    with: for each batch of the second half of the run (a rank's records of one step), the mean
+    over its samples of the cosine similarity to their nearest neighbour in the batch, each
+    sample by its record before that step; against batches drawn at random from the batches
+    within 8 steps. (grouped, random), or None for a run without grouping records."""
+    from data_pipeline.loader.feature_records import read_records, record_files
+
+    root = train / "grouping_features"
+    if not root.is_dir():
+        return None
+    batches, history = collections.defaultdict(list), collections.defaultdict(list)
+    for _, rank, path in record_files(root, corpus):
+        for step, key, vector in read_records(path):
+            batches[(rank, step)].append(key)
+            history[key].append((step, vector.astype(np.float32) / (np.linalg.norm(vector) + 1e-8)))
+
+    def nearest(keys, step) -> float | None:
+        vectors = [max(((s, v) for s, v in history[k] if s < step), default=(None, None), key=lambda x: x[0])[1]
+                   for k in keys]
+        vectors = [v for v in vectors if v is not None]
+        if len(vectors) < 2:
+            return None
+        similarity = np.stack(vectors) @ np.stack(vectors).T
+        np.fill_diagonal(similarity, -2.0)
+        return float(similarity.max(axis=1).mean())
+
+    last = max(step for _, step in batches)
+    later = [b for b in batches if b[1] > last // 2]
+    rng = np.random.default_rng(seed)
+    grouped, drawn = [], []
+    for rank, step in later:
+        keys = batches[(rank, step)]
+        nearby = [k for b in later if abs(b[1] - step) <= 8 for k in batches[b]]
+        pair = nearest(keys, step), nearest(list(rng.choice(nearby, len(keys), replace=False)), step)
+        if None not in pair:
+            grouped.append(pair[0])
+            drawn.append(pair[1])
+    return (statistics.fmean(grouped), statistics.fmean(drawn)) if grouped else None
 
 
 def spread(values: list[float]) -> str:
@@ -112,6 +158,12 @@ def table(results: list[dict]) -> str:
     lines.append(f"held-out figures: mean [min-max] over seeds; chance T->I R@1 {results[0]['chance']:.4f}, "
                  f"centre-box grounding {results[0]['centre']:.4f}; itm_neg_sim: mean over the run of the drawn "
                  f"image-text ITM negatives' similarity")
+    for r in results:
+        if r.get("neighbours"):
+            grouped, drawn = r["neighbours"]
+            lines.append(f"{r['variant']} seed {r['seed']}: image-text batches of the second half, mean cosine to the "
+                         f"nearest sample in the batch by the grouping features: {grouped:.3f} as grouped, {drawn:.3f} "
+                         f"in random batches of the same steps")
     return "\n".join(lines)
 
 
@@ -138,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             directory = args.results / f"{variant}-seed{seed}"
             done = directory / "result.json"
             if done.exists():
-                results.append(json.loads(done.read_text()))
+                result = json.loads(done.read_text())
+                if "neighbours" not in result:  # results of an earlier version of this script
+                    result["neighbours"] = batch_neighbours(directory / "train")
+                    done.write_text(json.dumps(result, indent=1))
+                results.append(result)
                 continue
             log(f"{variant} seed {seed}: training in {directory}")
             result = run_variant(variant, seed, directory, args.max_steps, log)

@@ -72,6 +72,13 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
     ds_config = {**json.loads((REPO_ROOT / "configs/deepspeed/zero3.json").read_text()),
                  "train_micro_batch_size_per_gpu": args.image_batch, "gradient_accumulation_steps": 1,
                  "gradient_clipping": 1.0, "bf16": {"enabled": True}, "steps_per_print": 10**9}
+    if args.small_buckets:
+        # DeepSpeed's defaults size its buffers for a GPU: reduce buckets of 5e8 elements, up to
+        # 1e9 parameters gathered at once, the optimizer step over sub-groups of 1e9 elements.
+        # Two ranks of one CPU box share its memory, so these hold each to a tenth of that.
+        ds_config["zero_optimization"] = {**ds_config["zero_optimization"], "reduce_bucket_size": 5e7,
+                                          "stage3_prefetch_bucket_size": 5e6, "stage3_max_live_parameters": 1e8,
+                                          "stage3_max_reuse_distance": 1e8, "sub_group_size": 1e8}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     for buffer in engine.module.buffers():  # as the trainer does: bf16 buffers with bf16 weights
@@ -99,6 +106,8 @@ def main(argv=None) -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="a check of this script in a minute: large widths, towers of one layer")
     parser.add_argument("--out", default=None, help="folder for the per-rank JSON (default: a temporary one)")
+    parser.add_argument("--small-buckets", action="store_true",
+                        help="ZeRO-3 buffers a tenth of DeepSpeed's defaults, so that 2 ranks fit a CPU box")
     args = parser.parse_args(argv)
     import tempfile
 
