@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "momentum": ((*MOMENTUM, "model.losses.momentum_distillation.start_step=100"), None),
     "momentum_scratch": (MOMENTUM, None),
     "grouping": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25"), None),
+    "grouping_pool4": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25",
+                        "data.grouping.pool_batches=4"), None),
     "mim": (("model.mim.enabled=true", "model.mim.decoder_width=64", "model.mim.decoder_heads=4"), "image/mim"),
     "mim_drop": (("model.mim.enabled=true", "model.mim.drop_masked=true", "model.mim.decoder_width=64",
                   "model.mim.decoder_heads=4"), "image/mim"),
@@ -143,7 +145,7 @@ def spread(values: list[float]) -> str:
 
 def table(results: list[dict]) -> str:
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
-    head = (f"{'variant':<11} seeds | " + " | ".join(f"{title:<19}" for _, title in FIGURES)
+    head = (f"{'variant':<16} seeds | " + " | ".join(f"{title:<19}" for _, title in FIGURES)
             + " | itm_neg_sim | own loss first -> last | s/run")
     lines = [head, "-" * len(head)]
     for variant in variants:
@@ -152,7 +154,7 @@ def table(results: list[dict]) -> str:
         neg = [r["itm_neg_sim"] for r in rows if r["itm_neg_sim"] is not None]
         term = (f"{rows[0]['term']} {statistics.fmean(r['term_first'] for r in rows):.3f} -> "
                 f"{statistics.fmean(r['term_last'] for r in rows):.3f}" if "term" in rows[0] else "")
-        lines.append(f"{variant:<11} {len(rows):>5} | " + " | ".join(cells)
+        lines.append(f"{variant:<16} {len(rows):>5} | " + " | ".join(cells)
                      + f" | {statistics.fmean(neg) if neg else float('nan'):11.3f} | {term:<22} | "
                      f"{statistics.fmean(r['seconds'] for r in rows):5.0f}")
     lines.append(f"held-out figures: mean [min-max] over seeds; chance T->I R@1 {results[0]['chance']:.4f}, "

@@ -3,7 +3,7 @@ DeepSpeed ZeRO-3 with activation checkpointing, on 2 CPU ranks (gloo), printing 
 memory: the configuration large-model users need, exercised end to end on a small batch.
 
     python bench/train_large_zero3.py                       # 3 steps, 2 pairs + 2 region images per rank
-    python bench/train_large_zero3.py --steps 2 --image-batch 1 --region-images 1
+    MALLOC_ARENA_MAX=2 python bench/train_large_zero3.py --steps 2 --image-batch 1 --region-images 1 --small-buckets
 
 Each rank builds the model as the trainer does (every rank the same initial weights, then
 `deepspeed.initialize` partitions them), with the DeepSpeed settings of
@@ -89,10 +89,10 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
     batches = _batches(rank, args)
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
-        out = engine(image=batches["image"], region=batches["region"])
-        engine.backward(out["loss"])
+        outputs = engine(image=batches["image"], region=batches["region"])
+        engine.backward(outputs["loss"])
         engine.step()
-        rows.append({"rank": rank, "stage": f"step {step}", "loss": float(out["loss"]),
+        rows.append({"rank": rank, "stage": f"step {step}", "loss": outputs["loss"].item(),
                      "seconds": time.perf_counter() - started, "resident_gb": _resident(), "peak_gb": _peak()})
         print(json.dumps(rows[-1]), flush=True)
     Path(out, f"rank{rank}.json").write_text(json.dumps(rows))
