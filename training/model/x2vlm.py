@@ -398,16 +398,15 @@ class X2VLM(nn.Module):
         keep = min(world * capacity, rows + math.ceil(settings.itm_receive_margin * math.sqrt(rows)))
         received = send_rows(payload, negative_vision, vision_valid, rows, capacity, keep)
 
-        moved = torch.cat([fetched, received.rows])
         if by_ids:
-            length = text_ids.shape[1]
+            moved, length = torch.cat([fetched, received.rows]), text_ids.shape[1]
             moved_mask = moved[:, length:].long()
             text_hidden = torch.cat([text.hidden, self._text_hidden(moved[:, :length].long(), moved_mask)])
             text_mask = torch.cat([text.mask.bool(), moved_mask.bool()])
-        else:
+        else:  # one concatenation of the three, as before token ids: the gradients sum in the same order
             width = text.hidden.shape[-1]
-            text_hidden = torch.cat([text.hidden, moved[..., :width]])
-            text_mask = torch.cat([text.mask.bool(), moved[..., width] > 0.5])
+            text_rows = torch.cat([payload, fetched, received.rows])
+            text_hidden, text_mask = text_rows[..., :width], text_rows[..., width] > 0.5
         own = torch.arange(vision.tokens.shape[0], device=payload.device)
         partner = torch.cat([own, own, received.target])
         logits = self._itm_logits(vision.tokens.index_select(0, partner), vision.mask.index_select(0, partner),
