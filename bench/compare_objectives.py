@@ -45,6 +45,13 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "grouping": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25"), None),
     "grouping_pool4": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25",
                         "data.grouping.pool_batches=4"), None),
+    # Grouping from half-way: identical to off up to step 200, so the steps after it compare the
+    # hardness of grouped against random batches under the same weights.
+    "grouping_late": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25",
+                       "data.grouping.start_step=200"), None),
+    # Groups of 4 near neighbours, 4 groups to a rank's batch of 16, from step 100.
+    "grouping_g4": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25",
+                     "data.grouping.start_step=100", "data.grouping.group_size=4"), None),
     "mim": (("model.mim.enabled=true", "model.mim.decoder_width=64", "model.mim.decoder_heads=4"), "image/mim"),
     "mim_drop": (("model.mim.enabled=true", "model.mim.drop_masked=true", "model.mim.decoder_width=64",
                   "model.mim.decoder_heads=4"), "image/mim"),

@@ -124,10 +124,16 @@ class LoaderSpec:
 class GroupingSpec:
     """GRIT-VLP grouped mini-batches (loader/grouping.py): each corpus's batches are formed from a
     pool of `pool_batches` batches by grouping nearest neighbours in the features the trainer
-    recorded; the loader rereads the records every `refresh_steps` steps."""
+    recorded; the loader rereads the records every `refresh_steps` steps. Batches are grouped from
+    step `start_step` on (the features are recorded from the first step): before it the stream is
+    the one grouping off gives, so that grouping starts from a model whose features mean something."""
     enabled: bool = False
     pool_batches: int = setting(16, min=2)
     refresh_steps: int = setting(100, min=1)
+    start_step: int = setting(0, min=0)
+    # Samples per group: 0 makes each batch one group (GRIT-VLP); smaller groups put several
+    # groups of near neighbours in a batch, which keeps the batch's other samples diverse.
+    group_size: int = setting(0, min=0)
 
 
 @dataclass

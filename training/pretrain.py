@@ -109,4 +109,6 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.process_exit import exit_process
+
+    exit_process(main())

@@ -24,14 +24,16 @@ Location = tuple[int, int]
 Features = Mapping[str, np.ndarray]  # sample key -> feature vector (any float dtype)
 
 
-def group_sizes(count: int, batch_size: int, pending: int) -> list[int]:
-    """Sizes of the groups COUNT samples are cut into so that each group is one batch: the first
-    completes the batch in progress (PENDING samples already in it), the last may be short."""
+def group_sizes(count: int, batch_size: int, pending: int, group_size: int = 0) -> list[int]:
+    """Sizes of the groups COUNT samples are cut into so that no group straddles two batches: the
+    first batch completes the one in progress (PENDING samples already in it), the last may be
+    short; each batch is one group, or runs of GROUP_SIZE (the batch's last run may be short)."""
     sizes = []
     first = batch_size - pending % batch_size
     while count > 0:
         size = min(first, count)
-        sizes.append(size)
+        step = group_size or size
+        sizes.extend(min(step, size - at) for at in range(0, size, step))
         count -= size
         first = batch_size
     return sizes
@@ -89,14 +91,19 @@ class GroupingPool:
     progress already holds, so that the groups fall on batch boundaries."""
 
     def __init__(self, pool_batches: int, batch_size: int, features: Features, seed: str,
-                 pending: Callable[[], int]):
+                 pending: Callable[[], int], group_size: int = 0):
         self.capacity = pool_batches * batch_size
-        self.batch_size = batch_size
+        self.batch_size, self.group_size = batch_size, group_size
         self.features = features
         self.seed = seed  # with the epoch and the first key, seeds each pool's random order
         self.pending = pending
         self.filling: list[tuple[Location, dict]] = []
         self.ready: list[tuple[Location, dict]] = []
+
+    def idle(self) -> bool:
+        """With no features (before grouping's start_step, or before the first records) and nothing
+        held, samples pass straight through: the stream is the one grouping off gives."""
+        return not self.features and not self.filling and not self.ready
 
     def add(self, entry: tuple[Location, dict]) -> bool:
         """Takes one sample; True when the pool is full (time to `flush`)."""
@@ -108,7 +115,7 @@ class GroupingPool:
         if self.filling:
             keys = [raw.get("__key__", "") for _, raw in self.filling]
             rng = random.Random(f"{self.seed}/{epoch}/{keys[0]}")
-            order = group_order(keys, self.features, group_sizes(len(keys), self.batch_size, self.pending()), rng)
+            order = group_order(keys, self.features, group_sizes(len(keys), self.batch_size, self.pending(), self.group_size), rng)
             self.ready = [self.filling[i] for i in order]
             self.filling = []
         yield from self.emit()

@@ -7,10 +7,10 @@ Every rank therefore yields the same number of batches of each kind per step, ho
 unevenly its shards are sized: corpus streams never end (see stream.py), and an epoch of
 training is a number of steps, the same on every rank.
 
-With `grouping` on, every `grouping.refresh_steps` steps the mixer rereads the features the
-trainer recorded (feature_records.py, `feature_dir`) of the steps up to `records_lag` before
-the current one, which every rank has written by then, and hands them to its corpora's
-workers. The features a batch is grouped with are therefore a function of the step, and a
+With `grouping` on, at `grouping.start_step` and every `grouping.refresh_steps` steps after it
+the mixer rereads the features the trainer recorded (feature_records.py, `feature_dir`) of the
+steps up to `records_lag` before the current one, which every rank has written by then, and
+hands them to its corpora's workers. The features a batch is grouped with are therefore a function of the step, and a
 resume at step s rereads those of the last refresh before s: exact resume holds.
 """
 from __future__ import annotations
@@ -74,7 +74,9 @@ class MixedLoader:
         grouping = self.spec.grouping
         if not grouping.enabled or self.feature_dir is None:
             return
-        at = self.step - self.step % grouping.refresh_steps
+        # Refresh points: start_step, then every refresh_steps steps (0: no features yet).
+        since = self.step - grouping.start_step
+        at = self.step - since % grouping.refresh_steps if since >= 0 else 0
         if at == self.features_at and not restored:
             return
         if restored or not self.snapshots:  # read from the start: the files may have been cut back

@@ -118,7 +118,8 @@ class CorpusStream:
         self.pool = None
         if grouping.enabled and not self.evaluation:
             self.pool = GroupingPool(grouping.pool_batches, corpus.batch_size, features or {},
-                                     f"{spec.seed}/{corpus.name}/grouping/{rank}/{worker}", lambda: self.pending)
+                                     f"{spec.seed}/{corpus.name}/grouping/{rank}/{worker}", lambda: self.pending,
+                                     grouping.group_size)
         # Epochs read from explicit units instead of this slot's share of whole shards: the
         # transition after a change of world size. Empty in a run that never changed it.
         self.plan: dict[int, list[Unit]] = {}
@@ -202,7 +203,7 @@ class CorpusStream:
                 return
 
     def _through_pool(self, entry) -> Iterator[tuple[int, dict]]:
-        if self.pool is None:
+        if self.pool is None or self.pool.idle():
             yield self.epoch, entry[1]
             return
         if self.pool.add(entry):

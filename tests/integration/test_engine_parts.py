@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys

@@ -51,20 +51,21 @@ def grouped_data(shards) -> dict:
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
-    config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=200,
+    steps = 60
+    config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=steps,
                               data=data_config(shards, kinds=("image_text", "region")),
-                              checkpoint={"every_steps": 200}, logging={"every_steps": 10})
+                              checkpoint={"every_steps": steps}, logging={"every_steps": 5})
     codes, output = run_ranks(config, 2, "--resume", "none")
     assert codes == [0, 0], output
     losses = losses_by_step(tmp_path / "out")
-    assert sorted(losses) == list(range(10, 201, 10))
+    assert sorted(losses) == list(range(5, steps + 1, 5))
     rows = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
     assert all(row["tflops_per_gpu"] > 0 for row in rows if row["kind"] == "train")  # FLOPs counted at step 1
-    assert "[progress] step 200/200 (100%) | loss " in output and " left" in output
-    first, last = mean([losses[s] for s in (10, 20, 30)]), mean([losses[s] for s in (180, 190, 200)])
-    print(f"ZeRO-{stage}: mean loss at steps 10-30 {first:.3f}, at steps 180-200 {last:.3f}")
-    assert last < 0.8 * first
-    assert [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")] == [200]
+    assert f"[progress] step {steps}/{steps} (100%) | loss " in output and " left" in output
+    first, last = mean([losses[s] for s in (5, 10, 15)]), mean([losses[s] for s in range(steps - 10, steps + 1, 5)])
+    print(f"ZeRO-{stage}: mean loss at steps 5-15 {first:.3f}, at steps {steps - 10}-{steps} {last:.3f}")
+    assert last < 0.9 * first
+    assert [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")] == [steps]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_masked_image_modelling_trains_under_zero3_and_resumes_bitwise(tmp_path,
     config = write_run_config(tmp_path, shards, zero_stage=3, max_steps=8, checkpoint={"every_steps": 4},
                               data=data_config(shards, kinds=("image_text", "region")))
     run = yaml.safe_load(config.read_text())
-    run["model"] = {**yaml.safe_load(Path(run["model"]).read_text()),
+    run["model"] = {**run["model"],
                     "mim": {"enabled": True, "drop_masked": True, "mask_ratio": 0.5, "decoder_width": 32,
                             "decoder_heads": 2}}
     config.write_text(yaml.safe_dump(run, sort_keys=False))

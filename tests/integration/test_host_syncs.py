@@ -21,7 +21,6 @@ def test_a_training_step_synchronises_the_host_once(tmp_path, engine_shards, cap
     config = write_run_config(tmp_path, engine_shards, max_steps=STEPS, data=data_config(engine_shards),
                               optim={"grad_accum": 2})
     run = yaml.safe_load(config.read_text())
-    run["model"] = yaml.safe_load((REPO_ROOT / "configs/model/tiny.yaml").read_text())
     run["model"]["losses"]["momentum_distillation"] = {"enabled": True, "queue_size": 128}
     config.write_text(yaml.safe_dump(run, sort_keys=False))
     run_rank_scripts(REPO_ROOT / "tests/host_syncs_rank.py", str(config), str(STEPS),

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from engine_support import data_config, run_ranks, write_run_config
+from engine_support import data_config, run_ranks, tiny_model, write_run_config
 from training import rng_state
 from training.model import create_model
 from training.model_folder import ModelCard, write_model_folder
@@ -46,7 +46,7 @@ def _first_step_losses(source, config_path) -> dict[str, float]:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_init_from_a_model_folder_gives_the_source_models_losses_at_step_1(tmp_path, engine_shards, stage):
     torch.manual_seed(100)  # weights the run's own seed would not give
-    source = create_model("tiny", load_pretrained=False)
+    source = create_model(tiny_model(), load_pretrained=False)
     folder = write_model_folder(tmp_path / "source", dict(source.named_parameters()), source.config,
                                 engine_shards / "tokenizer", ModelCard(source={"kind": "test"}))
     config = write_run_config(tmp_path / "run", engine_shards, zero_stage=stage, max_steps=1,

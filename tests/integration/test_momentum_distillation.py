@@ -21,7 +21,6 @@ def test_momentum_copy_is_the_moving_average_of_the_weights_under_zero2_and_zero
     config = write_run_config(tmp_path, engine_shards, max_steps=STEPS, data=data_config(engine_shards),
                               optim={"lr": 0.01, "warmup_steps": 0})
     run = yaml.safe_load(config.read_text())
-    run["model"] = yaml.safe_load((REPO_ROOT / "configs/model/tiny.yaml").read_text())
     run["model"]["losses"]["momentum_distillation"] = {"enabled": True, "momentum": MOMENTUM, "queue_size": 64,
                                                        "alpha_ramp_steps": 2, "start_step": START}
     config.write_text(yaml.safe_dump(run, sort_keys=False))

@@ -72,6 +72,25 @@ def test_grouped_batches_over_real_shards_are_deterministic(grouping_spec, recor
     again.close()
 
 
+def test_before_start_step_the_stream_is_the_one_grouping_off_gives(demo_tokenizer, pipeline_shards, records):
+    start, steps = 2 * REFRESH, 2 * REFRESH + 16
+    corpora = [{"name": "coco", "kind": "image_text", "shards": [str(p) for p in pipeline_shards["coco"]],
+                "batch_size": BATCH}]
+    late = data_spec(demo_tokenizer, corpora, grouping={"enabled": True, "pool_batches": POOL,
+                                                        "refresh_steps": REFRESH, "start_step": start})
+    grouped = loader(late, records, rank=0)
+    run = [next(grouped)["image_text"] for _ in range(steps)]
+    grouped.close()
+    off = loader(data_spec(demo_tokenizer, corpora), records, rank=0)
+    plain = [next(off)["image_text"] for _ in range(steps)]
+    off.close()
+    assert_same_steps([{"image_text": b} for b in run[:start]], [{"image_text": b} for b in plain[:start]])
+    settled = start + POOL * WORKERS
+    assert run[start]["keys"] != plain[start]["keys"]
+    assert purity([b["keys"] for b in run[settled:]], records[1]) >= 0.8 > purity(
+        [b["keys"] for b in plain[settled:]], records[1])
+
+
 def test_restored_loader_with_grouping_yields_the_same_batches(grouping_spec, records):
     # Saved after the refresh at step 4, within a grouped pool; the uninterrupted loader goes on to
     # the end without another refresh (which restarts the workers from their states).

@@ -62,6 +62,22 @@ def test_grouped_batches_hold_mostly_one_cluster_random_batches_do_not():
     assert purity(random_batches, cluster) <= 0.6
 
 
+def test_smaller_groups_are_runs_of_one_cluster_within_batches_of_several():
+    keys, features, cluster = clustered_features()
+    sizes = group_sizes(len(keys), BATCH, 3, group_size=2)
+    # The batch in progress (3 of 8 taken) is completed by groups 2, 2, 1; then four groups a batch.
+    assert sizes[:7] == [2, 2, 1, 2, 2, 2, 2] and sum(sizes) == len(keys)
+    order = [keys[i] for i in group_order(keys, features, sizes, random.Random(1))]
+    groups = cut(order, sizes)
+    assert purity([g for g in groups if len(g) == 2], cluster) == 1.0
+    batches = cut(order[5:], [BATCH] * ((len(keys) - 5) // BATCH))
+    # Four groups started from four samples of a random order: batches are not one cluster.
+    assert purity(batches, cluster) <= 0.75
+    assert purity(cut(order, group_sizes(len(keys), BATCH, 0)), cluster) < purity(
+        cut([keys[i] for i in group_order(keys, features, group_sizes(len(keys), BATCH, 0), random.Random(1))],
+            group_sizes(len(keys), BATCH, 0)), cluster)
+
+
 def test_grouping_is_a_function_of_its_inputs_and_seed():
     keys, features, _ = clustered_features()
     sizes = group_sizes(len(keys), BATCH, 3)
