@@ -115,7 +115,8 @@ class GroupingPool:
         if self.filling:
             keys = [raw.get("__key__", "") for _, raw in self.filling]
             rng = random.Random(f"{self.seed}/{epoch}/{keys[0]}")
-            order = group_order(keys, self.features, group_sizes(len(keys), self.batch_size, self.pending(), self.group_size), rng)
+            sizes = group_sizes(len(keys), self.batch_size, self.pending(), self.group_size)
+            order = group_order(keys, self.features, sizes, rng)
             self.ready = [self.filling[i] for i in order]
             self.filling = []
         yield from self.emit()

@@ -10,8 +10,9 @@ training is a number of steps, the same on every rank.
 With `grouping` on, at `grouping.start_step` and every `grouping.refresh_steps` steps after it
 the mixer rereads the features the trainer recorded (feature_records.py, `feature_dir`) of the
 steps up to `records_lag` before the current one, which every rank has written by then, and
-hands them to its corpora's workers. The features a batch is grouped with are therefore a function of the step, and a
-resume at step s rereads those of the last refresh before s: exact resume holds.
+hands them to its corpora's workers. The features a batch is grouped with are therefore a
+function of the step, and a resume at step s rereads those of the last refresh before s: exact
+resume holds.
 """
 from __future__ import annotations
 
