@@ -51,7 +51,7 @@ def grouped_data(shards) -> dict:
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
-    steps = 60
+    steps = 100
     config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=steps,
                               data=data_config(shards, kinds=("image_text", "region")),
                               checkpoint={"every_steps": steps}, logging={"every_steps": 5})
@@ -64,7 +64,7 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
     assert f"[progress] step {steps}/{steps} (100%) | loss " in output and " left" in output
     first, last = mean([losses[s] for s in (5, 10, 15)]), mean([losses[s] for s in range(steps - 10, steps + 1, 5)])
     print(f"ZeRO-{stage}: mean loss at steps 5-15 {first:.3f}, at steps {steps - 10}-{steps} {last:.3f}")
-    assert last < 0.9 * first
+    assert last < 0.8 * first
     assert [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")] == [steps]
 
 

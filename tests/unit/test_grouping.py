@@ -73,9 +73,9 @@ def test_smaller_groups_are_runs_of_one_cluster_within_batches_of_several():
     batches = cut(order[5:], [BATCH] * ((len(keys) - 5) // BATCH))
     # Four groups started from four samples of a random order: batches are not one cluster.
     assert purity(batches, cluster) <= 0.75
-    assert purity(cut(order, group_sizes(len(keys), BATCH, 0)), cluster) < purity(
-        cut([keys[i] for i in group_order(keys, features, group_sizes(len(keys), BATCH, 0), random.Random(1))],
-            group_sizes(len(keys), BATCH, 0)), cluster)
+    whole = group_sizes(len(keys), BATCH, 0)
+    whole_batches = cut([keys[i] for i in group_order(keys, features, whole, random.Random(1))], whole)
+    assert purity(cut(order, whole), cluster) < purity(whole_batches, cluster)
 
 
 def test_grouping_is_a_function_of_its_inputs_and_seed():
