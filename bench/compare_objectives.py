@@ -2,6 +2,7 @@
 
     python bench/compare_objectives.py                       # all variants, seeds 0 1 2 (hours on 2 cores)
     python bench/compare_objectives.py --variants off momentum --seeds 0
+    python bench/compare_objectives.py --report              # the table of the finished runs
 
 Every run is the demo run (configs/runs/demo.yaml: the demo model, 2 CPU ranks, ZeRO-2, 400
 steps) with one option turned on by `--set` overrides, and `run.seed` and `data.seed` set to the
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 # (ALBEF starts from pre-trained towers) or, momentum_scratch, from the random weights.
 MOMENTUM = ("model.losses.momentum_distillation.enabled=true", "model.losses.momentum_distillation.queue_size=512",
             "model.losses.momentum_distillation.alpha_ramp_steps=25")
+CONSISTENCY = tuple(f"model.losses.weights.{kind}.itc_cons=0.2" for kind in ("image", "region", "video"))
 VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "off": ((), None),
     "momentum": ((*MOMENTUM, "model.losses.momentum_distillation.start_step=100"), None),
@@ -52,6 +54,15 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     # Groups of 4 near neighbours, 4 groups to a rank's batch of 16, from step 100.
     "grouping_g4": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25",
                      "data.grouping.start_step=100", "data.grouping.group_size=4"), None),
+    # Whole-batch groups with the contrastive temperature held at its initial 0.07 (learned but
+    # capped): grouped batches otherwise raise it to about 0.1.
+    "grouping_t07": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25", "model.temperature_max=0.07"),
+                     None),
+    # GRIT-VLP as its code trains: whole-batch groups and its ITC consistency loss at weight 0.2;
+    # and that loss alone.
+    "grouping_cons": (("data.grouping.enabled=true", "data.grouping.refresh_steps=25", *CONSISTENCY),
+                      "image/itc_cons"),
+    "consistency": (CONSISTENCY, "image/itc_cons"),
     "mim": (("model.mim.enabled=true", "model.mim.decoder_width=64", "model.mim.decoder_heads=4"), "image/mim"),
     "mim_drop": (("model.mim.enabled=true", "model.mim.drop_masked=true", "model.mim.decoder_width=64",
                   "model.mim.decoder_heads=4"), "image/mim"),
@@ -68,12 +79,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_variant(variant: str, seed: int, directory: Path, max_steps: int, log) -> dict:
-    """Trains the demo with VARIANT's overrides and SEED; returns its result row."""
+def train_demo(directory: Path, seed: int, max_steps: int, overrides: tuple[str, ...], name: str) -> float:
+    """Runs the demo (2 CPU ranks) into DIRECTORY/train with SEED, MAX_STEPS and the further
+    `--set` OVERRIDES; its console goes to DIRECTORY/train.log. Returns the seconds it took."""
     overrides = [f"run.output_dir={directory / 'train'}", f"run.seed={seed}", f"data.seed={seed}",
-                 f"run.max_steps={max_steps}", f"eval.every_steps={max_steps}",
-                 f"checkpoint.every_steps={max_steps}", "checkpoint.keep_last=1", "logging.tensorboard=false",
-                 *VARIANTS[variant][0]]
+                 f"run.max_steps={max_steps}", f"checkpoint.every_steps={max_steps}", "checkpoint.keep_last=1",
+                 "logging.tensorboard=false", *overrides]
     command = [str(REPO_ROOT / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                "training/pretrain.py", "--config", "configs/runs/demo.yaml", "--resume", "none"]
     for override in overrides:
@@ -84,9 +95,15 @@ def run_variant(variant: str, seed: int, directory: Path, max_steps: int, log) -
     start = time.monotonic()
     with open(directory / "train.log", "w") as out:
         code = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
-    seconds = time.monotonic() - start
     if code != 0:
-        raise SystemExit(f"{variant} seed {seed}: the run exited {code}; its log is {directory / 'train.log'}")
+        raise SystemExit(f"{name} seed {seed}: the run exited {code}; its log is {directory / 'train.log'}")
+    return time.monotonic() - start
+
+
+def run_variant(variant: str, seed: int, directory: Path, max_steps: int, log) -> dict:
+    """Trains the demo with VARIANT's overrides and SEED; returns its result row."""
+    seconds = train_demo(directory, seed, max_steps, (f"eval.every_steps={max_steps}", *VARIANTS[variant][0]),
+                         variant)
     rows = [json.loads(line) for line in (directory / "train/metrics.jsonl").read_text().splitlines()]
     final = [row for row in rows if row["kind"] == "eval"][-1]
     train = [row for row in rows if row["kind"] == "train"]
@@ -186,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=400, help="steps per run (default: the demo's 400)")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "runs/compare",
                         help="folder of the runs and their result.json files (default: runs/compare)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the table of the runs already finished; train none")
     args = parser.parse_args(argv)
-    if not any((REPO_ROOT / "runs/demo/shards/image/train").glob("*.tar")):
+    if not args.report and not any((REPO_ROOT / "runs/demo/shards/image/train").glob("*.tar")):
         parser.error("no demo shards under runs/demo/shards: build them with `bash scripts/demo_data.sh runs/demo`")
 
     def log(line: str) -> None:
@@ -205,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                     done.write_text(json.dumps(result, indent=1))
                 results.append(result)
                 continue
+            if args.report:
+                continue
             log(f"{variant} seed {seed}: training in {directory}")
             result = run_variant(variant, seed, directory, args.max_steps, log)
             done.write_text(json.dumps(result, indent=1))
             results.append(result)
+    if not results:
+        parser.error(f"no finished run of {' '.join(args.variants)} with seeds "
+                     f"{' '.join(map(str, args.seeds))} under {args.results}")
     print(table(results))
     return 0
 

@@ -86,12 +86,28 @@ def test_image_lm_loss_is_off_by_default_and_is_the_next_token_cross_entropy():
     assert model.vision_proj.weight.grad is None or model.vision_proj.weight.grad.abs().sum() == 0
 
 
+def test_itc_consistency_is_off_by_default_and_is_the_consistency_of_the_batch_features():
+    from training.losses import consistency_loss
+
+    model = create_model("tiny", load_pretrained=False)
+    batch = image_batch()
+    assert "itc_cons" not in model(image=batch)["losses"]["image"]
+    model.config.losses.weights["image"] = {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 0.0, "itc_cons": 2.0}
+    out = model(image=batch)
+    vision = model.encode_image(batch["images"]).features
+    text = model.encode_text(batch["text_ids"], batch["text_mask"]).features
+    expected = consistency_loss(vision, text, model.temperature())
+    torch.testing.assert_close(out["losses"]["image"]["itc_cons"], expected)
+    torch.testing.assert_close(out["loss"], 2.0 * expected)
+
+
 def test_lm_weight_is_a_loss_term_of_image_batches_only():
     from training.model.model_config import model_config_from_dict
 
     config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
     config["losses"]["weights"] = {"image": {"lm": 0.5}}
-    assert model_config_from_dict(config).losses.weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.5}
+    assert model_config_from_dict(config).losses.weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0,
+                                                                      "lm": 0.5, "itc_cons": 0.0}
     config["losses"]["weights"] = {"video": {"lm": 0.5}}
     with pytest.raises(ConfigError, match="losses.weights.video.lm: unknown loss term"):
         model_config_from_dict(config, "model")

@@ -188,3 +188,25 @@ def test_momentum_settings_are_validated_naming_the_key():
     check_queue_sizes(settings, {"image": 64}, "run.yaml")
     with pytest.raises(ConfigError, match="queue_size: 64 is smaller than the 96 region rows"):
         check_queue_sizes(settings, {"image": 64, "region": 96}, "run.yaml")
+
+
+def test_itc_consistency_beside_momentum_distillation_scores_the_batchs_own_features():
+    """With the momentum copy's candidates in ITC, the consistency term still ranks this batch's
+    texts and images by the model's own features (no gradient through the columns)."""
+    import training.momentum as momentum
+    from tiny_batches import image_batch
+    from training.losses import consistency_loss
+    from training.model import create_model
+
+    model = create_model("tiny")
+    model.config.losses.momentum_distillation.queue_size = 8
+    momentum.attach_momentum(model)
+    model.config.losses.weights["image"]["itc_cons"] = 0.5
+    batch = image_batch()
+    batch["sample_ids"] = torch.arange(len(batch["text_ids"]))
+    out = model(image=batch)
+    vision = model.encode_image(batch["images"]).features
+    text = model.encode_text(batch["text_ids"], batch["text_mask"]).features
+    expected = consistency_loss(vision, text, model.temperature(), vision.detach(), text.detach())
+    torch.testing.assert_close(out["losses"]["image"]["itc_cons"], expected)
+    assert "itc" in out["losses"]["image"] and torch.isfinite(out["loss"])

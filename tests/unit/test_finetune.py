@@ -40,12 +40,12 @@ def load_preset(path: Path, task: str, folder: Path, *overrides: str):
 
 def test_task_loss_weights_turn_on_only_the_tasks_terms():
     retrieval, grounding = TASKS["retrieval"].loss_weights(), TASKS["grounding"].loss_weights()
-    assert retrieval == {"image": {"itc": 1.0, "itm": 1.0, "mlm": 0.0, "mim": 0.0, "lm": 0.0},
-                         "region": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "bbox": 0.0, "giou": 0.0},
-                         "video": {"itc": 1.0, "itm": 1.0, "mlm": 0.0}}
-    assert grounding == {"image": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "mim": 0.0, "lm": 0.0},
-                         "region": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "bbox": 1.0, "giou": 1.0},
-                         "video": {"itc": 0.0, "itm": 0.0, "mlm": 0.0}}
+    assert retrieval == {"image": {"itc": 1.0, "itm": 1.0, "mlm": 0.0, "mim": 0.0, "lm": 0.0, "itc_cons": 0.0},
+                         "region": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "bbox": 0.0, "giou": 0.0, "itc_cons": 0.0},
+                         "video": {"itc": 1.0, "itm": 1.0, "mlm": 0.0, "itc_cons": 0.0}}
+    assert grounding == {"image": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "mim": 0.0, "lm": 0.0, "itc_cons": 0.0},
+                         "region": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "bbox": 1.0, "giou": 1.0, "itc_cons": 0.0},
+                         "video": {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "itc_cons": 0.0}}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

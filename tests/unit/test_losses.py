@@ -9,6 +9,7 @@ import torch
 from training.losses import (
     PairKeys,
     box_losses,
+    consistency_loss,
     contrastive_loss,
     masked_language_model_loss,
     matching_loss,
@@ -47,6 +48,48 @@ def test_contrastive_loss_matches_naive_with_single_and_multiple_positives():
         loss = contrastive_loss(vision, text, temperature, positives)
         expected = naive_contrastive(vision, text, 0.07, positives.tolist())
         assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def naive_consistency(vision, text, temperature: float) -> float:
+    """GRIT-VLP's ITC consistency, loop by loop: row i's image-to-text softmax against its
+    text-to-image softmax as the target, and the other way round; mean of the two over rows."""
+    n = len(vision)
+    v2t = [[float(vision[i] @ text[j]) / temperature for j in range(n)] for i in range(n)]
+    t2v = [[float(text[i] @ vision[j]) / temperature for j in range(n)] for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            total -= math.exp(_log_softmax_row(t2v[i], j)) * _log_softmax_row(v2t[i], j)
+            total -= math.exp(_log_softmax_row(v2t[i], j)) * _log_softmax_row(t2v[i], j)
+    return total / (2 * n)
+
+
+def test_consistency_loss_matches_naive_and_is_zero_for_symmetric_similarities():
+    torch.manual_seed(2)
+    vision = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    temperature = torch.tensor(0.07, dtype=torch.float64)
+    assert consistency_loss(vision, text, temperature).item() == pytest.approx(
+        naive_consistency(vision, text, 0.07), rel=1e-9)
+    # Texts equal to their images: both directions give one distribution, and the loss is its entropy.
+    same = consistency_loss(vision, vision, temperature)
+    probabilities = torch.softmax(vision @ vision.t() / 0.07, dim=1)
+    entropy = -(probabilities * probabilities.log()).sum(dim=1).mean()
+    assert same.item() == pytest.approx(entropy.item(), rel=1e-9)
+
+
+def test_consistency_loss_over_this_ranks_rows_is_its_share_and_ignores_padding():
+    torch.manual_seed(3)
+    vision = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=-1)
+    naive = naive_consistency(vision, text, 0.1)
+    # The padding column repeats sample 0: scored, it would change every row's distributions.
+    columns_v, columns_t = torch.cat([vision, vision[:1]]), torch.cat([text, text[:1]])
+    valid = torch.tensor([True, True, True, True, False])
+    shares = [consistency_loss(vision[rows], text[rows], torch.tensor(0.1, dtype=torch.float64), columns_v,
+                               columns_t, column_valid=valid, normaliser=4 / 2)
+              for rows in (slice(0, 2), slice(2, 4))]
+    assert (sum(shares) / 2).item() == pytest.approx(naive, rel=1e-9)
 
 
 def test_pair_positives_matches_the_rules_pair_by_pair():

@@ -15,7 +15,8 @@ def test_shipped_configs_load():
     tiny = load_model_config(CONFIG_DIR / "tiny.yaml")
     assert (base.text.num_layers, base.text.fusion_start, base.num_fusion_layers) == (18, 12, 6)
     assert (large.vision.name, large.text.hidden_size) == ("beitv2_large_patch16_224", 1024)
-    assert tiny.losses.weights["region"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "bbox": 1.0, "giou": 1.0}
+    assert tiny.losses.weights["region"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "bbox": 1.0, "giou": 1.0,
+                                             "itc_cons": 0.0}
 
 
 def _tiny() -> dict:
@@ -58,6 +59,6 @@ def test_loss_weights_not_given_default_to_one():
     config = _tiny()
     config["losses"]["weights"] = {"video": {"mlm": 0.25}}
     weights = model_config_from_dict(config).losses.weights
-    assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25}
-    # An optional term (image/lm, captioning) is off unless given.
-    assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.0}
+    assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25, "itc_cons": 0.0}
+    # An optional term (image/lm, captioning; <kind>/itc_cons, ITC consistency) is off unless given.
+    assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.0, "itc_cons": 0.0}

@@ -14,13 +14,14 @@ from data_pipeline.config import ConfigError, build, read_yaml_file, setting, su
 TEXT_KINDS = ("bert", "roberta", "xlm-roberta")
 LOSS_KINDS = ("image", "region", "video")
 LOSS_TERMS = {
-    "image": ("itc", "itm", "mlm", "mim", "lm"),
-    "region": ("itc", "itm", "mlm", "bbox", "giou"),
-    "video": ("itc", "itm", "mlm"),
+    "image": ("itc", "itm", "mlm", "mim", "lm", "itc_cons"),
+    "region": ("itc", "itm", "mlm", "bbox", "giou", "itc_cons"),
+    "video": ("itc", "itm", "mlm", "itc_cons"),
 }
 # Optional objectives: weight 0 unless the config gives one; a term of weight 0 is not computed.
 # image/lm: captioning, next-token prediction in the causal mode (training/model/causal.py).
-OPTIONAL_TERMS = {"image": ("lm",)}
+# <kind>/itc_cons: GRIT-VLP's ITC consistency loss (losses/contrastive.py; 0.2 in its code).
+OPTIONAL_TERMS = {"image": ("lm", "itc_cons"), "region": ("itc_cons",), "video": ("itc_cons",)}
 
 
 def default_loss_weights() -> dict[str, dict[str, float]]:

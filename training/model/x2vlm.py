@@ -25,7 +25,8 @@ next-token prediction over ``text_ids`` in the causal mode (``decode``).
 
 ``forward`` returns ``{"loss": weighted total, "losses": {kind: {term: value}},
 "stats": {kind: {"itm_dropped": hard-negative pairs left out for the exchange's capacity,
-"itm_neg_sim", "itc_hardness": how hard the negatives are (losses/hardness.py)}},
+"itm_neg_sim", "itc_hardness": how hard the negatives are (losses/hardness.py), "temperature": the
+contrastive temperature}},
 "features": {kind: {"vision": (N, E), "text": (N, E)}}}``; nothing in it makes the host wait
 for the device. For evaluation use
 ``encode_image`` / ``encode_video`` / ``encode_regions`` / ``encode_text`` (their ``features``
@@ -43,6 +44,7 @@ from torch import nn
 from training.losses import (
     PairKeys,
     box_losses,
+    consistency_loss,
     contrastive_loss,
     gather_with_grad,
     masked_language_model_loss,
@@ -282,6 +284,11 @@ class X2VLM(nn.Module):
             itc = self._distilled_contrastive(teacher, vision, text, batch, image_index, keys, all_keys, positives,
                                               rows, temperature, share)
 
+        losses = {"itc": itc}
+        if settings.weights[kind].get("itc_cons"):  # GRIT-VLP's consistency term (optional, weight 0: not computed)
+            losses["itc_cons"] = consistency_loss(vision.features, text.features, temperature, vision_all, text_all,
+                                                  column_valid=all_keys.valid, normaliser=share)
+
         excluded = positives | ~all_keys.valid[None, :]
         hardness = itc_hardness(vision.features, text.features, vision_all.detach(), text_all.detach(), excluded)
         if settings.itm_negatives == "global" and world_size() > 1:
@@ -291,7 +298,7 @@ class X2VLM(nn.Module):
             itm, negative_sim = self._matching_loss_local(vision, text, keys, temperature.detach())
             dropped = text.hidden.new_zeros(())
 
-        losses = {"itc": itc, "itm": itm}
+        losses["itm"] = itm
         if settings.weights[kind]["mlm"]:  # weight 0 (retrieval fine-tuning): not computed
             masked_hidden = self._text_hidden(batch["mlm_ids"], batch["text_mask"])
             fused = self.fuse(vision.tokens, vision.mask, masked_hidden, batch["text_mask"])
@@ -300,7 +307,9 @@ class X2VLM(nn.Module):
             else:
                 losses["mlm"] = masked_language_model_loss(self.mlm_head, fused, batch["mlm_labels"],
                                                            batch.get("mlm_positions"))
-        return (losses, {"itm_dropped": dropped.float(), "itm_neg_sim": negative_sim, "itc_hardness": hardness},
+        stats = {"itm_dropped": dropped.float(), "itm_neg_sim": negative_sim, "itc_hardness": hardness,
+                 "temperature": temperature.detach().float()}
+        return (losses, stats,
                 {"vision": vision.features, "text": text.features}, text)
 
     def _distilled_contrastive(self, teacher, vision, text, batch, image_index, keys, all_keys, positives, rows,
