@@ -71,7 +71,7 @@ def test_image_lm_loss_is_off_by_default_and_is_the_next_token_cross_entropy():
     assert model.config.losses.weights["image"]["lm"] == 0.0
     batch = image_batch()
     assert "lm" not in model(image=batch)["losses"]["image"]
-    model.config.losses.weights["image"] = {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 2.0}
+    model.config.losses.weights["image"] = {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 2.0, "itc_cons": 0.0}
     out = model(image=batch)
     vision = model.encode_image(batch["images"])
     logits = model.mlm_head(model.decode(vision.tokens, vision.mask, batch["text_ids"], batch["text_mask"]))

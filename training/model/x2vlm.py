@@ -285,7 +285,7 @@ class X2VLM(nn.Module):
                                               rows, temperature, share)
 
         losses = {"itc": itc}
-        if settings.weights[kind].get("itc_cons"):  # GRIT-VLP's consistency term (optional, weight 0: not computed)
+        if settings.weights[kind]["itc_cons"]:  # GRIT-VLP's consistency term (optional, weight 0: not computed)
             losses["itc_cons"] = consistency_loss(vision.features, text.features, temperature, vision_all, text_all,
                                                   column_valid=all_keys.valid, normaliser=share)
 
