@@ -90,10 +90,11 @@ def free_port() -> int:
 
 
 class Ranks:
-    """WORLD processes of `python -m training.pretrain` (or of MODULE), as a launcher would start them."""
+    """WORLD processes of `python -m training.pretrain` (or of MODULE), as a launcher would start them,
+    in the folder CWD."""
 
     def __init__(self, config: Path, world: int, *args: str, log_dir: Path | None = None, env: dict | None = None,
-                 module: str = "training.pretrain"):
+                 module: str = "training.pretrain", cwd: Path = REPO_ROOT):
         port = free_port()
         self.log_dir = log_dir or config.parent
         self.procs = []
@@ -109,7 +110,7 @@ class Ranks:
             self.logs.append(log)
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", module, "--config", str(config), *args],
-                cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def wait(self, timeout: float = 600) -> list[int]:
         deadline = time.monotonic() + timeout
