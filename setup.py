@@ -10,7 +10,7 @@ CONFIG_FILES = [(f"share/x2vlm-pretrain/{folder.as_posix()}", sorted(str(f) for 
 
 setup(
     name="x2vlm-pretrain",
-    version="0.1.0",
+    version="0.2.0",
     description="Distributed pre-training of multi-grained vision-language models (X2-VLM / X-VLM)",
     python_requires=">=3.10",
     packages=find_packages(include=["training", "training.*", "data_pipeline", "data_pipeline.*", "launch", "launch.*"]),
@@ -22,15 +22,16 @@ setup(
                            optional=True)],
     entry_points={
         "console_scripts": [
-            "x2vlm-shards=data_pipeline.shards.cli:main",
+            "x2vlm-shards=data_pipeline.shards:main",
             "x2vlm-slurm-env=launch.slurm_env:main",
-            "x2vlm-convert=training.model.convert:main",
+            "x2vlm-convert=training.convert:main",
             "x2vlm-pretrain=training.pretrain:main",
             "x2vlm-export=training.export:main",
-            "x2vlm-eval=training.evaluation.eval_cli:main",
-            "x2vlm-predict=training.predict_cli:main",
-            "x2vlm-zero-shot=training.evaluation.zero_shot_cli:main",
+            "x2vlm-eval=training.eval:main",
+            "x2vlm-predict=training.predict:main",
+            "x2vlm-zero-shot=training.zero_shot:main",
             "x2vlm-finetune=training.finetune:main",
+            "x2vlm-curves=training.curves:main",
         ],
     },
 )

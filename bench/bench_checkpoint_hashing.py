@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import MARKER, verify_checkpoint
-from training.checkpoint_integrity import save_hashed
+from training.engine.checkpoint import MARKER, verify_checkpoint
+from training.engine.checkpoint_integrity import save_hashed
 from training.model import create_model
 
 

@@ -21,8 +21,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.metrics import device_peak_tflops
+from training.engine.metrics import device_peak_tflops
 from training.model import create_model
+from training.objectives.settings import parse_loss_settings
+from training.tasks.task import Task
 
 
 
@@ -92,15 +94,20 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = create_model(config, load_pretrained=False).to(device)
     model.set_activation_checkpointing(args.activation_checkpointing)
+    losses = dict(model.config.losses)
+    if args.momentum_distillation:
+        losses["momentum_distillation"] = {"enabled": True, "queue_size": args.queue_size}
+    settings = parse_loss_settings(losses, "model.losses")
+    task = Task(model, settings, batches=("image", "region"))
     teacher = None
     if args.momentum_distillation:
-        from training.momentum import MomentumTeacher, attach_momentum
+        from training.extensions.momentum import MomentumDistillation
 
-        model.config.losses.momentum_distillation.enabled = True
-        model.config.losses.momentum_distillation.queue_size = args.queue_size
-        attach_momentum(model)
-        teacher = MomentumTeacher(model, device)
-    trained = [p for p in model.parameters() if p.requires_grad]  # not the momentum copy
+        teacher = MomentumDistillation(settings.momentum_distillation, settings.same_text_positive)
+        teacher.attach(task)
+        teacher.bind(task, device)
+        teacher.active, teacher.alpha = True, settings.momentum_distillation.alpha
+    trained = [p for p in task.parameters() if p.requires_grad]  # not the momentum copy
     optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.01, fused=on_gpu)
     image, region = synthetic_batches(
         args, model.vision.num_patches, model.vision.grid_size, model.config.vision.image_size,
@@ -109,7 +116,7 @@ def main(argv=None) -> None:
 
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(image=image, region=region)["loss"]
+            loss = task({"image": image, "region": region})["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses import contrastive_loss
+from training.objectives.itc import contrastive_loss
 from training.model import CONFIG_DIR, load_model_config
 from training.model.patch_masking import block_masks, masked_count
 from training.model.vision import VisionTower

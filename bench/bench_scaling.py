@@ -11,8 +11,8 @@ the gradient traffic of ZeRO-2 and ZeRO-3, with the FLOPs the token-id exchange 
     python bench/bench_scaling.py --ranks 2 4 --kinds image --modes new ids
     python bench/bench_scaling.py --projection-only
 
-Each rank runs one step of the real model and loss code (training/model/x2vlm.py,
-training/losses/) at the base model's widths and X²-VLM base's per-GPU batch (128 image-text
+Each rank runs one step of the real model and loss code (training/model/x2vlm.py and the
+objectives, training/objectives/) at the base model's widths and X²-VLM base's per-GPU batch (128 image-text
 pairs; a region batch of 50 images padded to its bound of 250 texts, of which 200-250 are real;
 texts of 40 tokens, 12 masked; bf16), with stand-ins where the CPU cannot afford the real thing:
 the vision tower is a linear map of 16x16-pixel patch means to the base tower's 197 tokens of
@@ -106,32 +106,32 @@ class StandInFusion(nn.Module):
         return text + self.proj(pooled)[:, None, :] * text_mask.to(text.dtype)[..., None]
 
 
-def build_model(size: str, fusion_layers: int, capacity: float, vocab: int, exchange: str = "hidden_states"):
-    """X2VLM of SIZE's widths with the stand-in vision tower, one text layer, FUSION_LAYERS real
-    fusion layers (0: the stand-in fusion) and a VOCAB-word vocabulary (the MLM head's cost; no
-    token id crosses ranks)."""
+def build_task(size: str, fusion_layers: int, capacity: float, vocab: int, exchange: str = "hidden_states"):
+    """The task of X2VLM of SIZE's widths with the stand-in vision tower, one text layer,
+    FUSION_LAYERS real fusion layers (0: the stand-in fusion) and a VOCAB-word vocabulary (the MLM
+    head's cost; no token id crosses ranks)."""
     from training.model import load_model_config
     from training.model.x2vlm import X2VLM
+    from training.tasks.task import Task
 
     config = load_model_config(REPO_ROOT / f"configs/model/x2vlm_{size}.yaml")
     config.text.num_layers, config.text.fusion_start = 1 + max(fusion_layers, 1), 1
     config.text.dropout = 0.0
     config.text.vocab_size = vocab
     config.vision.timm_kwargs = {"depth": 1}  # replaced below; only its width is used
-    config.losses.itm_exchange_capacity = capacity
-    config.losses.itm_exchange = exchange
+    config.losses = {**config.losses, "itm_exchange_capacity": capacity, "itm_exchange": exchange}
     model = X2VLM(config)
     model.vision = StandInVision(model.vision.width)
     if fusion_layers == 0:
         model.fusion = StandInFusion(config.text.hidden_size, model.vision.width)
-    return model.to(torch.bfloat16)
+    return Task.for_model(model.to(torch.bfloat16))
 
 
 def make_batch(kind: str, rows: int, rank: int, length: int = 40, images: int | None = None,
                vocab: int = 30522) -> dict:
     """A synthetic batch as the loader hands it: ROWS texts (region: 80-100 % of ROWS, over
     IMAGES images), uint8 pixels at 224 px, 12 masked tokens a text at most."""
-    from data_pipeline.loader.collate import mlm_positions
+    from data_pipeline.kinds.collate import mlm_positions
 
     generator = torch.Generator().manual_seed(1000 + rank)
     count = rows if kind != "region" else int(torch.randint(rows * 4 // 5, rows + 1, (1,), generator=generator))
@@ -189,7 +189,7 @@ def _old_gather(tensor: torch.Tensor):
 class _OldGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, category):
-        from training.instrumentation import traffic_category
+        from training.runtime.instrumentation import traffic_category
 
         ctx.category = category
         with traffic_category(category):
@@ -199,7 +199,7 @@ class _OldGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from training.instrumentation import traffic_category
+        from training.runtime.instrumentation import traffic_category
 
         grad = grad.contiguous()
         with traffic_category(ctx.category):
@@ -208,7 +208,7 @@ class _OldGatherWithGrad(torch.autograd.Function):
 
 
 def _old_gather_padded(tensor, category):
-    from training.instrumentation import traffic_category
+    from training.runtime.instrumentation import traffic_category
 
     with traffic_category(category):
         return _old_gather(tensor)[0]
@@ -217,8 +217,8 @@ def _old_gather_padded(tensor, category):
 def old_alignment_losses(model, vision, batch, image_index):
     """The losses before this change, for one kind: full-matrix ITC on every rank, ITM from
     every rank's gathered tokens and hidden states, MLM selecting masked positions by mask."""
-    from training.losses import matching_loss, sample_hard_negatives
     from training.model.x2vlm import TextEncoding
+    from training.objectives.itm import matching_loss, sample_hard_negatives
 
     hidden = model.text(input_ids=batch["text_ids"], attention_mask=batch["text_mask"]).last_hidden_state  # 2D mask
     text = TextEncoding(hidden, batch["text_mask"], F.normalize(model.text_proj(hidden[:, 0]), dim=-1))
@@ -268,7 +268,7 @@ def old_alignment_losses(model, vision, batch, image_index):
 
 
 def old_forward(model, kind: str, batch: dict) -> torch.Tensor:
-    from training.losses import box_losses
+    from training.objectives.box import box_losses
 
     if kind == "image":
         loss, _ = old_alignment_losses(model, model.encode_image(batch["images"]), batch, None)
@@ -289,7 +289,7 @@ def exchange_gradients(model: nn.Module) -> None:
     """ZeRO-2's per-step traffic for this model: the bf16 gradients reduce-scattered to their
     partition owners, then the updated bf16 parameters all-gathered (here the gradients stand in
     for them: the same bytes)."""
-    from training.instrumentation import traffic_category
+    from training.runtime.instrumentation import traffic_category
 
     world = dist.get_world_size()
     # every parameter, as ZeRO partitions them all (one a kind leaves unused has a zero gradient)
@@ -302,20 +302,20 @@ def exchange_gradients(model: nn.Module) -> None:
         dist.all_gather_into_tensor(flat, shard)
 
 
-def _loss(model, args: dict, batch: dict):
+def _loss(task, args: dict, batch: dict):
     """The step's loss and the kind's ITM pairs left out (a tensor: read after the counters)."""
     kind = args["kind"]
     if args["mode"] in EXCHANGE:
-        model.config.losses.itm_exchange = EXCHANGE[args["mode"]]
-        out = model(**{kind: batch})
-        return out["loss"], out["stats"][kind]["itm_dropped"].detach()
-    return old_forward(model, kind, batch), torch.zeros(())
+        task.config.itm_exchange = EXCHANGE[args["mode"]]
+        out = task({kind: batch})
+        return out["loss"], out["figures"][kind]["itm_dropped"].detach()
+    return old_forward(task.model, kind, batch), torch.zeros(())
 
 
 def _rank_main(rank: int, world: int, port: int, args: dict, out: str, model: nn.Module) -> None:
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from training.instrumentation import SyncCounter, TrafficCounter
+    from training.runtime.instrumentation import SyncCounter, TrafficCounter
 
     torch.set_num_threads(1)
     # The ring-model counters wrap the *_tensor collectives, which this torch calls deprecated.
@@ -427,7 +427,7 @@ def flops_per_item(size: str) -> dict[str, float]:
             compute().float().sum().backward()
         return counter.get_total_flops() / m
 
-    return {"vision": count(lambda: model.vision(images)), "text": count(lambda: model._text_hidden(ids, mask)),
+    return {"vision": count(lambda: model.vision(images)), "text": count(lambda: model.text_hidden(ids, mask)),
             "fusion": count(lambda: model.fuse(tokens, vision_mask, hidden, mask))}
 
 
@@ -547,8 +547,8 @@ def measured_table(args) -> list[str]:
     base_parameters = parameter_count(args.size)
     torch.set_num_threads(1)  # before the parent computes anything: forked ranks inherit no thread pool
     torch.manual_seed(0)
-    model = build_model(args.size, args.fusion_layers, args.capacity, args.vocab)
-    model.set_activation_checkpointing(args.activation_checkpointing)
+    task = build_task(args.size, args.fusion_layers, args.capacity, args.vocab)
+    task.model.set_activation_checkpointing(args.activation_checkpointing)
     for mode in args.modes:
         for kind in args.kinds:
             for world in args.ranks:
@@ -557,7 +557,7 @@ def measured_table(args) -> list[str]:
                            "checkpointing": args.activation_checkpointing, "kind": kind, "mode": mode}
                 if world == 1 and mode == "old":
                     continue  # the old code gathered through a process group
-                ranks = measure(world, options, model)
+                ranks = measure(world, options, task)
                 first = ranks[0]
 
                 def sent(rank_result, name):

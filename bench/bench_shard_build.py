@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.demo_corpus.drawing import encode_jpeg, render_image  # noqa: E402
 from data_pipeline.demo_corpus.scenes import random_image_scene  # noqa: E402
-from data_pipeline.shards.cli import main  # noqa: E402
+from data_pipeline.shards import main  # noqa: E402
 
 
 def write_corpus(root: Path, images: int) -> Path:

@@ -59,6 +59,7 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
 
     from training.model import create_model
     from training.model import load_model_config
+    from training.tasks.task import Task
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     config = load_model_config(REPO_ROOT / "configs/model/x2vlm_large.yaml")
@@ -67,8 +68,8 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
         config.text.num_layers, config.text.fusion_start = 2, 1
     config.activation_checkpointing = True
     torch.manual_seed(0)
-    model = create_model(config, load_pretrained=False)
-    parameters = sum(p.numel() for p in model.parameters())
+    task = Task.for_model(create_model(config, load_pretrained=False), batches=("image", "region"))
+    parameters = sum(p.numel() for p in task.parameters())
     ds_config = {**json.loads((REPO_ROOT / "configs/deepspeed/zero3.json").read_text()),
                  "train_micro_batch_size_per_gpu": args.image_batch, "gradient_accumulation_steps": 1,
                  "gradient_clipping": 1.0, "bf16": {"enabled": True}, "steps_per_print": 10**9}
@@ -79,8 +80,8 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
         ds_config["zero_optimization"] = {**ds_config["zero_optimization"], "reduce_bucket_size": 5e7,
                                           "stage3_prefetch_bucket_size": 5e6, "stage3_max_live_parameters": 1e8,
                                           "stage3_max_reuse_distance": 1e8, "sub_group_size": 1e8}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5, weight_decay=0.01)
+    engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, config=ds_config)
     for buffer in engine.module.buffers():  # as the trainer does: bf16 buffers with bf16 weights
         if buffer.is_floating_point():
             buffer.data = buffer.data.to(torch.bfloat16)
@@ -89,7 +90,7 @@ def _rank_main(rank: int, world: int, port: int, args, out: str) -> None:
     batches = _batches(rank, args)
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
-        outputs = engine(image=batches["image"], region=batches["region"])
+        outputs = engine({"image": batches["image"], "region": batches["region"]})
         engine.backward(outputs["loss"])
         engine.step()
         rows.append({"rank": rank, "stage": f"step {step}", "loss": outputs["loss"].item(),

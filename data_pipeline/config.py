@@ -26,7 +26,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,8 @@ class _Rule:
     max: float | None = None
     gt: float | None = None
     lt: float | None = None
-    choices: tuple | None = None
-    keys: tuple | None = None
+    choices: Collection | None = None
+    keys: Collection | None = None
     length: int | None = None
     nonempty: bool = False
     key: str | None = None
@@ -124,9 +124,9 @@ def setting(default: Any = dataclasses.MISSING, *, min: float | None = None, max
     keys of a mapping. length: a list's exact length. nonempty: a string, list or mapping (and
     each string in a list) must not be empty. key: the YAML key when it differs from the field
     name. type_from=(field, {value: dataclass}): the field's type is chosen by the value of an
-    earlier field of the section (a corpus's `options` by its `kind`)."""
-    rule = _Rule(min, max, gt, lt, tuple(choices) if choices is not None else None,
-                 tuple(keys) if keys is not None else None, length, nonempty, key, type_from)
+    earlier field of the section (a corpus's `options` by its `kind`). CHOICES, KEYS and the
+    mapping of TYPE_FROM may be live collections (a registry), read whenever a config is built."""
+    rule = _Rule(min, max, gt, lt, _frozen(choices), _frozen(keys), length, nonempty, key, type_from)
     metadata = {_RULE: rule}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
@@ -135,6 +135,12 @@ def setting(default: Any = dataclasses.MISSING, *, min: float | None = None, max
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _frozen(values):
+    """A list or tuple of allowed values as a tuple; any other collection (a registry that
+    plug-ins add to, such as data_pipeline.kinds.KINDS) is kept, and read when a config is built."""
+    return tuple(values) if isinstance(values, (list, tuple, set, frozenset)) else values
 
 
 def subkey(where: str, name) -> str:

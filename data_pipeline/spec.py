@@ -14,89 +14,28 @@ from typing import Any, Union
 
 from .config import ConfigError, build, read_yaml_file, setting, subkey
 from .io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
-
-KINDS = ("image_text", "region", "video_text")
-FLIP_MODES = ("swap", "skip", "off")
-
-
-def _check_crop_scale(crop_scale: list[float], where: str) -> None:
-    low, high = crop_scale
-    if low > high:
-        raise ConfigError(f"{subkey(where, 'crop_scale')}: expected [low, high] with low <= high, got {crop_scale!r}")
-
-
-# Per-kind corpus options ------------------------------------------------------------------
-
-@dataclass
-class ImageTextOptions:
-    # RandomResizedCrop's range of crop area, as a fraction of the image.
-    crop_scale: list[float] = setting([0.2, 1.0], length=2, gt=0, max=1)
-    flip: str = setting("swap", choices=FLIP_MODES)
-    rand_augment: bool = True
-
-    def check(self, where: str) -> None:
-        _check_crop_scale(self.crop_scale, where)
-
-
-@dataclass
-class RegionOptions:
-    # Texts per image: the caption and the regions kept inside the crop.
-    max_regions: int = setting(6, min=1)
-    # A region is kept when more than this fraction of its area lies inside the crop.
-    min_perc_in_image: float = setting(0.5, min=0, max=1)
-    flip: str = setting("swap", choices=FLIP_MODES)
-    rand_augment: bool = True
-
-
-@dataclass
-class VideoTextOptions:
-    frames: int = setting(3, min=1)
-    crop_scale: list[float] = setting([0.5, 1.0], length=2, gt=0, max=1)
-    flip: str = setting("swap", choices=FLIP_MODES)
-    rand_augment: bool = True
-    decode_timeout_s: float = setting(10.0, gt=0)
-
-    def check(self, where: str) -> None:
-        _check_crop_scale(self.crop_scale, where)
-
-
-CorpusOptions = Union[ImageTextOptions, RegionOptions, VideoTextOptions]
-OPTIONS_BY_KIND: dict[str, type] = {"image_text": ImageTextOptions, "region": RegionOptions,
-                                    "video_text": VideoTextOptions}
+from .kinds import KINDS, data_kind
+from .text.text_spec import TextSpec
 
 
 # Sections -----------------------------------------------------------------------------------
 
 @dataclass
-class TextSpec:
-    # A local tokenizer directory (transformers' save_pretrained layout).
-    tokenizer: str = setting(nonempty=True)
-    max_tokens: int = setting(40, min=3)  # [CLS], at least one token, [SEP]
-    max_words: int = setting(40, min=1)
-    # MLM masking (text/masking.py).
-    mask_prob: float = setting(0.5, min=0, max=1)
-    max_masks: int = setting(12, min=1)
-    span_prob: float = setting(0.2, min=0, max=1)
-    span_max: int = setting(3, min=2)
-    whole_word: bool = True
-
-
-@dataclass
 class CorpusSpec:
     name: str = setting(nonempty=True)
-    kind: str = setting(choices=KINDS)
+    kind: str = setting(choices=KINDS)  # a registered data kind (data_pipeline/kinds)
     # Brace patterns, globs, local paths, http(s):// or pipe: URLs; one string or a list.
     shards: Union[str, list[str]] = setting(nonempty=True)
     weight: float = setting(1.0, gt=0)
     batch_size: int = setting(32, min=1)
-    # The options of the corpus's kind; its defaults when not given.
-    options: CorpusOptions | None = setting(None, type_from=("kind", OPTIONS_BY_KIND))
+    # The options of the corpus's kind (its options dataclass); its defaults when not given.
+    options: Any = setting(None, type_from=("kind", KINDS.options))
 
     def __post_init__(self):
         if isinstance(self.shards, str):
             self.shards = [self.shards]
         if self.options is None:
-            self.options = OPTIONS_BY_KIND[self.kind]()
+            self.options = data_kind(self.kind).options()
 
     def check(self, where: str) -> None:
         if "/" in self.name:
@@ -175,6 +114,7 @@ class DataSpec:
         return {kind: self.kind_settings.get(kind, KindSettings()).ratio for kind in KINDS}
 
     def kinds(self) -> list[str]:
+        """The kinds of the corpora, in the registry's order."""
         return [k for k in KINDS if any(c.kind == k for c in self.corpora)]
 
     def corpora_of(self, kind: str) -> list[CorpusSpec]:

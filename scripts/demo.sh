@@ -26,7 +26,7 @@ last=$(cat "$train/checkpoints/latest")
     --image-shards "$shards/image/eval/*.tar" --region-shards "$shards/region/eval/*.tar" \
     --video-shards "$shards/video/eval/*.tar" --video-frames 3 \
     --out "$out/eval_metrics.json" --grounding-png "$out/grounding.png"
-.venv/bin/python -m training.evaluation.curves "$train/metrics.jsonl" --out "$out/curves.png"
+.venv/bin/x2vlm-curves "$train/metrics.jsonl" --out "$out/curves.png"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -47,5 +47,5 @@ if [ "$multilingual" = 1 ]; then
     .venv/bin/x2vlm-shards tokenizer --kind unigram --vocab-size 256 --max-piece-length 6 --quiet \
         --shards "$shards/image/train" --shards "$shards/region/train" --out "$out/tokenizer"
 else
-    .venv/bin/python -m data_pipeline.text.demo_tokenizer --corpus "$corpus" --out "$out/tokenizer"
+    .venv/bin/x2vlm-shards demo-tokenizer --corpus "$corpus" --out "$out/tokenizer"
 fi

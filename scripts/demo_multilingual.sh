@@ -29,7 +29,7 @@ port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0
     --resume none 2>&1 | grep --line-buffered -v -E "^\[20[0-9-]+ |UserWarning|warnings.warn|return func" | tee "$out/train.log"
 last=$(cat "$train/checkpoints/latest")
 .venv/bin/x2vlm-export "$train/checkpoints/$last" --out "$out/export"
-.venv/bin/python -m training.evaluation.eval_cli "$out/export" --image-res 64 --itm-top-k 16 \
+.venv/bin/python -m training.eval "$out/export" --image-res 64 --itm-top-k 16 \
     --image-shards "$shards/image/eval/*.tar" --region-shards "$shards/region/eval/*.tar" \
     --out "$out/eval_metrics.json"
 

@@ -1,5 +1,5 @@
 """One rank of tests/integration/test_host_syncs.py: builds the Trainer from a run config and
-counts, with training/instrumentation.py's SyncCounter, the host synchronisations of each of
+counts, with training/runtime/instrumentation.py's SyncCounter, the host synchronisations of each of
 its training steps (loading the batch, forward, backward, DeepSpeed's step, the figures).
 
     python tests/host_syncs_rank.py RUN.yaml STEPS OUT.json
@@ -13,13 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from training.run_config import load_run_config
-from training.instrumentation import SyncCounter
-from training.trainer import Trainer
+from training.engine.run_config import load_run_config
+from training.pretrain import build_trainer
+from training.runtime.instrumentation import SyncCounter
 
 
 def main(config_path: str, steps: int, out: str) -> None:
-    trainer = Trainer(load_run_config(Path(config_path)), "none")
+    trainer = build_trainer(load_run_config(Path(config_path)), "none")
     rows = []
     try:
         for _ in range(steps):

@@ -41,14 +41,14 @@ def whole_averages(teacher) -> dict[str, torch.Tensor]:
 
 
 def run(config_path: str, steps: int, stage: int) -> dict:
-    from training.run_config import load_run_config
-    from training.trainer import Trainer
+    from training.engine.run_config import load_run_config
+    from training.pretrain import build_trainer
 
     config = load_run_config(Path(config_path), [f"deepspeed.zero_optimization.stage={stage}",
                                                  f"run.output_dir={Path(config_path).parent / f'out{stage}'}"])
-    trainer = Trainer(config, "none")
+    trainer = build_trainer(config, "none")
     try:
-        teacher = trainer.teacher
+        teacher = trainer.extension("momentum_distillation")
         coefficient = teacher.coefficient
         # The module parameters each ZeRO optimizer keeps a master copy of and steps.
         optimizer = trainer.engine.optimizer

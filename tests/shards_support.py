@@ -7,7 +7,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from data_pipeline.shards.cli import main
+from data_pipeline.shards import main
 
 
 def build(output: Path, fmt_and_files: list[tuple[str, Path]], media_root: Path, *extra: str) -> int:

@@ -1,7 +1,7 @@
 """A stand-in for training/pretrain.py under the real Slurm template (tests/test_slurm_launch.py).
 
 Same command line (`--config RUN.yaml [--set k=v] [--resume auto]`), same distributed start
-(training.distributed.init), same pre-emption handling (training.signals) and exit code, but
+(training.runtime.distributed.init), same pre-emption handling (training.runtime.signals) and exit code, but
 a step is a sleep plus one all_reduce, so the launch wiring is tested in seconds.
 
 Config keys: run.output_dir, run.max_steps, standin.step_seconds, guard.signals.
@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from training import distributed
-from training.run_config import apply_overrides
-from training.signals import REQUEUE_EXIT_CODE, PreemptionHandler
+from training.runtime import distributed
+from training.engine.run_config import apply_overrides
+from training.runtime.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """`x2vlm-export CHECKPOINT --out DIR`: the model folder of a training checkpoint.
 
-Writes DIR as training/model_folder.py lays it out: model.safetensors (fp32, the optimizer's
+Writes DIR as training/folders/model_folder.py lays it out: model.safetensors (fp32, the optimizer's
 master weights gathered from every ZeRO partition by DeepSpeed's zero-to-fp32 utilities, any
 stage), model.yaml, the run's tokenizer (data.text.tokenizer of the checkpoint's run config,
 or --tokenizer) and a card (the checkpoint, its step, the corpora, the held-out metrics the
@@ -18,10 +18,10 @@ import torch
 
 from data_pipeline.config import ConfigError, read_yaml_file
 from data_pipeline.logging_setup import configure_logging
-from training import safe_load
-from training.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
+from training.runtime import safe_load
+from training.engine.checkpoint import RUN_CONFIG_FILE, CheckpointError, read_marker, verify_checkpoint
 from training.model.model_config import model_config_from_dict
-from training.model_folder import ModelCard, ModelFolderError, data_summary, parameter_shapes, write_model_folder
+from training.folders.model_folder import ModelCard, ModelFolderError, data_summary, parameter_shapes, write_model_folder
 
 
 def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -80,12 +80,15 @@ def export(checkpoint: Path, out: Path, tokenizer: Path | None = None) -> Path:
     card = ModelCard(source={"kind": "checkpoint", "path": str(checkpoint.resolve())}, steps=marker.step,
                      data=run_summary(run_config["data"]),
                      metrics=logged_metrics(checkpoint.resolve().parent.parent, marker.step))
-    # The consolidated state also holds the buffers; the model folder takes the parameters.
+    # The consolidated state also holds the buffers and the training aids (objectives' own
+    # parameters, the momentum copy); the model folder takes the model's parameters, which the
+    # task names `model.*` (a version-0.1.0 checkpoint: without the prefix).
     names = parameter_shapes(model_config_from_dict(run_config["model"], "model"))
-    missing = sorted(set(names) - set(state))
+    weights = {name: state.get(f"model.{name}", state.get(name)) for name in names}
+    missing = sorted(name for name, tensor in weights.items() if tensor is None)
     if missing:
         raise KeyError(f"{checkpoint}: the consolidated weights lack {missing[:5]}")
-    return write_model_folder(out, {name: state[name] for name in names}, run_config["model"], tokenizer, card)
+    return write_model_folder(out, weights, run_config["model"], tokenizer, card)
 
 
 def main(argv: list[str] | None = None) -> int:

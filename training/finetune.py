@@ -7,11 +7,11 @@
 
 The config is a run config (configs/finetune/*.yaml: the task's recipe) read by the one run
 config mechanism; `--model FOLDER` fills in the model: its config, its weights
-(model.init_from) and its tokenizer (data.text.tokenizer). The task (training/finetune_tasks.py)
+(model.init_from) and its tokenizer (data.text.tokenizer). The task (training/tasks/finetuning.py)
 sets which loss terms are on and checks that the corpora and held-out sets fit it. The run is
-the pre-training Trainer with the task's reporting (training/finetune_trainer.py): the held-out
-figures before the first step and after the last, checkpoints and `--resume auto` as in
-pre-training, and a model folder at OUTPUT/export when `run.export_on_finish` is set (the
+the pre-training Trainer with the task's report (training/extensions/finetune_report.py): the
+held-out figures before the first step and after the last, checkpoints and `--resume auto` as
+in pre-training, and a model folder at OUTPUT/export when `run.export_on_finish` is set (the
 presets set it). Exit codes are x2vlm-pretrain's.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
-from training.finetune_tasks import TASKS, ForwardingTask, TrainingTask
-from training.model_folder import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE
+from training.tasks.finetuning import TASKS, ForwardingTask, TrainingTask
+from training.folders.model_folder import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE
 
 PROG = "x2vlm-finetune"
 
@@ -75,15 +75,38 @@ def model_overrides(folder: Path, task: TrainingTask) -> list[str]:
             f"model.losses.weights={json.dumps(task.loss_weights())}"]
 
 
+def import_recipe_plugins(argv: list[str]) -> None:
+    """The plug-ins the recipe (`--config`) names, imported before the task is looked up: a task
+    a plug-in registers is then one of the choices of --task."""
+    from data_pipeline.config import read_yaml_file
+    from training.engine.plugins import import_plugins
+
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--config", type=Path)
+    config = finder.parse_known_args(argv)[0].config
+    if config is None or not config.is_file():
+        return  # the full parse reports it
+    raw = read_yaml_file(config, "--config")
+    if isinstance(raw, dict) and raw.get("plugins"):
+        import_plugins(raw["plugins"], config.parent, f"{config}: plugins")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        import_recipe_plugins(argv)
+    except ConfigError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
     known, rest = task_parser(required=False).parse_known_args(argv)
     if known.task is not None and isinstance(TASKS[known.task], ForwardingTask):
         return TASKS[known.task].run(rest)
     args = parse_args(argv)
     task = TASKS[args.task]
     configure_logging()
-    from training.finetune_trainer import FinetuneTrainer
+    from training.engine.trainer import Trainer
+    from training.extensions import enabled_extensions
+    from training.extensions.finetune_report import FinetuneReport
     from training.pretrain import train
 
     try:
@@ -99,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{config.source}: {error}") from None
 
     return train(args.config, overrides, args.resume, prog=PROG, check=check,
-                 make_trainer=lambda config, resume: FinetuneTrainer(config, resume, task))
+                 make_trainer=lambda config, resume: Trainer(config, resume,
+                                                            enabled_extensions(config) + [FinetuneReport(task)]))
 
 
 if __name__ == "__main__":
-    from training.process_exit import exit_process
+    from training.runtime.process_exit import exit_process
 
     exit_process(main())

@@ -3,8 +3,8 @@
   deepspeed --num_gpus N training/pretrain.py --config RUN.yaml [--set key=value ...]
   python -m training.pretrain --config RUN.yaml          (one process)
 
-Reads the run config, runs the Trainer (training/trainer.py) and turns its outcome into an
-exit code. Checkpoints are written every `checkpoint.every_steps` steps and when SIGUSR1 /
+Reads the run config, builds the Trainer (training/engine/trainer.py) with the extensions the
+config turns on (training/extensions) and turns its outcome into an exit code. Checkpoints are written every `checkpoint.every_steps` steps and when SIGUSR1 /
 SIGTERM arrives; `--resume auto` (the default) continues from the newest checkpoint whose
 checksums verify, exactly where the data stream, the random generators and the optimizer stood.
 `--init-from PATH` starts from weights instead (training/init_from.py), at step 0.
@@ -21,11 +21,12 @@ from data_pipeline.config import ConfigError
 from data_pipeline.loader.corpus_loader import WorkerTimeout
 from data_pipeline.loader.stream import CorpusUnusable
 from data_pipeline.logging_setup import configure_logging
-from training.checkpoint import CheckpointError
-from training.run_config import RunConfig, check_resume, check_sections, load_run_config
-from training.run_lock import LockHeld
-from training.signals import IMMEDIATE_EXIT_CODE, REQUEUE_EXIT_CODE
-from training.trainer import NonFiniteLossError, Trainer
+from training.engine.checkpoint import CheckpointError
+from training.engine.run_config import RunConfig, check_resume, check_sections, load_run_config
+from training.runtime.run_lock import LockHeld
+from training.runtime.signals import IMMEDIATE_EXIT_CODE, REQUEUE_EXIT_CODE
+from training.engine.trainer import NonFiniteLossError, Trainer
+from training.extensions import enabled_extensions
 
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     return train(args.config, overrides, args.resume)
 
 
+def build_trainer(config: RunConfig, resume: str | None) -> Trainer:
+    """The trainer of a checked run config, with the extensions it turns on."""
+    return Trainer(config, resume, enabled_extensions(config))
+
+
 def train(config_path: Path, overrides: list[str], resume: str | None, prog: str = "x2vlm-pretrain",
           check: Callable[[RunConfig], None] | None = None,
           make_trainer: Callable[[RunConfig, str | None], Trainer] | None = None) -> int:
@@ -86,7 +92,7 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
             check_resume(resume, "--resume")
         else:
             check_resume(config.checkpoint.resume, f"{config.source}: checkpoint.resume")
-        trainer = (make_trainer or Trainer)(config, resume)
+        trainer = (make_trainer or build_trainer)(config, resume)
         return trainer.run()
     except (ConfigError, LockHeld) as error:
         # Only the project's own configuration errors (and another trainer on the same output
@@ -109,6 +115,6 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
 
 
 if __name__ == "__main__":
-    from training.process_exit import exit_process
+    from training.runtime.process_exit import exit_process
 
     exit_process(main())

@@ -23,7 +23,7 @@ from typing import Iterator
 from webdataset.gopen import gopen
 
 from ..skips import Counters
-from .grouping import group_samples
+from .sample_grouping import group_samples
 from .tar_stream import DEFAULT_MAX_MEMBER_BYTES, NotATarError, SkipReport, TarFormatError, ignore_skips, tar_members
 
 log = logging.getLogger(__name__)

@@ -1,2 +1,2 @@
-"""The resumable loader: per-corpus streams (shuffle, transform, batch), resharding, the
-DataLoader per corpus, the mixer across corpora, and the collate."""
+"""The resumable loader: per-corpus streams (shuffle, transform, batch with the kind's collate),
+resharding, the DataLoader per corpus, and the mixer across corpora."""

@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ConfigError
 from ..io.shard_list import expand_shards
+from ..kinds import data_kind
 from ..skips import Counters
 from ..spec import CorpusSpec, DataSpec
 from ..text import TextEncoder
-from ..transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from .reshard import reshard_streams
 from .stream import CorpusStream, CorpusUnusable
 
@@ -29,12 +29,8 @@ class WorkerTimeout(RuntimeError):
 
 
 def build_transform(corpus: CorpusSpec, spec: DataSpec):
-    text = TextEncoder(spec.text)
-    if corpus.kind == "image_text":
-        return ImageTextTransform(spec.image_res, corpus.options, text, spec.training)
-    if corpus.kind == "region":
-        return RegionTransform(spec.image_res, spec.patch_size, corpus.options, text, spec.training)
-    return VideoTextTransform(spec.image_res, corpus.options, text, spec.training)
+    """The per-sample transform of CORPUS, as its kind makes it."""
+    return data_kind(corpus.kind).transform(spec, corpus.options, TextEncoder(spec.text))
 
 
 class CorpusDataset(IterableDataset):

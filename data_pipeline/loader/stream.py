@@ -33,9 +33,9 @@ from collections import Counter, defaultdict, deque
 from typing import Callable, Iterator
 
 from ..io.shard_reader import COUNT_NOTHING, read_shard
+from ..kinds import data_kind
 from ..skips import BadSample, Counters
 from ..spec import CorpusSpec, DataSpec
-from .collate import COLLATE, EVAL_COLLATE
 from .grouping import Features, GroupingPool
 from .shuffle import ShuffleBuffer
 
@@ -105,7 +105,8 @@ class CorpusStream:
         self.evaluation = not spec.training
         self.passes = 1 if self.evaluation and passes is None else passes
         self.max_samples = max_samples
-        self.collate = (EVAL_COLLATE if self.evaluation else COLLATE)[corpus.kind]
+        kind = data_kind(corpus.kind)
+        self.collate = kind.eval_collate if self.evaluation else kind.collate
         self.counters = Counters()
         self.window = SkipWindow(spec.loader.bad_sample_window, spec.loader.max_bad_fraction)
         self.barren: set[int] = set()  # shard ids read since the last sample arrived, none giving one

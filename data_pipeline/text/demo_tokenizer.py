@@ -2,7 +2,7 @@
 texts, saved as a transformers tokenizer directory (BertTokenizerFast), so that the demo and
 the tests need no download.
 
-    python -m data_pipeline.text.demo_tokenizer --corpus DEMO_DIR --out DIR
+    x2vlm-shards demo-tokenizer --corpus DEMO_DIR --out DIR
 
 The vocabulary is small on purpose: the rarer words split into '##' pieces, so whole-word
 masking has something to do. The output is a pure function of the corpus. The texts are read
@@ -11,13 +11,11 @@ as the demo writes them (each category name once, captions as written), not thro
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from ..logging_setup import configure_logging
 from .tokenizer_training import train_tokenizer
 
 DEFAULT_VOCAB_SIZE = 80
@@ -49,19 +47,3 @@ def train_wordpiece(texts: list[str], out: Path, vocab_size: int = DEFAULT_VOCAB
 def build_demo_tokenizer(corpus: Path, out: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
     train_wordpiece(demo_texts(Path(corpus)), Path(out), vocab_size)
     return Path(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, required=True, help="demo corpus directory (x2vlm-shards demo --out)")
-    parser.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    args = parser.parse_args(argv)
-    configure_logging()
-    build_demo_tokenizer(args.corpus, args.out, args.vocab_size)
-    print(f"tokenizer written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

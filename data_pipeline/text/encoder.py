@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from ..config import ConfigError
 from ..skips import BadSample
-from ..spec import TextSpec
+from .text_spec import TextSpec
 from .cleaning import BadText, clean_caption
 from .masking import IGNORE_INDEX, mask_tokens
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from ..spec import TextSpec
+from .text_spec import TextSpec
 
 IGNORE_INDEX = -100
 

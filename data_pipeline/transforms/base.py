@@ -18,6 +18,12 @@ class SampleTransform(ABC):
         self.text = text
         self.training = training
 
+    @classmethod
+    def for_spec(cls, spec, options, text: TextEncoder) -> SampleTransform:
+        """The transform of a corpus with OPTIONS read under the data SPEC (its resolution and
+        mode), as a data kind's record makes it (data_pipeline/kinds)."""
+        return cls(spec.image_res, options, text, spec.training)
+
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         meta = parse_meta(sample)
         if self.training:

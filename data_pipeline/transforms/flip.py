@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import re
 
+# A corpus's `options.flip`.
+FLIP_MODES = ("swap", "skip", "off")
 # English words, and the Chinese characters for left and right (左边, 左上角, 从左到右, 向左).
 _SIDE = re.compile(r"\b(left|right)|([左右])", re.IGNORECASE)
 _SWAP = {"left": "right", "right": "left", "左": "右", "右": "左"}

@@ -6,7 +6,16 @@ import random
 
 import numpy as np
 
+from ..config import ConfigError, subkey
+
 CropBox = tuple[int, int, int, int]  # x, y, w, h in pixels
+
+
+def check_crop_scale(crop_scale: list[float], where: str) -> None:
+    """A corpus's `options.crop_scale` is [low, high] with low <= high."""
+    low, high = crop_scale
+    if low > high:
+        raise ConfigError(f"{subkey(where, 'crop_scale')}: expected [low, high] with low <= high, got {crop_scale!r}")
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], rng: random.Random,

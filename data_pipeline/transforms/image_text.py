@@ -6,18 +6,31 @@ In evaluation mode: the whole image resized, and every caption (see evaluation.p
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from PIL import Image
 
+from ..config import setting
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
 from ..schema import IMAGE_EXTENSIONS, SampleMeta, media_of
 from ..skips import BadSample
-from ..spec import ImageTextOptions
 from .base import SampleTransform, drawn_caption
 from .evaluation import counting_dropped, encode_every, stacked, whole_image
-from .flip import decide_flip, flipped_texts
-from .geometry import random_resized_crop_box
+from .flip import FLIP_MODES, decide_flip, flipped_texts
+from .geometry import check_crop_scale, random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
+
+
+@dataclass
+class ImageTextOptions:
+    """`options` of an image_text corpus."""
+    # RandomResizedCrop's range of crop area, as a fraction of the image.
+    crop_scale: list[float] = setting([0.2, 1.0], length=2, gt=0, max=1)
+    flip: str = setting("swap", choices=FLIP_MODES)
+    rand_augment: bool = True
+
+    def check(self, where: str) -> None:
+        check_crop_scale(self.crop_scale, where)
 
 
 class ImageTextTransform(SampleTransform):

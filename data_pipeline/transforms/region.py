@@ -13,20 +13,32 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from ..config import setting
 from ..media.image_decode import crop_resize, open_image, to_uint8_pixels
 from ..schema import IMAGE_EXTENSIONS, SampleMeta, checked_box, media_of
 from ..skips import BadSample
-from ..spec import RegionOptions
 from ..text import TextEncoder
 from .base import SampleTransform
 from .evaluation import counting_dropped, encode_every, stacked, whole_image
-from .flip import decide_flip, flipped_texts
+from .flip import FLIP_MODES, decide_flip, flipped_texts
 from .geometry import normalised_cxcywh, patch_mask
 from .randaugment import COLOUR_OPS, apply_plan, sample_plan
+
+
+@dataclass
+class RegionOptions:
+    """`options` of a region corpus."""
+    # Texts per image: the caption and the regions kept inside the crop.
+    max_regions: int = setting(6, min=1)
+    # A region is kept when more than this fraction of its area lies inside the crop.
+    min_perc_in_image: float = setting(0.5, min=0, max=1)
+    flip: str = setting("swap", choices=FLIP_MODES)
+    rand_augment: bool = True
 
 
 def crop_containing(box, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -61,6 +73,10 @@ class RegionTransform(SampleTransform):
     def __init__(self, res: int, patch_size: int, options: RegionOptions, text: TextEncoder, training: bool = True):
         super().__init__(res, options, text, training)
         self.patch_size = patch_size
+
+    @classmethod
+    def for_spec(cls, spec, options: RegionOptions, text: TextEncoder) -> RegionTransform:
+        return cls(spec.image_res, spec.patch_size, options, text, spec.training)
 
     def _training(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))

@@ -7,20 +7,34 @@ In evaluation mode: the middle frame of each segment, each resized whole, and ev
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from ..config import setting
 from ..media.image_decode import to_uint8_pixels
 from ..media.video_decode import decode_clip
 from ..schema import VIDEO_EXTENSIONS, SampleMeta, media_of
 from ..skips import BadSample
-from ..spec import VideoTextOptions
 from .base import SampleTransform, drawn_caption
 from .evaluation import counting_dropped, encode_every, stacked
-from .flip import decide_flip, flipped_texts
-from .geometry import random_resized_crop_box
+from .flip import FLIP_MODES, decide_flip, flipped_texts
+from .geometry import check_crop_scale, random_resized_crop_box
 from .randaugment import FULL_OPS, apply_plan, sample_plan
+
+
+@dataclass
+class VideoTextOptions:
+    """`options` of a video_text corpus."""
+    frames: int = setting(3, min=1)
+    crop_scale: list[float] = setting([0.5, 1.0], length=2, gt=0, max=1)
+    flip: str = setting("swap", choices=FLIP_MODES)
+    rand_augment: bool = True
+    decode_timeout_s: float = setting(10.0, gt=0)
+
+    def check(self, where: str) -> None:
+        check_crop_scale(self.crop_scale, where)
 
 
 class VideoTextTransform(SampleTransform):

@@ -17,8 +17,8 @@ import yaml
 from engine_support import REPO_ROOT, run_ranks
 from training.evaluation.caption_metrics import caption_metrics
 from training.evaluation.captioning import CaptioningSettings, generate_eval_captions
-from training.evaluation.data import eval_data_spec, eval_stream
-from training.model_folder import load_model_folder
+from training.evaluation.eval_sets import eval_data_spec, eval_stream
+from training.folders.model_folder import load_model_folder
 
 STEPS = 120
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")  # data_pipeline/demo_corpus/scenes.py
@@ -76,7 +76,8 @@ def caption_figures(demo_root: Path, folder: Path) -> dict:
     a (colour, shape) pair of its image, or one of its colours, beside chance for as many pairs."""
     model = load_model_folder(folder).model.eval()
     data = demo_root / "runs/demo"
-    spec = eval_data_spec(str(data / "tokenizer"), 64, 16, [str(data / "shards/image/eval/*.tar")], max_tokens=40)
+    held_out = [("image", "image_text", [str(data / "shards/image/eval/*.tar")])]
+    spec = eval_data_spec(str(data / "tokenizer"), 64, 16, held_out, max_tokens=40)
     candidates, references = generate_eval_captions(model, eval_stream(spec, spec.corpora[0]),
                                                     CaptioningSettings(max_len=30))
     train_captions = [a["caption"] for a in json.loads(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine_support import REPO_ROOT, data_config, losses_by_step, run_ranks, write_run_config
-from training.checkpoint import MARKER, tag_for
+from training.engine.checkpoint import MARKER, tag_for
 
 OPTIM = "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
 MODEL = "mp_rank_00_model_states.pt"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import safe_load
-from training.checkpoint import MARKER, CheckpointError, find_resumable, tag_for, verify_checkpoint
-from training.checkpoint_integrity import SaveLog, save_hashed, verify_file
-from training.metrics import drop_rows_after
+from training.runtime import safe_load
+from training.engine.checkpoint import MARKER, CheckpointError, find_resumable, tag_for, verify_checkpoint
+from training.engine.checkpoint_integrity import SaveLog, save_hashed, verify_file
+from training.engine.metrics import drop_rows_after
 
 
 class Payload:
@@ -164,7 +164,7 @@ def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
 
 def test_the_universal_conversion_runs_weights_only(tmp_path):
     """ds_to_universal (the conversion for a resume on another world size) loads with
-    weights_only=False; run through training.safe_load it refuses a payload that DeepSpeed's
+    weights_only=False; run through training.runtime.safe_load it refuses a payload that DeepSpeed's
     own entry point would execute."""
     marker = tmp_path / "ran"
     source = tmp_path / "step_00000002"
@@ -178,7 +178,7 @@ def test_the_universal_conversion_runs_weights_only(tmp_path):
                                "--output_folder", str(tmp_path / "universal"), "--num_extract_workers", "1",
                                "--num_merge_workers", "1"], capture_output=True, text=True, env=env, timeout=300)
 
-    safe = convert("training.safe_load", "deepspeed.checkpoint.ds_to_universal")
+    safe = convert("training.runtime.safe_load", "deepspeed.checkpoint.ds_to_universal")
     assert safe.returncode != 0 and "GLOBAL posix.system" in safe.stderr, safe.stderr[-2000:]
     assert not marker.exists()
     unsafe = convert("deepspeed.checkpoint.ds_to_universal")  # the control: DeepSpeed alone runs it

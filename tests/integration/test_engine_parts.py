@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from training import rng_state
+from training.runtime import rng_state
 from data_pipeline.config import ConfigError
-from training import safe_load
-from training.checkpoint import (MARKER, CheckpointManager, complete_checkpoints, find_resumable, rank_state_name,
+from training.runtime import safe_load
+from training.engine.checkpoint import (MARKER, CheckpointManager, complete_checkpoints, find_resumable, rank_state_name,
                                  retained_steps, tag_for)
-from training.run_config import deepspeed_config, load_run_config
-from training.optim import parameter_groups, schedule_factor
-from training.signals import IMMEDIATE_EXIT_CODE, PreemptionHandler
+from training.engine.run_config import deepspeed_config, load_run_config
+from training.engine.optim import parameter_groups, schedule_factor
+from training.runtime.signals import IMMEDIATE_EXIT_CODE, PreemptionHandler
 
 
 def test_schedule_warms_up_linearly_then_decays():
@@ -117,7 +117,7 @@ def test_first_signal_requests_checkpoint_second_exits_at_once(tmp_path):
     script = tmp_path / "sig.py"
     script.write_text(textwrap.dedent("""\
         import os, signal, sys, time
-        from training.signals import PreemptionHandler
+        from training.runtime.signals import PreemptionHandler
         handler = PreemptionHandler(["USR1", "SIGTERM"]).install()
         os.kill(os.getpid(), signal.SIGUSR1)
         assert handler.requested and handler.received == signal.SIGUSR1

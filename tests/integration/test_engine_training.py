@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from engine_support import (REPO_ROOT, Ranks, data_config, losses_by_step, run_ranks, wait_for,
                             write_run_config)
-from training.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
-from training.signals import REQUEUE_EXIT_CODE
+from training.engine.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
+from training.runtime.signals import REQUEUE_EXIT_CODE
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_export_of_a_zero3_checkpoint_equals_the_weights_in_memory(tmp_path, sha
     assert set(exported) == set(in_memory)
     for name, value in in_memory.items():
         assert torch.equal(exported[name], value), name
-    from training.model_folder import load_model_folder
+    from training.folders.model_folder import load_model_folder
     folder = load_model_folder(out)
     model = folder.model
     assert torch.equal(dict(model.named_parameters())["itm_head.0.weight"], in_memory["itm_head.0.weight"])

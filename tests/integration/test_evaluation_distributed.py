@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from data_pipeline.spec import DataSpec
 from pipeline_helpers import coco_samples, demo_tokenizer, write_shards  # noqa: F401  (fixture)
 from training.evaluation import evaluate
-from training.evaluation.data import eval_data_spec
+from training.evaluation.eval_sets import eval_data_spec
 from training.evaluation.evaluator import itm_rerank
 from training.model import create_model
 
@@ -45,8 +45,8 @@ def _rank_main(rank: int, port: int, spec: DataSpec, out_dir: str) -> None:
 
 def test_two_ranks_report_what_one_process_reports(demo_corpus, demo_tokenizer, tmp_path):
     write_shards(coco_samples(demo_corpus, "eval"), tmp_path / "image", "coco", 2)
-    spec = eval_data_spec(str(demo_tokenizer), 64, 16, image_shards=[f"{tmp_path}/image/*.tar"], batch_size=4,
-                          max_tokens=24)
+    spec = eval_data_spec(str(demo_tokenizer), 64, 16, [("image", "image_text", [f"{tmp_path}/image/*.tar"])],
+                          batch_size=4, max_tokens=24)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

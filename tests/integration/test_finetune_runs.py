@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from engine_support import REPO_ROOT, Ranks, wait_for
-from training.model_folder import load_model_folder
+from training.folders.model_folder import load_model_folder
 
 
 def preset_for_test(trained_demo, tmp_path: Path, task: str) -> Path:

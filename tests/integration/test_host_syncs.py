@@ -1,6 +1,6 @@
 """Host synchronisations of a training step: 2 real DeepSpeed ranks (CPU, gloo, ZeRO-2, bf16),
 the tiny model, image, region and video batches, 2 micro-steps per optimizer step. On a CPU run
-nothing waits, so training/instrumentation.py's SyncCounter counts what would make a GPU run's
+nothing waits, so training/runtime/instrumentation.py's SyncCounter counts what would make a GPU run's
 host wait for the device (a read of a value, a data-dependent shape). The project's code
 (loader, forward, backward, trainer) may do one per optimizer step: reading the loss figures.
 DeepSpeed's own (its optimizer step's checks) are counted apart and printed. ALBEF's momentum
@@ -37,4 +37,4 @@ def test_a_training_step_synchronises_the_host_once(tmp_path, engine_shards, cap
             # mean the counter missed it).
             assert step["project"] == 1, step["project_where"]
             [where] = step["project_where"]
-            assert where.startswith("tolist at ") and "training/trainer.py" in where
+            assert where.startswith("tolist at ") and "training/engine/trainer.py" in where

@@ -12,8 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from training.losses import PairKeys, contrastive_loss, gather_with_grad, pair_positives
-from training.losses.gather import pad_rows
+from training.objectives.gather import gather_with_grad
+from training.objectives.itc import contrastive_loss
+from training.objectives.positives import PairKeys, pair_positives
+from training.objectives.gather import pad_rows
 
 WORLD = 2
 TEMPERATURE = 0.1
@@ -104,22 +106,24 @@ def _model_batches(rank: int):
 
 def _model_rank_main(rank: int, port: int, out_dir: str) -> None:
     from training.model import create_model
+    from training.tasks.task import Task
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
-    model = create_model("tiny")
+    task = Task.for_model(create_model("tiny"))
     image, region = _model_batches(rank)
-    out = model(image=image, region=region)
+    out = task({"image": image, "region": region})
     out["loss"].backward()
-    finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.config.losses.itm_negatives = "local"
-    local = model(image=image, region=region)["losses"]
+    finite = all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
+    task.config.itm_negatives = "local"
+    local = task({"image": image, "region": region})["losses"]
     torch.save({"losses": out["losses"], "local_negatives": local, "finite": finite}, f"{out_dir}/model{rank}.pt")
     dist.destroy_process_group()
 
 
 def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batches(tmp_path):
     from training.model import create_model
+    from training.tasks.task import Task
 
     mp.spawn(_model_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"model{r}.pt") for r in range(WORLD)]
@@ -129,11 +133,11 @@ def test_model_with_global_itm_negatives_trains_over_two_ranks_with_uneven_batch
 
     # The image ITC of both ranks is the single-process ITC of the concatenated batch.
     torch.manual_seed(0)
-    model = create_model("tiny")
+    task = Task.for_model(create_model("tiny"))
     batches = [_model_batches(r)[0] for r in range(WORLD)]
     joined = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k != "rows"}
     with torch.no_grad():
-        expected = model(image=joined)["losses"]["image"]["itc"]
+        expected = task({"image": joined})["losses"]["image"]["itc"]
     for kind in ("losses", "local_negatives"):
         mean = sum(result[kind]["image"]["itc"] for result in results) / WORLD
         torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)

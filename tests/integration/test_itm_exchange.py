@@ -44,15 +44,19 @@ def _batches(rank: int) -> dict:
 
 
 def _model(world: int):
+    """The tiny model in float64 and its task with ITM alone weighing."""
     from training.model import create_model
+    from training.objectives import default_weights
+    from training.objectives.settings import parse_loss_settings
+    from training.tasks.task import Task
 
     torch.manual_seed(0)
     model = create_model("tiny").double()
-    losses = model.config.losses
-    losses.weights = {kind: {term: float(term == "itm") for term in terms} for kind, terms in losses.weights.items()}
-    losses.itm_exchange_capacity = float(world)  # every request fits: the comparison is exact
-    losses.itm_receive_margin = 100.0
-    return model
+    weights = {kind: {term: float(term == "itm") for term in terms} for kind, terms in default_weights().items()}
+    # every request fits: the comparison is exact
+    settings = parse_loss_settings({"weights": weights, "itm_exchange_capacity": float(world),
+                                    "itm_receive_margin": 100.0})
+    return model, Task(model, settings)
 
 
 def _hardest(logits: torch.Tensor, excluded: torch.Tensor, generator=None):
@@ -111,7 +115,7 @@ def _gather_everything_itm(model, kind: str, batch: dict, rank: int, world: int)
 
 
 def _recording_sampler(records: list, draw_counts: bool):
-    from training.losses import sample_hard_negatives
+    from training.objectives.itm import sample_hard_negatives
 
     def sampler(logits, excluded, generator=None):
         record = {"logits": logits.clone(), "excluded": excluded.clone()}
@@ -127,28 +131,28 @@ def _recording_sampler(records: list, draw_counts: bool):
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
-    import training.model.x2vlm as x2vlm
+    import training.objectives.itm as itm
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)
     records: list = []
-    x2vlm.sample_hard_negatives = _recording_sampler(records, draw_counts=world == 2)
-    model = _model(world)
+    itm.sample_hard_negatives = _recording_sampler(records, draw_counts=world == 2)
+    model, task = _model(world)
     batches = _batches(rank)
     result = {"records": records}
     for exchange in EXCHANGES:
-        model.config.losses.itm_exchange = exchange
-        out = model(**{kind: {**batch, "rows": ROWS[kind]} for kind, batch in batches.items()})
+        task.config.itm_exchange = exchange
+        out = task({kind: {**batch, "rows": ROWS[kind]} for kind, batch in batches.items()})
         out["loss"].backward()
         result[exchange] = {
             "itm": {kind: out["losses"][kind]["itm"].detach() for kind in ROWS},
-            "dropped": {kind: out["stats"][kind]["itm_dropped"] for kind in ROWS},
+            "dropped": {kind: out["figures"][kind]["itm_dropped"] for kind in ROWS},
             "grads": {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}}
         model.zero_grad(set_to_none=True)
         if exchange == EXCHANGES[0]:
             records = records[:]  # the statistical test reads the first computation's draws
-            x2vlm.sample_hard_negatives = _recording_sampler(records, draw_counts=False)
+            itm.sample_hard_negatives = _recording_sampler(records, draw_counts=False)
     reference = {kind: _gather_everything_itm(model, kind, batches[kind], rank, world) for kind in ROWS}
     sum(reference.values()).backward()
     result["reference_itm"] = {kind: value.detach() for kind, value in reference.items()}
@@ -197,7 +201,7 @@ def _independent_draw_distribution(rank: int, kind: str, direction: str) -> tupl
     """(logits over the padded global columns, softmax probabilities over the non-positives),
     from the model and the batches of both ranks in this process."""
     world, rows = 2, ROWS[kind]
-    model = _model(world)
+    model, _ = _model(world)
     features, keys = [], []
     with torch.no_grad():
         for r in range(world):
@@ -252,7 +256,7 @@ def test_drawn_negatives_follow_the_softmax_over_the_global_non_positives(runs):
 
 
 def _exchange_main(rank: int, port: int, out_dir: str) -> None:
-    from training.losses.exchange import fetch_rows, send_rows
+    from training.objectives.itm_exchange import fetch_rows, send_rows
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)

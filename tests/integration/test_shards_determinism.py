@@ -68,7 +68,7 @@ def test_one_and_two_workers_write_identical_shards(reference, many_images, tmp_
 
 def test_sigkill_then_resume_gives_identical_shards_without_redoing_finished_ones(reference, many_images, tmp_path):
     annotations, media = many_images
-    argv = [sys.executable, "-m", "data_pipeline.shards.cli", "build", "--format", "jsonl", "--annotations", str(annotations),
+    argv = [sys.executable, "-m", "data_pipeline.shards", "build", "--format", "jsonl", "--annotations", str(annotations),
             "--media-root", str(media), "--output", str(tmp_path), *OPTIONS]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(argv + ["--workers", "2"], cwd=REPO_ROOT, env=env, start_new_session=True,

@@ -16,9 +16,9 @@ import pytest
 
 from engine_support import (REPO_ROOT, Ranks, data_config, free_port, losses_by_step, run_ranks, wait_for,
                             write_run_config)
-from training import safe_load
-from training.checkpoint import CRASH_ENV, FAIL_ENV, complete_checkpoints, tag_for
-from training.trainer import NONFINITE_ENV
+from training.runtime import safe_load
+from training.engine.checkpoint import CRASH_ENV, FAIL_ENV, complete_checkpoints, tag_for
+from training.engine.trainer import NONFINITE_ENV
 
 # Step 2's second micro-step on rank 1 has a NaN loss.
 PLANTED = {NONFINITE_ENV: "2:1:1"}

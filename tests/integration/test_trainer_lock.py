@@ -1,5 +1,5 @@
-"""One trainer per output folder (training/run_lock.py), and ranks that stop when their
-launcher dies (training/signals.py LauncherWatch): real processes, real flock."""
+"""One trainer per output folder (training/runtime/run_lock.py), and ranks that stop when their
+launcher dies (training/runtime/signals.py LauncherWatch): real processes, real flock."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from training.run_lock import LOCK_NAME, LockHeld, RunLock
-from training.signals import IMMEDIATE_EXIT_CODE
+from training.runtime.run_lock import LOCK_NAME, LockHeld, RunLock
+from training.runtime.signals import IMMEDIATE_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = socket.gethostname()
@@ -31,7 +31,7 @@ def start_holder(directory: Path, description: dict | None = None, fork_child: b
     script = textwrap.dedent(f"""\
         import json, multiprocessing, os, time
         from pathlib import Path
-        from training.run_lock import RunLock
+        from training.runtime.run_lock import RunLock
         lock = RunLock(Path({str(directory)!r}))
         lock.acquire()
         if {description!r} is not None:
@@ -144,7 +144,7 @@ def test_a_rank_stops_when_its_launcher_dies(tmp_path):
     # launcher -> rank, as the deepspeed launcher starts ranks (RANK in their environment).
     rank = textwrap.dedent("""\
         import time
-        from training.signals import LauncherWatch
+        from training.runtime.signals import LauncherWatch
         watch = LauncherWatch.for_this_rank()
         print("watching", [p.pid for p in watch.processes], flush=True)
         time.sleep(60)

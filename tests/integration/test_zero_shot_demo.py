@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_pipeline.demo_corpus.scenes import COLOURS, SHAPES
-from training.evaluation.zero_shot_cli import main
+from training.zero_shot import main
 
 MARGIN = 3.0
 BOX_MARGIN = 0.25  # of the box's longer side, on every side: some background, as around a single shape

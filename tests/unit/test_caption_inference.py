@@ -12,11 +12,11 @@ import torch
 from pipeline_helpers import coco_samples, demo_tokenizer, write_shards  # noqa: F401
 from training.evaluation.caption_metrics import caption_metrics
 from training.evaluation.captioning import CaptioningSettings, generate_eval_captions, special_ids
-from training.evaluation.data import eval_data_spec, eval_stream
+from training.evaluation.eval_sets import eval_data_spec, eval_stream
 from training.inference import InputError, X2VLMPredictor
 from training.model import create_model
 from training.model.generation import generate
-from training.model_folder import ModelCard, load_model_folder, write_model_folder
+from training.folders.model_folder import ModelCard, load_model_folder, write_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_captions_are_the_decoded_generation_batched_or_not(folder, images):
 
 
 def test_predict_caption_prints_and_writes_the_apis_captions(folder, images, capsys, tmp_path):
-    from training.predict_cli import main
+    from training.predict import main
 
     expected = X2VLMPredictor(folder, device="cpu").caption(images[:3], max_len=5, beam=2)
     assert main(["caption", str(folder), *map(str, images[:3]), "--max-len", "5", "--beam", "2", "--device", "cpu"]) == 0
@@ -70,7 +70,7 @@ def test_predict_caption_prints_and_writes_the_apis_captions(folder, images, cap
 
 
 def test_eval_captioning_scores_each_images_caption_against_its_own_texts(folder, demo_corpus, tmp_path):
-    from training.evaluation.eval_cli import main as eval_main
+    from training.eval import main as eval_main
 
     samples = coco_samples(demo_corpus, "eval")[:6]
     write_shards(samples, tmp_path / "image", "coco", 2)
@@ -79,7 +79,7 @@ def test_eval_captioning_scores_each_images_caption_against_its_own_texts(folder
                       "--itm-top-k", "0", "--max-tokens", "24", "--out", str(tmp_path / "m.json"), "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["image/captioned"] == 6
-    spec = eval_data_spec(str(folder / "tokenizer"), 64, 16, [pattern], max_tokens=24)
+    spec = eval_data_spec(str(folder / "tokenizer"), 64, 16, [("image", "image_text", [pattern])], max_tokens=24)
     model = load_model_folder(folder).model.eval()
     candidates, references = generate_eval_captions(model, eval_stream(spec, spec.corpora[0]), CaptioningSettings(5))
     assert references == {s["__key__"]: json.loads(s["json"])["captions"] for s in samples}

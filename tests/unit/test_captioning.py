@@ -1,5 +1,5 @@
 """Captioning: the causal mode of the text and fusion layers, the image/lm loss, greedy and beam
-generation (training/model/{causal,generation}.py, training/losses/captioning.py)."""
+generation (training/model/{causal,generation}.py, training/objectives/lm.py)."""
 from __future__ import annotations
 
 import itertools
@@ -11,10 +11,12 @@ import yaml
 
 from data_pipeline.config import ConfigError
 from tiny_batches import image_batch
-from training.losses.captioning import next_token_labels
+from training.objectives.lm import next_token_labels
 from training.model import CONFIG_DIR, create_model
 from training.model.causal import causal_mask
 from training.model.generation import generate
+from training.objectives.settings import parse_loss_settings
+from training.tasks.task import Task
 
 BOS, EOS, PAD, MASK = 1, 2, 0, 3
 BANNED = (PAD, BOS, MASK)
@@ -52,7 +54,7 @@ def test_decoder_positions_do_not_see_later_tokens_but_see_the_image():
         before = model.decode(vision.tokens[1:], vision.mask[1:], ids, mask)
         after = model.decode(vision.tokens[1:], vision.mask[1:], changed, mask)
         other_image = model.decode(vision.tokens[:1], vision.mask[:1], ids, mask)
-        bidirectional = model.fuse(vision.tokens[1:], vision.mask[1:], model._text_hidden(ids, mask), mask)
+        bidirectional = model.fuse(vision.tokens[1:], vision.mask[1:], model.text_hidden(ids, mask), mask)
     torch.testing.assert_close(before[:, :5], after[:, :5])
     assert not torch.allclose(before[:, 5:], after[:, 5:])
     assert not torch.allclose(before[:, :5], other_image[:, :5])
@@ -66,13 +68,16 @@ def test_next_token_labels_by_hand():
     assert next_token_labels(ids, mask).tolist() == [[7, 8, 102, -100, -100], [9, 102, -100, -100, -100]]
 
 
+def _task(model, image_weights: dict | None = None) -> Task:
+    return Task(model, parse_loss_settings({"weights": {"image": image_weights} if image_weights else {}}))
+
+
 def test_image_lm_loss_is_off_by_default_and_is_the_next_token_cross_entropy():
     model = create_model("tiny", load_pretrained=False)
-    assert model.config.losses.weights["image"]["lm"] == 0.0
+    assert parse_loss_settings(model.config.losses).weights["image"]["lm"] == 0.0
     batch = image_batch()
-    assert "lm" not in model(image=batch)["losses"]["image"]
-    model.config.losses.weights["image"] = {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 2.0, "itc_cons": 0.0}
-    out = model(image=batch)
+    assert "lm" not in _task(model)({"image": batch})["losses"]["image"]
+    out = _task(model, {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 2.0, "itc_cons": 0.0})({"image": batch})
     vision = model.encode_image(batch["images"])
     logits = model.mlm_head(model.decode(vision.tokens, vision.mask, batch["text_ids"], batch["text_mask"]))
     # Independently: position t of each text predicts its token t + 1, over the real tokens.
@@ -87,13 +92,12 @@ def test_image_lm_loss_is_off_by_default_and_is_the_next_token_cross_entropy():
 
 
 def test_itc_consistency_is_off_by_default_and_is_the_consistency_of_the_batch_features():
-    from training.losses import consistency_loss
+    from training.objectives.itc_consistency import consistency_loss
 
     model = create_model("tiny", load_pretrained=False)
     batch = image_batch()
-    assert "itc_cons" not in model(image=batch)["losses"]["image"]
-    model.config.losses.weights["image"] = {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 0.0, "itc_cons": 2.0}
-    out = model(image=batch)
+    assert "itc_cons" not in _task(model)({"image": batch})["losses"]["image"]
+    out = _task(model, {"itc": 0.0, "itm": 0.0, "mlm": 0.0, "lm": 0.0, "itc_cons": 2.0})({"image": batch})
     vision = model.encode_image(batch["images"]).features
     text = model.encode_text(batch["text_ids"], batch["text_mask"]).features
     expected = consistency_loss(vision, text, model.temperature())
@@ -102,15 +106,13 @@ def test_itc_consistency_is_off_by_default_and_is_the_consistency_of_the_batch_f
 
 
 def test_lm_weight_is_a_loss_term_of_image_batches_only():
-    from training.model.model_config import model_config_from_dict
-
     config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
     config["losses"]["weights"] = {"image": {"lm": 0.5}}
-    assert model_config_from_dict(config).losses.weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0,
-                                                                      "lm": 0.5, "itc_cons": 0.0}
+    assert parse_loss_settings(config["losses"]).weights["image"] == {"itc": 1.0, "itc_cons": 0.0, "itm": 1.0,
+                                                                     "mlm": 1.0, "mim": 1.0, "lm": 0.5}
     config["losses"]["weights"] = {"video": {"lm": 0.5}}
     with pytest.raises(ConfigError, match="losses.weights.video.lm: unknown loss term"):
-        model_config_from_dict(config, "model")
+        parse_loss_settings(config["losses"], "model.losses")
 
 
 def test_greedy_caption_is_the_argmax_of_one_forward_over_it():

@@ -12,7 +12,7 @@ import yaml
 from data_pipeline.config import ConfigError
 from data_pipeline.spec import load_data_spec, parse_data_spec
 from training import pretrain
-from training.run_config import check_sections, load_run_config
+from training.engine.run_config import check_sections, load_run_config
 from training.model import CONFIG_DIR, load_model_config
 from training.model.model_config import model_config_from_dict
 
@@ -221,7 +221,7 @@ def test_init_from_flag_is_the_setting(tmp_path, capsys, monkeypatch):
     seen = []
 
     class Recording:
-        def __init__(self, config, resume):
+        def __init__(self, config, resume, extensions=()):
             seen.append(config.model["init_from"])
 
         def run(self):
@@ -258,7 +258,7 @@ def test_only_the_projects_config_errors_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_eval_cli_reports_usage_and_config_errors_only(monkeypatch, capsys, tmp_path):
-    from training.evaluation import eval_cli as cli
+    from training import eval as cli
 
     args = ["--model-config", "tiny", "--tokenizer", str(tmp_path), "--image-shards", "x.tar"]
     monkeypatch.setattr(cli, "run", _Failing(ValueError("a timm failure")))
@@ -283,7 +283,7 @@ def test_too_few_shards_for_the_ranks_is_a_config_error(tmp_path):
 
 def test_signal_names_are_read_as_the_handler_reads_them():
     from data_pipeline.config import build
-    from training.run_config import GuardSection
+    from training.engine.run_config import GuardSection
 
     assert build(GuardSection, {"signals": ["usr1", "SIGTERM", "HUP"]}).signals == ["usr1", "SIGTERM", "HUP"]
     with pytest.raises(ConfigError, match=r"^guard.signals\[0\]: SIGKILL cannot be caught"):

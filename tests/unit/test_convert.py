@@ -7,8 +7,8 @@ from official_layout import official_name, write_official_checkpoint
 from pipeline_helpers import demo_tokenizer  # noqa: F401
 from tiny_batches import region_batch, video_batch
 from training.model import create_model
-from training.model.convert import main
-from training.model_folder import load_model_folder, read_folder_weights
+from training.convert import main
+from training.folders.model_folder import load_model_folder, read_folder_weights
 
 
 def _outputs(model):

@@ -12,8 +12,8 @@ from official_layout import official_name
 from pipeline_helpers import demo_tokenizer  # noqa: F401
 from tiny_batches import region_batch, video_batch
 from training.model import create_model
-from training.model.convert import main
-from training.model_folder import load_model_folder
+from training.convert import main
+from training.folders.model_folder import load_model_folder
 
 VOCAB = 128  # xvlm_demo's text.vocab_size
 

@@ -185,7 +185,7 @@ def test_every_video_decodes_with_decord_and_moves_as_captioned(demo_corpus):
 
 
 def test_cli_writes_corpus_and_rejects_bad_arguments(tmp_path):
-    cli = [sys.executable, "-m", "data_pipeline.shards.cli"]
+    cli = [sys.executable, "-m", "data_pipeline.shards"]
     help_text = subprocess.run(cli + ["demo", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--seed" in help_text and "--videos" in help_text
     done = subprocess.run(cli + ["demo", "--out", str(tmp_path / "c"), "--images", "5", "--videos", "1", "--quiet"],

@@ -8,9 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import contrastive_loss
-from training.losses.distillation import (FeatureQueue, distilled_contrastive_loss, distilled_mlm_loss,
-                                          queue_positives)
+from training.extensions.momentum import FeatureQueue
+from training.objectives.itc import contrastive_loss, distilled_contrastive_loss
+from training.objectives.mlm import distilled_mlm_loss
+from training.objectives.positives import queue_positives
+from training.objectives.settings import parse_loss_settings
+from training.tasks.task import Task
+
+
+def _distilled_task(model, queue_size: int, **losses):
+    """MODEL's task with momentum distillation attached as the trainer attaches it (without
+    DeepSpeed, the task is its own module) and its extension."""
+    from training.extensions.momentum import MomentumDistillation
+
+    settings = parse_loss_settings({**losses, "momentum_distillation": {"enabled": True, "queue_size": queue_size}})
+    task = Task(model, settings)
+    extension = MomentumDistillation(settings.momentum_distillation, settings.same_text_positive)
+    extension.attach(task)
+    extension.bind(task, "cpu")
+    return task, extension
 
 
 def _unit(*shape: int) -> torch.Tensor:
@@ -133,17 +149,24 @@ def _fake_zero3(params, rank: int, world: int, whole: list[torch.Tensor] | None 
         param.ds_numel = flat.numel()
 
 
+def _distilled_task_bound(task):
+    """A second extension over the same task (a rank of another run), bound to its copy."""
+    from training.extensions.momentum import MomentumDistillation
+
+    extension = MomentumDistillation(task.config.momentum_distillation, task.config.same_text_positive)
+    extension.bind(task, "cpu")
+    return task, extension
+
+
 def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_the_queues(monkeypatch):
-    import training.momentum as momentum
+    import training.extensions.momentum as momentum
     from training.model import create_model
 
-    model = create_model("tiny")
-    model.config.losses.momentum_distillation.queue_size = 8
-    momentum.attach_momentum(model)
-    params = list(model.momentum.parameters())
+    task, _ = _distilled_task(create_model("tiny"), queue_size=8)
+    params = list(task.momentum.parameters())
     torch.manual_seed(3)
     whole = [torch.randn_like(param) for param in params]  # the momentum weights of the old run
-    queues = model.momentum.queues
+    queues = task.momentum.queues
     queues["region"].push(torch.ones(5, 16), -torch.ones(5, 16), torch.arange(5), torch.arange(5) + 9,
                           torch.tensor([True, True, False, True, True]))
 
@@ -151,7 +174,8 @@ def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_th
     for rank in range(2):  # the old run: 2 ranks, each saving its partitions
         monkeypatch.setattr(momentum, "world", lambda rank=rank: (rank, 2))
         _fake_zero3(params, rank, 2, whole)
-        states.append(momentum.MomentumTeacher(model, "cpu").state_dict())
+        _, extension = _distilled_task_bound(task)
+        states.append(extension.state_dict())
     saved_queue = {name: value.clone() if isinstance(value, torch.Tensor) else value
                    for name, value in queues["region"].state_dict().items()}
     queues["region"].push(torch.zeros(8, 16), torch.zeros(8, 16), torch.zeros(8, dtype=torch.long),
@@ -159,7 +183,7 @@ def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_th
 
     monkeypatch.setattr(momentum, "world", lambda: (2, 3))  # rank 2 of the new run's 3
     _fake_zero3(params, 2, 3, [torch.zeros_like(w) for w in whole])
-    teacher = momentum.MomentumTeacher(model, "cpu")
+    _, teacher = _distilled_task_bound(task)
     teacher.load_resharded(states)
     for param, value in zip(params, whole):
         size = math.ceil(value.numel() / 3)
@@ -172,17 +196,15 @@ def test_a_resume_on_another_world_size_re_deals_the_zero3_averages_and_keeps_th
 
 def test_momentum_settings_are_validated_naming_the_key():
     from data_pipeline.config import ConfigError
-    from training.model.model_config import model_config_from_dict
-    from training.momentum import alpha_at, check_queue_sizes
+    from training.extensions.momentum import alpha_at, check_queue_sizes
 
-    base = {"vision": {"name": "vit_tiny_patch16_224"}}
     for bad, message in ((("momentum", 1.0), "losses.momentum_distillation.momentum: "),
                          (("queue_size", 0), "losses.momentum_distillation.queue_size: "),
                          (("alpha", 1.5), "losses.momentum_distillation.alpha: ")):
         with pytest.raises(ConfigError, match=message):
-            model_config_from_dict({**base, "losses": {"momentum_distillation": dict([bad])}})
-    settings = model_config_from_dict({**base, "losses": {"momentum_distillation": {
-        "enabled": True, "queue_size": 64, "alpha_ramp_steps": 10}}}).losses.momentum_distillation
+            parse_loss_settings({"momentum_distillation": dict([bad])}, "model.losses")
+    settings = parse_loss_settings({"momentum_distillation": {
+        "enabled": True, "queue_size": 64, "alpha_ramp_steps": 10}}).momentum_distillation
     assert (settings.momentum, settings.alpha) == (0.995, 0.4)
     assert [alpha_at(settings, step) for step in (0, 5, 10, 50)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
     check_queue_sizes(settings, {"image": 64}, "run.yaml")
@@ -193,18 +215,16 @@ def test_momentum_settings_are_validated_naming_the_key():
 def test_itc_consistency_beside_momentum_distillation_scores_the_batchs_own_features():
     """With the momentum copy's candidates in ITC, the consistency term still ranks this batch's
     texts and images by the model's own features (no gradient through the columns)."""
-    import training.momentum as momentum
     from tiny_batches import image_batch
-    from training.losses import consistency_loss
     from training.model import create_model
+    from training.objectives.itc_consistency import consistency_loss
 
     model = create_model("tiny")
-    model.config.losses.momentum_distillation.queue_size = 8
-    momentum.attach_momentum(model)
-    model.config.losses.weights["image"]["itc_cons"] = 0.5
+    task, extension = _distilled_task(model, queue_size=8, weights={"image": {"itc_cons": 0.5}})
+    extension.active, extension.alpha = True, 0.4
     batch = image_batch()
     batch["sample_ids"] = torch.arange(len(batch["text_ids"]))
-    out = model(image=batch)
+    out = task({"image": batch})
     vision = model.encode_image(batch["images"]).features
     text = model.encode_text(batch["text_ids"], batch["text_mask"]).features
     expected = consistency_loss(vision, text, model.temperature(), vision.detach(), text.detach())

@@ -17,11 +17,11 @@ from data_pipeline.spec import DataSpec
 from pipeline_helpers import coco_samples, data_spec, demo_tokenizer, video_samples, vg_samples, write_shards  # noqa: F401
 from training.evaluation import evaluate
 from training.evaluation import evaluator
-from training.evaluation.eval_cli import main as eval_main
-from training.evaluation.data import eval_batches, eval_data_spec, eval_spec_like_training, eval_stream
+from training.eval import main as eval_main
+from training.evaluation.eval_sets import eval_batches, eval_data_spec, eval_spec_like_training, eval_stream
 from training.evaluation.evaluator import encode_retrieval_set, retrieval_scores
 from training.evaluation.plots import PREDICTED_COLOUR, TRUE_COLOUR, box_pixels, draw_grounding, grounding_grid_size
-from training.model_folder import ModelCard, write_model_folder
+from training.folders.model_folder import ModelCard, write_model_folder
 from training.model import CONFIG_DIR, TextEncoding, VisionEncoding, create_model
 
 RES = 64  # the tiny model's resolution
@@ -37,12 +37,14 @@ def eval_shards(demo_corpus, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _spec(eval_shards: Path, tokenizer: Path, **overrides) -> DataSpec:
-    options = dict(tokenizer=str(tokenizer), max_tokens=MAX_TOKENS, image_res=RES, patch_size=16,
-                   image_shards=[f"{eval_shards}/image/*.tar"], region_shards=[f"{eval_shards}/region/*.tar"],
-                   video_shards=[f"{eval_shards}/video/*.tar"], batch_size=8)
-    options.update(overrides)
-    return eval_data_spec(**options)
+def _spec(eval_shards: Path, tokenizer: Path, image_res: int = RES, batch_size: int = 8,
+          video_frames: int | None = None, **shards) -> DataSpec:
+    """The held-out sets image, region and video (SHARDS: `image_shards=[...]` etc. replace them)."""
+    sets = [(name, kind, shards.get(f"{name}_shards", [f"{eval_shards}/{name}/*.tar"]))
+            for name, kind in (("image", "image_text"), ("region", "region"), ("video", "video_text"))]
+    options = {"video_text": {"frames": video_frames}} if video_frames else None
+    return eval_data_spec(str(tokenizer), image_res, 16, sets, batch_size=batch_size, max_tokens=MAX_TOKENS,
+                          options=options)
 
 
 def _batches(spec: DataSpec, kind: str, max_samples: int | None = None):
@@ -109,7 +111,7 @@ def test_max_samples_reads_the_first_samples_only(eval_shards, demo_tokenizer, d
 def test_eval_settings_follow_the_training_data_spec(eval_shards, demo_tokenizer):
     training = data_spec(demo_tokenizer, [{"name": "clips", "kind": "video_text", "shards": f"{eval_shards}/video/*.tar",
                                            "options": {"frames": 2}}], image_res=96)
-    spec = eval_spec_like_training(training, video_shards=[f"{eval_shards}/video/*.tar"], batch_size=4)
+    spec = eval_spec_like_training(training, [("video", "video_text", [f"{eval_shards}/video/*.tar"])], batch_size=4)
     assert (spec.text.tokenizer, spec.text.max_tokens) == (str(demo_tokenizer), MAX_TOKENS)
     corpus, = spec.corpora
     assert (spec.image_res, spec.patch_size, corpus.options.frames, corpus.batch_size) == (96, 16, 2, 4)

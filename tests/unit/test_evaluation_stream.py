@@ -17,7 +17,7 @@ from data_pipeline import schema
 from data_pipeline.demo_corpus.drawing import encode_mp4
 from data_pipeline.spec import parse_data_spec
 from pipeline_helpers import demo_tokenizer, write_shards  # noqa: F401  (fixture)
-from training.evaluation.data import eval_batches, eval_data_spec, eval_stream
+from training.evaluation.eval_sets import eval_batches, eval_data_spec, eval_stream
 
 RES, PATCH, MAX_TOKENS = 64, 16, 24
 
@@ -43,10 +43,9 @@ def image_sample(key: str, data: bytes, extension: str, captions: list[str], reg
     return schema.sample_dict(key, extension, data, info)
 
 
-def stream_of(tokenizer: Path, kind: str, patterns: list[str], batch_size: int, max_samples=None, **options):
-    key = {"image_text": "image_shards", "region": "region_shards", "video_text": "video_shards"}[kind]
-    spec = eval_data_spec(str(tokenizer), RES, PATCH, batch_size=batch_size, max_tokens=MAX_TOKENS,
-                          **{key: patterns}, **options)
+def stream_of(tokenizer: Path, kind: str, patterns: list[str], batch_size: int, max_samples=None):
+    spec = eval_data_spec(str(tokenizer), RES, PATCH, [(kind, kind, patterns)], batch_size=batch_size,
+                          max_tokens=MAX_TOKENS)
     return eval_stream(spec, spec.corpora[0], max_samples)
 
 
@@ -102,8 +101,8 @@ def test_max_samples_reads_the_first_samples_only(demo_tokenizer, image_shards):
 
 def test_no_randomness_whatever_the_seed(demo_tokenizer, image_shards):
     paths, _ = image_shards
-    spec = eval_data_spec(str(demo_tokenizer), RES, PATCH, image_shards=[str(p) for p in paths], batch_size=4,
-                          max_tokens=MAX_TOKENS)
+    spec = eval_data_spec(str(demo_tokenizer), RES, PATCH, [("image", "image_text", [str(p) for p in paths])],
+                          batch_size=4, max_tokens=MAX_TOKENS)
     reseeded = parse_data_spec({"seed": 12345, "training": False, "image_res": RES, "patch_size": PATCH,
                                 "text": {"tokenizer": str(demo_tokenizer), "max_tokens": MAX_TOKENS},
                                 "loader": {"shuffle_buffer": 1000},

@@ -13,11 +13,13 @@ import torch
 from data_pipeline.config import ConfigError, build
 from tiny_batches import image_batch, region_batch
 from training import finetune
-from training.evaluation.data import eval_data_spec
-from training.finetune_tasks import TASKS, ForwardingTask
-from training.finetune_trainer import before_after
+from training.evaluation.eval_sets import eval_data_spec
+from training.tasks.finetuning import TASKS, ForwardingTask
+from training.extensions.finetune_report import before_after
 from training.model import create_model
-from training.run_config import EvalSection, load_run_config
+from training.engine.run_config import EvalSection, load_run_config
+from training.objectives.settings import parse_loss_settings
+from training.tasks.task import Task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((REPO_ROOT / "configs/finetune").glob("*.yaml"))
@@ -112,8 +114,8 @@ def test_named_eval_sets_are_checked_and_become_corpora_of_their_names(tmp_path)
         with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(problem)}"):
             build(EvalSection, {"sets": sets}, "eval")
     tokenizer = tmp_path / "tokenizer"
-    spec = eval_data_spec(str(tokenizer), 64, 16, image_shards=["i/*.tar"],
-                          sets=[(s.name, s.kind, s.shards) for s in section.sets])
+    section.image_shards = ["i/*.tar"]
+    spec = eval_data_spec(str(tokenizer), 64, 16, section.named_sets())
     assert [(c.name, c.kind, c.shards) for c in spec.corpora] == [
         ("image", "image_text", ["i/*.tar"]), ("refcoco_val", "region", ["val/*.tar"]),
         ("refcoco_testA", "region", ["testA/*.tar"])]
@@ -123,20 +125,18 @@ def test_fine_tuning_forwards_leave_out_the_terms_that_weigh_zero_and_compute_th
     model = create_model("tiny").eval()  # no dropout: every forward sees the same network
     batches = {"image": image_batch(0), "region": region_batch(1)}
 
-    def forward():
+    def forward(weights: dict):
+        task = Task(model, parse_loss_settings({"weights": weights}))
         torch.manual_seed(0)  # the same ITM hard negatives drawn
         with torch.no_grad():
-            return model(**batches)
+            return task(batches)
 
-    every = forward()["losses"]
-    weights = model.config.losses.weights
-    weights["image"]["mlm"] = 0.0  # retrieval
-    for term in ("itc", "itm", "mlm"):  # grounding: the box terms alone
-        weights["region"][term] = 0.0
-    out = forward()
+    every = forward({})["losses"]
+    # retrieval: no MLM; grounding: the box terms alone
+    out = forward({"image": {"mlm": 0.0}, "region": {"itc": 0.0, "itm": 0.0, "mlm": 0.0}})
     assert {kind: sorted(terms) for kind, terms in out["losses"].items()} == {"image": ["itc", "itm"],
                                                                               "region": ["bbox", "giou"]}
-    assert out["stats"]["region"] == {} and "region" not in out["features"]
+    assert out["figures"]["region"] == {} and "region" not in out["features"]
     for kind, terms in out["losses"].items():
         for term, value in terms.items():
             assert torch.equal(value, every[kind][term]), (kind, term)
@@ -161,6 +161,28 @@ def test_command_line_refuses_a_config_of_another_task_before_training(tmp_path,
     assert capsys.readouterr().err.strip() == (
         f"x2vlm-finetune: {config}: data.corpora[0].kind: image_text: the grounding task trains on region corpora only")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_task_a_plug_in_registers_is_found_through_the_recipes_plugins(tmp_path, model_folder, capsys):
+    plugin = tmp_path / "toy_task.py"
+    plugin.write_text("from training.tasks.finetuning import TrainingTask, register\n\n\n"
+                      "def register_task():\n"
+                      "    register(TrainingTask(name='box-only', summary='the box terms alone on region corpora',\n"
+                      "                          kinds=('region',), terms={'region': ('bbox',)}))\n")
+    recipe = tmp_path / "recipe.yaml"
+    text = (REPO_ROOT / "configs/finetune/retrieval_demo.yaml").read_text()
+    recipe.write_text(text.replace("deepspeed: ../deepspeed/zero2.json",
+                                   f"deepspeed: {REPO_ROOT / 'configs/deepspeed/zero2.json'}")
+                      .replace("root: ../..", f"root: {REPO_ROOT}") + "\nplugins: [toy_task.py:register_task]\n")
+    try:
+        code = finetune.main(["--task", "box-only", "--config", str(recipe), "--model", str(model_folder),
+                              "--set", f"run.output_dir={tmp_path / 'out'}"])
+        # The plug-in's task checked the recipe: its corpora are not of the task's kind.
+        assert code == 2
+        assert capsys.readouterr().err.strip().endswith(
+            "data.corpora[0].kind: image_text: the box-only task trains on region corpora only")
+    finally:
+        TASKS.pop("box-only", None)
 
 
 FORWARDED = []

@@ -13,7 +13,7 @@ from data_pipeline.loader import feature_records
 from data_pipeline.loader.feature_records import (FeatureRecordWriter, FeatureSnapshot, encode, read_features,
                                                   read_records, restore)
 from data_pipeline.loader.grouping import GroupingPool, group_order, group_sizes
-from training.losses.hardness import drawn_similarity, itc_hardness, itm_negative_similarity
+from training.objectives.hardness import drawn_similarity, itc_hardness, itm_negative_similarity
 
 CLUSTERS, PER_CLUSTER, WIDTH, BATCH = 4, 32, 16, 8
 
@@ -238,7 +238,14 @@ def test_hardness_figures_match_a_loop():
 
 
 def test_the_trainer_records_one_vector_per_sample_and_cuts_back_to_its_checkpoint(tmp_path):
-    from training.feature_records import FeatureRecorder, sample_vectors
+    from types import SimpleNamespace
+
+    from training.extensions.grouping_features import GroupingFeatures, sample_vectors
+
+    def recorder_of_rank_0():
+        recorder = GroupingFeatures()
+        recorder.setup(SimpleNamespace(output_dir=tmp_path, rank=0, world_size=1))
+        return recorder
 
     torch.manual_seed(0)
     normalise = torch.nn.functional.normalize
@@ -251,12 +258,11 @@ def test_the_trainer_records_one_vector_per_sample_and_cuts_back_to_its_checkpoi
     expected = torch.stack([normalise(rows[0], dim=0), normalise(rows[1] + rows[2], dim=0)])
     assert torch.allclose(got, expected, atol=1e-3)
 
-    recorder = FeatureRecorder(tmp_path, rank=0, world_size=1)
+    recorder = recorder_of_rank_0()
     batches = {"image_text": {"corpus": "coco", "keys": ["a", "b"], "epochs": [0, 1]},
                "region": {"corpus": "vg", "keys": ["x", "y"], "epochs": [2, 2]}}
     inputs = {"image": {}, "region": {"image_index": index}}
-    kinds = {"image_text": "image", "region": "region"}
-    recorder.stage(7, batches, inputs, {"image": image, "region": region}, kinds)
+    recorder.stage(7, batches, inputs, {"image": image, "region": region})
     recorder.write()
     checkpoint = recorder.state_dict()
     assert sorted(checkpoint["sizes"]) == ["coco/epoch00000.rank00000.bin", "coco/epoch00001.rank00000.bin",
@@ -266,9 +272,9 @@ def test_the_trainer_records_one_vector_per_sample_and_cuts_back_to_its_checkpoi
     assert sorted(read_features(root, "coco", 7)) == ["a", "b"]
     # A step after the checkpoint, then a crash: the resume cuts its records away.
     recorder.stage(8, {"image_text": {"corpus": "coco", "keys": ["c"], "epochs": [1]}}, inputs,
-                   {"image": {k: v[:1] for k, v in image.items()}}, kinds)
+                   {"image": {k: v[:1] for k, v in image.items()}})
     recorder.write()
     assert "c" in read_features(root, "coco", 8)
-    resumed = FeatureRecorder(tmp_path, rank=0, world_size=1)
-    assert resumed.load_state_dicts([checkpoint]) == []
+    resumed = recorder_of_rank_0()
+    resumed.load_state_dict(checkpoint)
     assert sorted(read_features(root, "coco", 8)) == ["a", "b"]

@@ -10,10 +10,11 @@ from safetensors.torch import save_file
 from official_layout import official_state_dict, write_official_checkpoint
 from pipeline_helpers import demo_tokenizer  # noqa: F401
 from tiny_batches import image_batch, region_batch
-from training.init_from import InitFromError, init_from
+from training.folders.init_from import InitFromError, init_from
 from training.model import create_model
-from training.model.convert import main as convert_main
-from training.model_folder import ModelCard, write_model_folder
+from training.convert import main as convert_main
+from training.tasks.task import Task
+from training.folders.model_folder import ModelCard, write_model_folder
 
 
 def _model(seed: int):
@@ -24,7 +25,7 @@ def _model(seed: int):
 def _losses(model) -> dict[str, torch.Tensor]:
     """The training forward's loss terms on a fixed batch, the ITM negatives drawn from a fixed seed."""
     torch.manual_seed(123)
-    out = model.train()(image=image_batch(seed=1), region=region_batch(seed=2))
+    out = Task.for_model(model.train())({"image": image_batch(seed=1), "region": region_batch(seed=2)})
     return {"loss": out["loss"].detach(), **{f"{kind}/{term}": value.detach()
                                              for kind, terms in out["losses"].items() for term, value in terms.items()}}
 
@@ -147,7 +148,7 @@ def test_a_file_that_would_run_code_is_refused(tmp_path, capsys):
 def test_a_folder_whose_tokenizer_is_not_the_runs_is_told_apart(demo_tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    from training.init_from import tokenizer_differs
+    from training.folders.init_from import tokenizer_differs
 
     folder = _folder(_model(0), tmp_path / "export", demo_tokenizer)
     other = AutoTokenizer.from_pretrained(str(demo_tokenizer))

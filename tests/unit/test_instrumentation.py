@@ -1,4 +1,4 @@
-"""training/instrumentation.py: the host-sync counter on hand-made operations, and the traffic
+"""training/runtime/instrumentation.py: the host-sync counter on hand-made operations, and the traffic
 counter's bytes against hand-computed ring-model figures (a fake 4-rank process group: the
 collectives do nothing, their sizes are what is counted)."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from training.instrumentation import SyncCounter, TrafficCounter, traffic_category
+from training.runtime.instrumentation import SyncCounter, TrafficCounter, traffic_category
 
 
 def test_every_kind_of_host_sync_is_counted_once_and_nothing_else():

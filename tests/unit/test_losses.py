@@ -6,16 +6,12 @@ import math
 import pytest
 import torch
 
-from training.losses import (
-    PairKeys,
-    box_losses,
-    consistency_loss,
-    contrastive_loss,
-    masked_language_model_loss,
-    matching_loss,
-    pair_positives,
-    sample_hard_negatives,
-)
+from training.objectives.box import box_losses
+from training.objectives.itc import contrastive_loss
+from training.objectives.itc_consistency import consistency_loss
+from training.objectives.itm import matching_loss, sample_hard_negatives
+from training.objectives.mlm import masked_language_model_loss
+from training.objectives.positives import PairKeys, pair_positives
 
 
 def _log_softmax_row(values: list[float], j: int) -> float:
@@ -232,7 +228,7 @@ def test_contrastive_loss_over_this_ranks_rows_is_its_share_of_the_global_loss()
 
 
 def test_text_hash_ignores_padding_and_separates_texts():
-    from training.losses.positives import text_hash
+    from training.objectives.positives import text_hash
 
     ids = torch.tensor([[101, 7, 8, 0, 0], [101, 7, 8, 9, 0], [101, 8, 7, 0, 0], [101, 7, 8, 5, 5]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from training import metrics as metrics_module
-from training import progress as progress_module
-from training.metrics import MetricsLogger, StepFlops
-from training.progress import Progress, format_seconds
+from training.engine import metrics as metrics_module
+from training.engine import progress as progress_module
+from training.engine.metrics import MetricsLogger, StepFlops
+from training.engine.progress import Progress, format_seconds
 
 
 def test_step_flops_counts_forward_and_backward_once_per_set_of_kinds():

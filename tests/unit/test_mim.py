@@ -9,15 +9,16 @@ import yaml
 
 from data_pipeline.config import ConfigError
 from tiny_batches import image_batch, region_batch
-from training import rng_state
-from training.instrumentation import SyncCounter
-from training.losses.mim import masked_image_loss
+from training.runtime import rng_state
+from training.runtime.instrumentation import SyncCounter
+from training.objectives.mim import masked_image_loss
 from training.model import CONFIG_DIR, create_model
 from training.model.model_config import VisionConfig, model_config_from_dict
 from training.model.patch_masking import block_masks, masked_count
 from training.model.preprocessing import normalise
 from training.model.vision import VisionTower
-from training.optim import parameter_groups
+from training.engine.optim import parameter_groups
+from training.tasks.task import Task
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's published constants, written out here
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -168,7 +169,7 @@ def test_dropping_masked_patches_gives_the_itc_features_of_the_kept_patches():
     images = image_batch(0)["images"]
     masks = block_masks(4, 4, 8, "cpu", torch.Generator().manual_seed(2))
     with torch.no_grad():
-        tokens, loss = model.mim(model.vision, images, masks)
+        tokens, reconstruction = model.mim(model.vision, images, masks)
         features = model._vision_encoding(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool)).features
         # Independently: timm's BEiT over every patch with the masked patches' keys at -inf (the
         # kept patches keep their grid positions, which BEiT's relative biases are indexed by).
@@ -180,7 +181,7 @@ def test_dropping_masked_patches_gives_the_itc_features_of_the_kept_patches():
         patches = trunk.fc_norm(trunk.norm(x))[:, 1:]
         kept_mean = patches.gather(1, masks.kept[..., None].expand(-1, -1, patches.shape[-1])).mean(dim=1)
         expected = torch.nn.functional.normalize(model.vision_proj(kept_mean), dim=-1)
-    assert loss is None and tokens.shape[1] == 1 + 8
+    assert reconstruction is None and tokens.shape[1] == 1 + 8
     torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -189,8 +190,9 @@ def test_mim_loss_reaches_the_decoder_and_the_tower_and_is_weighted(drop):
     config = _tiny(enabled=True, drop_masked=drop)
     config["losses"]["weights"] = {"image": {"mim": 0.25}}
     model = create_model(config)
+    task = Task.for_model(model)
     torch.manual_seed(0)
-    out = model(image=image_batch(0))
+    out = task({"image": image_batch(0)})
     losses = out["losses"]["image"]
     assert sorted(losses) == ["itc", "itm", "mim", "mlm"]
     torch.testing.assert_close(out["loss"], losses["itc"] + losses["itm"] + losses["mlm"] + 0.25 * losses["mim"])
@@ -228,14 +230,15 @@ def test_mim_off_by_default_changes_nothing():
     assert model.config.mim.enabled is False and model.config.mim.drop_masked is False and model.mim is None
     assert not any(name.startswith("mim.") for name, _ in model.named_parameters())
     torch.manual_seed(0)
-    assert sorted(model(image=image_batch(0))["losses"]["image"]) == ["itc", "itm", "mlm"]
+    assert sorted(Task.for_model(model)({"image": image_batch(0)})["losses"]["image"]) == ["itc", "itm", "mlm"]
 
 
 def test_a_masked_training_step_makes_the_host_wait_for_nothing():
     model = create_model(_tiny(enabled=True, drop_masked=True))
     batches = {"image": image_batch(0), "region": region_batch(1)}
+    task = Task.for_model(model)
     with SyncCounter() as counter:
-        model(**batches)["loss"].backward()
+        task(batches)["loss"].backward()
     assert counter.count("project") == 0, counter.events
 
 

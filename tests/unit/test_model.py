@@ -1,4 +1,4 @@
-"""The X²-VLM model: sizes, visual concepts, forward/backward over every batch kind."""
+"""The X²-VLM model: sizes, visual concepts, the encoders and heads; the package's imports."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +9,7 @@ from training.model import create_model
 from training.model.fusion import QueryKeyValue
 from training.model.regions import region_tokens
 from training.model.video import FrameTemporalPooling
+from training.tasks.task import Task
 
 
 def _count(name: str) -> int:
@@ -54,7 +55,7 @@ def test_vision_tokens_start_with_the_mean_of_patch_tokens_for_beit_vit_and_swin
 
 
 def test_vision_tower_normalises_uint8_pixels_with_clip_mean_and_std():
-    from data_pipeline.loader.collate import collate_image_text
+    from data_pipeline.kinds.collate import collate_image_text
     from training.model.model_config import VisionConfig
     from training.model.vision import VisionTower
 
@@ -144,88 +145,6 @@ def test_video_tokens_are_the_frame_mean_after_frame_positions():
         pooling(torch.zeros(1, 5, 2, 2))
 
 
-def test_itm_negatives_drawn_in_the_model_are_never_positives(monkeypatch):
-    import training.model.x2vlm as x2vlm
-
-    draws, sample = [], x2vlm.sample_hard_negatives
-
-    def recording(logits, positives, generator=None):
-        index, valid = sample(logits, positives, generator)
-        draws.append((positives, index, valid))
-        return index, valid
-
-    monkeypatch.setattr(x2vlm, "sample_hard_negatives", recording)
-    model = create_model("tiny")
-    batch = region_batch()
-    for seed in range(5):
-        torch.manual_seed(seed)
-        model(region=batch)
-    assert len(draws) == 10
-    for positives, index, valid in draws:
-        # Regions 0, 1 share image 0 and regions 2, 3, 4 share image 1: all of them positives.
-        assert positives.sum().item() == 2 * 2 + 3 * 3
-        assert valid.all()
-        assert not positives[torch.arange(len(index)), index].any()
-
-
-def _all_kinds(model):
-    torch.manual_seed(0)
-    return model(image=image_batch(0), region=region_batch(1), video=video_batch(2))
-
-
-def test_forward_over_all_kinds_weights_losses_and_reaches_every_parameter():
-    model = create_model("tiny")
-    model.config.losses.weights["region"]["giou"] = 2.0
-    model.config.losses.weights["video"]["mlm"] = 0.5
-    out = _all_kinds(model)
-    losses = out["losses"]
-    assert {k: sorted(v) for k, v in losses.items()} == {
-        "image": ["itc", "itm", "mlm"],
-        "region": ["bbox", "giou", "itc", "itm", "mlm"],
-        "video": ["itc", "itm", "mlm"],
-    }
-    expected = sum(v for terms in losses.values() for v in terms.values())
-    expected = expected + losses["region"]["giou"] - 0.5 * losses["video"]["mlm"]
-    torch.testing.assert_close(out["loss"], expected)
-    assert out["features"]["region"]["vision"].shape == (5, 16)
-    out["loss"].backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert no_grad == []
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    model = create_model("tiny")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = _all_kinds(model)
-    assert torch.isfinite(out["loss"])
-    out["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def test_bf16_weights_take_fp32_pixels_and_give_fp32_losses():
-    model = create_model("tiny").to(torch.bfloat16)
-    out = _all_kinds(model)
-    assert all(v.dtype == torch.float32 and torch.isfinite(v) for terms in out["losses"].values() for v in terms.values())
-    out["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def test_activation_checkpointing_gives_the_same_loss_and_gradients():
-    torch.manual_seed(3)
-    plain = create_model("tiny")
-    checkpointed = create_model("tiny")
-    checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.set_activation_checkpointing(True)
-    results = []
-    for model in (plain, checkpointed):
-        out = _all_kinds(model)
-        out["loss"].backward()
-        results.append((out["loss"], {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], msg=name)
-
-
 def test_temperature_is_clamped_but_keeps_its_gradient():
     model = create_model("tiny")
     with torch.no_grad():
@@ -261,7 +180,7 @@ def test_roberta_text_tower_swaps_in():
     }
     model = create_model(config)
     assert type(model.text).__name__ == "RobertaModel"
-    out = model(image=image_batch(length=8))
+    out = Task.for_model(model)({"image": image_batch(length=8)})
     assert torch.isfinite(out["loss"])
 
 

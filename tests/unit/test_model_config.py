@@ -1,4 +1,5 @@
-"""Model configs are validated on load; errors name the key."""
+"""Model configs are validated on load, and their `losses` section by the objectives' settings
+(training/objectives/settings.py) when a run reads it; errors name the key."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,13 @@ import yaml
 from data_pipeline.config import ConfigError
 from training.model import CONFIG_DIR, load_model_config
 from training.model.model_config import model_config_from_dict
+from training.objectives.settings import parse_loss_settings
+
+
+def _checked(config: dict, where: str = ""):
+    """CONFIG as a run reads it: the model config, then its losses section."""
+    model = model_config_from_dict(config, where)
+    return model, parse_loss_settings(model.losses, f"{where}.losses" if where else "losses")
 
 
 def test_shipped_configs_load():
@@ -15,8 +23,8 @@ def test_shipped_configs_load():
     tiny = load_model_config(CONFIG_DIR / "tiny.yaml")
     assert (base.text.num_layers, base.text.fusion_start, base.num_fusion_layers) == (18, 12, 6)
     assert (large.vision.name, large.text.hidden_size) == ("beitv2_large_patch16_224", 1024)
-    assert tiny.losses.weights["region"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "bbox": 1.0, "giou": 1.0,
-                                             "itc_cons": 0.0}
+    assert parse_loss_settings(tiny.losses).weights["region"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "bbox": 1.0,
+                                                                  "giou": 1.0, "itc_cons": 0.0}
 
 
 def _tiny() -> dict:
@@ -34,8 +42,8 @@ def _tiny() -> dict:
         (lambda c: c.update(temperature=0.9), "temperature_min: need 0 < temperature_min"),
         (lambda c: c["losses"].update(itm_negatives="everywhere"), "losses.itm_negatives: must be one of global, local"),
         (lambda c: c["losses"].update(weights={"region": {"box": 1.0}}), "losses.weights.region.box: unknown loss term"),
-        (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: unknown key"),
-        (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: must be >= 0"),
+        (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: no objective applies to 'audio'"),
+        (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: must be a finite number >= 0"),
         (lambda c: c["vision"].update(image_size=True), "vision.image_size: expected int, got bool"),
     ],
 )
@@ -43,7 +51,7 @@ def test_invalid_config_names_the_key(edit, message):
     config = _tiny()
     edit(config)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        model_config_from_dict(config)
+        _checked(config)
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -58,7 +66,7 @@ def test_file_errors_name_the_file(tmp_path):
 def test_loss_weights_not_given_default_to_one():
     config = _tiny()
     config["losses"]["weights"] = {"video": {"mlm": 0.25}}
-    weights = model_config_from_dict(config).losses.weights
+    weights = _checked(config)[1].weights
     assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25, "itc_cons": 0.0}
     # An optional term (image/lm, captioning; <kind>/itc_cons, ITC consistency) is off unless given.
     assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.0, "itc_cons": 0.0}

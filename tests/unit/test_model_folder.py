@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from pipeline_helpers import demo_tokenizer  # noqa: F401
 from training.model import create_model
-from training.model_folder import (CARD_FILE, CONFIG_FILE, README_FILE, TOKENIZER_DIR, WEIGHTS_FILE, ModelCard,
+from training.folders.model_folder import (CARD_FILE, CONFIG_FILE, README_FILE, TOKENIZER_DIR, WEIGHTS_FILE, ModelCard,
                                    ModelFolderError, load_model_folder, write_model_folder)
 
 

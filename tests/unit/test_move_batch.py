@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-import training.model.x2vlm as x2vlm
+import training.objectives.box as box
 from tiny_batches import region_batch
+from training.engine.trainer import move_batch
 from training.model import create_model
-from training.trainer import move_batch
+from training.tasks.task import Task
 
 # 1/3 + 1/4096 in float32: bf16 keeps 8 significant bits and rounds it to 0.333984375.
 UNREPRESENTABLE = torch.tensor(1 / 3 + 1 / 4096, dtype=torch.float32)
@@ -33,14 +34,14 @@ def test_box_loss_of_a_bf16_model_sees_the_float32_box(monkeypatch):
     batch = region_batch()
     batch["boxes"][0, 0] = UNREPRESENTABLE
     seen = {}
-    box_losses = x2vlm.box_losses
+    box_losses = box.box_losses
 
     def noting_targets(predicted, target):
         seen["predicted"], seen["target"] = predicted, target
         return box_losses(predicted, target)
 
-    monkeypatch.setattr(x2vlm, "box_losses", noting_targets)
-    out = model(region=move_batch(batch, torch.device("cpu")))
+    monkeypatch.setattr(box, "box_losses", noting_targets)
+    out = Task.for_model(model)({"region": move_batch(batch, torch.device("cpu"))})
     assert torch.isfinite(out["loss"])
     assert seen["target"].dtype == torch.float32 and torch.equal(seen["target"], batch["boxes"])
     assert seen["target"][0, 0] == UNREPRESENTABLE

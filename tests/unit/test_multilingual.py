@@ -17,13 +17,14 @@ from transformers import AutoTokenizer
 
 from data_pipeline.config import ConfigError
 from data_pipeline.demo_corpus import DemoCorpusSpec, generate
-from data_pipeline.shards.cli import main as shards_main
+from data_pipeline.shards import main as shards_main
 from data_pipeline.spec import TextSpec
 from data_pipeline.text import TextEncoder, clean_caption
 from data_pipeline.text.tokenizer_training import train_tokenizer
 from data_pipeline.transforms.flip import swap_sides
 from training.model import create_model
 from training.model.text import tokenizer_problem
+from training.tasks.task import Task
 
 MIXED = {"en": 0.4, "zh": 0.3, "en+zh": 0.3}
 # Written down here, apart from the generator's table: what a Chinese text must call each
@@ -240,7 +241,7 @@ def test_an_xlm_roberta_tower_trains_mlm_on_a_chinese_batch(unigram):
     lengths = batch["text_mask"].sum(dim=1)
     for row, length in zip(positions, lengths):
         assert row[:length].tolist() == list(range(2, 2 + int(length))) and (row[length:] == 1).all()
-    out = model(image=batch)
+    out = Task.for_model(model)({"image": batch})
     mlm = out["losses"]["image"]["mlm"]
     assert torch.isfinite(out["loss"]) and torch.isfinite(mlm) and mlm > 0
     # <s> (id 0) is a real token; <pad> (id 1) has the zero padding row.
@@ -252,7 +253,7 @@ def test_an_xlm_roberta_tower_trains_mlm_on_a_chinese_batch(unigram):
 
 def test_a_tower_whose_padding_or_positions_do_not_fit_the_tokenizer_is_refused():
     from training.model.model_config import TextConfig
-    from training.run_config import _check_across_sections
+    from training.engine.run_config import _check_across_sections
 
     # An XLM-R tokenizer pads with 1; a tower left at pad_token_id 0 would take <s> for padding.
     xlmr = TextConfig(kind="xlm-roberta", vocab_size=160, max_position_embeddings=66, pad_token_id=0)

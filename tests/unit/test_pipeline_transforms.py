@@ -12,7 +12,8 @@ from PIL import Image
 
 from data_pipeline.demo_corpus.drawing import encode_mp4
 from data_pipeline.media.image_decode import crop_resize, open_image
-from data_pipeline.spec import ImageTextOptions, RegionOptions, TextSpec, VideoTextOptions
+from data_pipeline.spec import TextSpec
+from data_pipeline.transforms import ImageTextOptions, RegionOptions, VideoTextOptions
 from data_pipeline.text import TextEncoder
 from data_pipeline.transforms import ImageTextTransform, RegionTransform, VideoTextTransform
 from data_pipeline.transforms.flip import swap_sides
@@ -236,7 +237,7 @@ def test_jpeg_draft_decoding_matches_full_decoding():
 
 
 def test_collate_keeps_pixels_uint8_and_region_texts_ragged():
-    from data_pipeline.loader.collate import collate_image_text, collate_region, collate_video_text
+    from data_pipeline.kinds.collate import collate_image_text, collate_region, collate_video_text
 
     def texts(n):
         return {name: np.full((n, 4), 7, dtype=np.int64) for name in ("text_ids", "text_mask", "mlm_ids", "mlm_labels")}
@@ -279,7 +280,7 @@ def test_evaluation_mode_is_plain_resize(text):
 def test_collate_lists_masked_positions_first_and_bounds_rows_per_kind():
     from types import SimpleNamespace
 
-    from data_pipeline.loader.collate import collate_region, mlm_positions, rows_per_batch
+    from data_pipeline.kinds.collate import collate_region, mlm_positions, rows_per_batch
 
     labels = np.full((3, 6), -100)
     labels[0, [4, 1]] = 7

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from data_pipeline.io import shard_reader
-from data_pipeline.io.grouping import group_samples, split_name
+from data_pipeline.io.sample_grouping import group_samples, split_name
 from data_pipeline.io.shard_list import ShardListError, expand_shards
 from data_pipeline.io.shard_reader import ShardDamaged, checked_samples, read_shard
 from data_pipeline.skips import Counters

@@ -9,9 +9,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipeline.shards.cli import main
-from data_pipeline.shards.keys import sample_key
-from data_pipeline.shards.show_command import BOX_COLOURS
+from data_pipeline.shards import main
+from data_pipeline.shard_tools.keys import sample_key
+from data_pipeline.shard_tools.show_command import BOX_COLOURS
 from shards_support import build, load_json, read_back
 
 

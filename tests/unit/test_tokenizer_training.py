@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, BertTokenizerFast, XLMRobertaTokenizerFast
 
-from data_pipeline.shards import tokenizer_command
-from data_pipeline.shards.cli import main
+from data_pipeline.shard_tools import tokenizer_command
+from data_pipeline.shards import main
 from data_pipeline.spec import TextSpec
 from data_pipeline.text import TextEncoder, clean_caption
 from data_pipeline.text import tokenizer_training

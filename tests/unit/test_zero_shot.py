@@ -1,4 +1,4 @@
-"""Zero-shot classification (training/evaluation/zero_shot.py, x2vlm-zero-shot): hand-built
+"""Zero-shot classification (training/evaluation/zero_shot_classification.py, x2vlm-zero-shot): hand-built
 embeddings whose answers are known, ImageFolder trees and labelled shards written here, and
 the command on a tiny model folder against the same computation done by hand."""
 from __future__ import annotations
@@ -15,13 +15,13 @@ from PIL import Image
 
 from data_pipeline.skips import Counters
 from pipeline_helpers import demo_tokenizer  # noqa: F401
-from training.evaluation import zero_shot
-from training.evaluation.zero_shot import (Classes, Tally, ZeroShotError, class_embeddings, classify, image_folder,
+from training.evaluation import zero_shot_classification as zero_shot
+from training.evaluation.zero_shot_classification import (Classes, Tally, ZeroShotError, class_embeddings, classify, image_folder,
                                            labelled_shards, read_classes, read_templates)
-from training.evaluation.zero_shot_cli import main
+from training.zero_shot import main
 from training.inference import InputError, X2VLMPredictor
 from training.model import create_model
-from training.model_folder import ModelCard, write_model_folder
+from training.folders.model_folder import ModelCard, write_model_folder
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220)}
 TEMPLATES = ["a photo of a {}.", "a {} shape"]

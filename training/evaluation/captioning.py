@@ -11,21 +11,14 @@ import torch
 from data_pipeline.loader.stream import CorpusStream
 from data_pipeline.text import TextEncoder
 from training.evaluation.caption_metrics import caption_metrics
-from training.evaluation.data import eval_batches
-from training.model.generation import generate
+from training.evaluation.eval_sets import eval_batches
+from training.model.generation import generate, special_ids
 
 
 @dataclasses.dataclass(frozen=True)
 class CaptioningSettings:
     max_len: int = 30  # most generated tokens per caption
     beam: int = 1  # 1: greedy
-
-
-def special_ids(text: TextEncoder) -> dict:
-    """generate()'s token arguments for the tokenizer of TEXT."""
-    tokenizer = text.tokenizer
-    banned = {text.pad_id, text.mask_id, text.cls_id, tokenizer.unk_token_id, tokenizer.bos_token_id} - {None, text.sep_id}
-    return {"bos_id": text.cls_id, "eos_id": text.sep_id, "pad_id": text.pad_id, "banned": sorted(banned)}
 
 
 @torch.no_grad()

@@ -6,8 +6,12 @@
 - grounding (region shards): the box head's prediction for each region text against the true
   box, IoU >= 0.5, beside the centre-box baseline (see ``grounding``).
 
-The eval sets are a data spec in evaluation mode (see ``training/evaluation/data.py``), one
+The eval sets are a data spec in evaluation mode (see ``training/evaluation/eval_sets.py``), one
 corpus per set, read through the training stream; metrics are prefixed by the corpus name.
+Each set is scored by the evaluation its data kind names (data_pipeline/kinds: `evaluation`),
+from the registry here: `retrieval`, `grounding`, and whatever a plug-in registers with
+`register_evaluation(name, function)`; a function takes (model, stream, settings) and returns
+the set's metrics.
 
 Under torch.distributed every rank reads and encodes the whole eval set (as X-VLM's
 ``evaluation`` does) and the ITM re-ranking, the expensive part, is split by query across ranks
@@ -24,10 +28,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from data_pipeline.kinds import data_kind
 from data_pipeline.loader.stream import CorpusStream
 from data_pipeline.spec import DataSpec
 from training.evaluation.captioning import CaptioningSettings, evaluate_captioning
-from training.evaluation.data import eval_batches, eval_stream
+from training.evaluation.eval_sets import eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
 from training.evaluation.retrieval_metrics import retrieval_metrics
 from training.model import TextEncoding, VisionEncoding
@@ -35,6 +40,22 @@ from training.model import TextEncoding, VisionEncoding
 # The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
 # [-1, 1], ITM probabilities in [0, 1].
 _RERANKED_OFFSET = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    itm_top_k: int = 16  # candidates re-ranked by ITM per query; 0: ITC only
+    itm_batch_size: int = 128  # pairs per ITM call
+
+
+Evaluation = Callable[[object, CorpusStream, EvaluationSettings], dict]
+EVALUATIONS: dict[str, Evaluation] = {}
+
+
+def register_evaluation(name: str, evaluation: Evaluation) -> None:
+    if name in EVALUATIONS:
+        raise ValueError(f"evaluation {name!r} is registered twice")
+    EVALUATIONS[name] = evaluation
 
 
 @dataclasses.dataclass
@@ -73,8 +94,9 @@ def encode_retrieval_set(model, stream: CorpusStream) -> RetrievalFeatures:
     device = _device_of(model)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("tokens", "vfeat", "hidden", "tmask", "tfeat", "owner")}
     images_so_far = 0
+    video = data_kind(stream.corpus.kind).vision == "video"
     for batch in eval_batches(stream):
-        if stream.corpus.kind == "video_text":
+        if video:
             vision = model.encode_video(batch["frames"].to(device))
         else:
             vision = model.encode_image(batch["images"].to(device))
@@ -138,11 +160,11 @@ def retrieval_scores(model, features: RetrievalFeatures, itm_top_k: int, itm_bat
     return text_to_image, image_to_text
 
 
-def evaluate_retrieval(model, stream: CorpusStream, itm_top_k: int, itm_batch_size: int) -> dict[str, float]:
+def evaluate_retrieval(model, stream: CorpusStream, settings: EvaluationSettings) -> dict[str, float]:
     features = encode_retrieval_set(model, stream)
-    text_to_image, image_to_text = retrieval_scores(model, features, itm_top_k, itm_batch_size)
+    text_to_image, image_to_text = retrieval_scores(model, features, settings.itm_top_k, settings.itm_batch_size)
     metrics = retrieval_metrics(text_to_image, image_to_text, features.text_image)
-    media = "videos" if stream.corpus.kind == "video_text" else "images"
+    media = "videos" if data_kind(stream.corpus.kind).vision == "video" else "images"
     metrics.update({media: len(features.vision_features), "texts": len(features.text_features)})
     return metrics
 
@@ -177,9 +199,13 @@ def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -
     return out
 
 
-def evaluate_grounding(model, stream: CorpusStream) -> dict[str, float]:
+def evaluate_grounding(model, stream: CorpusStream, settings: EvaluationSettings) -> dict[str, float]:
     boxes = predict_boxes(model, stream)
     return grounding_metrics(boxes["predicted"], boxes["true"])
+
+
+register_evaluation("retrieval", evaluate_retrieval)
+register_evaluation("grounding", evaluate_grounding)
 
 
 def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 128,
@@ -198,22 +224,24 @@ def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 1
     if itm_top_k < 0:
         raise ValueError(f"itm_top_k must be >= 0, got {itm_top_k}")
     max_frames = model.config.vision.max_frames
-    for corpus in spec.corpora_of("video_text"):
-        if corpus.options.frames > max_frames:
+    for corpus in spec.corpora:
+        if data_kind(corpus.kind).vision == "video" and corpus.options.frames > max_frames:
             raise ValueError(f"eval corpus {corpus.name}: {corpus.options.frames} video frames exceed the model's "
                              f"vision.max_frames {max_frames}")
     streams = [eval_stream(spec, corpus, max_samples) for corpus in spec.corpora]
+    settings = EvaluationSettings(itm_top_k, itm_batch_size)
     was_training = model.training
     model.eval()
     metrics: dict[str, float] = {}
     try:
         for stream in streams:
-            if stream.corpus.kind == "region":
-                values = evaluate_grounding(model, stream)
-            else:
-                values = evaluate_retrieval(model, stream, itm_top_k, itm_batch_size)
+            kind = data_kind(stream.corpus.kind)
+            if kind.evaluation not in EVALUATIONS:
+                raise ValueError(f"eval corpus {stream.corpus.name}: its kind {kind.name} is evaluated by "
+                                 f"{kind.evaluation!r}, which is not registered (registered: {', '.join(EVALUATIONS)})")
+            values = EVALUATIONS[kind.evaluation](model, stream, settings)
             values["skipped"] = sum(stream.counters.as_dict().values())
-            if captioning is not None and stream.corpus.kind == "image_text":
+            if captioning is not None and kind.evaluation == "retrieval" and kind.vision == "image":
                 values.update(evaluate_captioning(model, eval_stream(spec, stream.corpus, max_samples), captioning))
             metrics.update({f"{stream.corpus.name}/{name}": value for name, value in values.items()})
     finally:

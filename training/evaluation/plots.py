@@ -71,7 +71,7 @@ def draw_grounding(images: torch.Tensor, predicted: torch.Tensor, true: torch.Te
 def draw_grounding_examples(model, spec, path: str | Path, count: int = 8, columns: int = 4, tile: int = 192) -> Path:
     """The first ``count`` region queries of ``spec``'s region corpus (a data spec in
     evaluation mode) with the model's predicted boxes, drawn by ``draw_grounding``."""
-    from training.evaluation.data import eval_stream
+    from training.evaluation.eval_sets import eval_stream
     from training.evaluation.evaluator import predict_boxes
 
     regions = spec.corpora_of("region")

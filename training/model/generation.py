@@ -73,3 +73,10 @@ def generate(model, vision: VisionEncoding, *, bos_id: int, eos_id: int, pad_id:
     for row in ids[best, len(prefix):].tolist():
         out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
+
+
+def special_ids(text) -> dict:
+    """generate()'s token arguments for the tokenizer of TEXT (the data pipeline's TextEncoder)."""
+    tokenizer = text.tokenizer
+    banned = {text.pad_id, text.mask_id, text.cls_id, tokenizer.unk_token_id, tokenizer.bos_token_id} - {None, text.sep_id}
+    return {"bos_id": text.cls_id, "eos_id": text.sep_id, "pad_id": text.pad_id, "banned": sorted(banned)}

@@ -1,5 +1,7 @@
 """Masked image modelling (FLAVA, VLMAE, MAE) and masked-patch dropping (FLIP) on the
-image-text batches; the model config's ``mim`` section.
+image-text batches; the model config's ``mim`` section. The model's part: the masked tower
+passes and the decoder's reconstruction of the masked patches; the `image/mim` loss on it is
+the MIM objective's (training/objectives/mim.py).
 
 Every image-text step draws, per image, a block-wise mask of ``round(mask_ratio x patches)``
 patches on the device (patch_masking.py). Which pass sees which patches:
@@ -24,16 +26,25 @@ the host.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from data_pipeline.config import ConfigError
-from training.losses.mim import masked_image_loss
 from training.model.mim_decoder import MaskedImageDecoder
 from training.model.model_config import MimConfig
 from training.model.patch_masking import PatchMasks, block_masks, masked_count
-from training.model.preprocessing import normalise
 from training.model.vision import VisionTower
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """The MIM decoder's output for a batch of images."""
+    predicted: torch.Tensor  # (B, M, patch x patch x 3): each masked patch's normalised pixels
+    masked: torch.Tensor  # (B, M) long: the masked patches, in raster order
+    images: torch.Tensor  # (B, 3, H, W) uint8: the pixels the targets come from
+    patch_size: int
 
 
 class MaskedImageModelling(nn.Module):
@@ -56,13 +67,13 @@ class MaskedImageModelling(nn.Module):
         return block_masks(images.shape[0], self.grid, self.count, images.device)
 
     def forward(self, tower: VisionTower, images: torch.Tensor,
-                masks: PatchMasks | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 IMAGES -> (the tokens ITC, ITM and MLM read, the `image/mim` loss or None).
-        MASKS: drawn here unless given."""
+                masks: PatchMasks | None = None) -> tuple[torch.Tensor, Reconstruction | None]:
+        """uint8 IMAGES -> (the tokens ITC, ITM and MLM read, the decoder's reconstruction or
+        None without a decoder). MASKS: drawn here unless given."""
         masks = self.draw(images) if masks is None else masks
         kept_tokens = tower(images, keep=masks.kept)
         tokens = kept_tokens if self.config.drop_masked else tower(images)
         if self.decoder is None:
             return tokens, None
         predicted = self.decoder(kept_tokens[:, 1:], masks.kept, masks.masked)
-        return tokens, masked_image_loss(predicted, normalise(images), masks.masked, self.patch_size)
+        return tokens, Reconstruction(predicted, masks.masked, images, self.patch_size)

@@ -12,21 +12,6 @@ from pathlib import Path
 from data_pipeline.config import ConfigError, build, read_yaml_file, setting, subkey
 
 TEXT_KINDS = ("bert", "roberta", "xlm-roberta")
-LOSS_KINDS = ("image", "region", "video")
-LOSS_TERMS = {
-    "image": ("itc", "itm", "mlm", "mim", "lm", "itc_cons"),
-    "region": ("itc", "itm", "mlm", "bbox", "giou", "itc_cons"),
-    "video": ("itc", "itm", "mlm", "itc_cons"),
-}
-# Optional objectives: weight 0 unless the config gives one; a term of weight 0 is not computed.
-# image/lm: captioning, next-token prediction in the causal mode (training/model/causal.py).
-# <kind>/itc_cons: GRIT-VLP's ITC consistency loss (losses/contrastive.py; 0.2 in its code).
-OPTIONAL_TERMS = {"image": ("lm", "itc_cons"), "region": ("itc_cons",), "video": ("itc_cons",)}
-
-
-def default_loss_weights() -> dict[str, dict[str, float]]:
-    return {kind: {term: 0.0 if term in OPTIONAL_TERMS.get(kind, ()) else 1.0 for term in LOSS_TERMS[kind]}
-            for kind in LOSS_KINDS}
 
 
 @dataclasses.dataclass
@@ -79,77 +64,6 @@ class TextConfig:
 
 
 @dataclasses.dataclass
-class MomentumDistillationConfig:
-    """ALBEF's momentum distillation (training/momentum.py, training/losses/distillation.py): an
-    exponential moving average of the towers, projections, fusion layers and MLM head; queues of
-    its features as extra contrastive candidates per batch kind; ITC and MLM targets mixed with
-    the momentum model's predictions."""
-    enabled: bool = False
-    # momentum weights <- momentum x momentum weights + (1 - momentum) x weights, once per
-    # optimizer step (ALBEF / LAVIS: 0.995).
-    momentum: float = setting(0.995, gt=0, lt=1)
-    # Entries per queue (one queue per batch kind, each entry a vision and a text feature with
-    # their identity). Each step adds world size x rows of the kind (padding rows included,
-    # marked invalid), which must fit: the trainer checks. ALBEF: 65536.
-    queue_size: int = setting(65536, min=1)
-    # The weight of the momentum model's distribution in the ITC and MLM targets.
-    alpha: float = setting(0.4, min=0, max=1)
-    # alpha grows linearly from 0 over the first alpha_ramp_steps optimizer steps (ALBEF: the
-    # first epoch; set it to the run's steps per epoch); 0: the full alpha from step 1.
-    alpha_ramp_steps: int = setting(1000, min=0)
-    # Mix the MLM targets with the momentum model's fused predictions too (ALBEF does).
-    mlm: bool = True
-    # The optimizer step from which the momentum copy takes part; before it, the plain losses
-    # and no momentum copy to run or update. At that step the copy restarts as the trained
-    # weights, and alpha ramps from there. ALBEF starts at 0 from pre-trained towers. From random
-    # weights the copy's features are all alike (the demo, from scratch: mean cosine 0.997
-    # between its images' features after 400 steps), the ITC targets then say nothing and ITC
-    # does not learn: start once the towers tell samples apart.
-    start_step: int = setting(0, min=0)
-
-
-@dataclasses.dataclass
-class LossConfig:
-    itm_negatives: str = setting("global", choices=("global", "local"))  # where ITM hard negatives are drawn from
-    # Global negatives move only the drawn text rows between ranks, in an all-to-all of fixed
-    # size: each pair of ranks has ceil(itm_exchange_capacity x rows / world size) slots per
-    # step (rows: the kind's texts per rank), so each rank hands about capacity x rows text rows
-    # whatever the world size; a draw beyond its pair's slots is left out of the ITM loss and
-    # counted (`<kind>/itm_dropped`). With world size <= capacity nothing is ever left out.
-    itm_exchange_capacity: float = setting(2.0, min=1)
-    # What a moved text row is. `hidden_states`: the owner's text-tower output (bf16, length x
-    # hidden: 61 KB at base shapes), with its gradient sent back. `token_ids`: its token ids and
-    # mask (int32, 320 B at length 40), encoded again by the text tower where it is paired, so
-    # nothing goes back; about 1/200 of the bytes for about 2 x rows more text-tower passes a
-    # step (+18 % of an image-text step's FLOPs at base shapes). docs/PERFORMANCE.md gives the
-    # interconnect speed below which token_ids is the faster choice. The re-encoded rows see their
-    # own dropout draw; with dropout 0 both give the same losses and summed gradients.
-    itm_exchange: str = setting("hidden_states", choices=("hidden_states", "token_ids"))
-    # The texts other ranks send a rank, to pair with a hard-negative vision of its own, number
-    # about `rows` on average; it computes at most rows + itm_receive_margin x sqrt(rows) of
-    # them (a margin in standard deviations of that count); beyond, left out and counted.
-    itm_receive_margin: float = setting(4.0, min=0)
-    # Which pairs count as positives (besides the pair itself) in ITC targets and are never
-    # drawn as ITM negatives.
-    same_text_positive: bool = True
-    # losses.weights.<kind>.<term>; a term not given weighs 1.0, an optional one 0 (OPTIONAL_TERMS).
-    weights: dict[str, dict[str, float]] = setting(default_loss_weights(), keys=LOSS_KINDS)
-    momentum_distillation: MomentumDistillationConfig = setting(MomentumDistillationConfig)
-
-    def check(self, where: str) -> None:
-        weights = default_loss_weights()
-        for kind, terms in self.weights.items():
-            for term, weight in terms.items():
-                key = subkey(where, f"weights.{kind}.{term}")
-                if term not in LOSS_TERMS[kind]:
-                    raise ConfigError(f"{key}: unknown loss term (allowed: {', '.join(LOSS_TERMS[kind])})")
-                if weight < 0:
-                    raise ConfigError(f"{key}: must be >= 0, got {weight!r}")
-                weights[kind][term] = weight
-        self.weights = weights
-
-
-@dataclasses.dataclass
 class MimConfig:
     """Masked image modelling and masked-patch dropping on image-text batches (see
     training/model/masked_image.py for which pass sees which patches). Off by default."""
@@ -185,7 +99,10 @@ class ModelConfig:
     temperature_min: float = setting(0.001, gt=0)
     temperature_max: float = setting(0.5, gt=0)
     activation_checkpointing: bool = False
-    losses: LossConfig = setting(LossConfig)
+    # The objectives' settings (which loss terms weigh what, and what they share): kept here so
+    # that `model.losses.*` keys stay where runs and model folders have them, read and checked by
+    # training/objectives/settings.py. The model itself reads none of them.
+    losses: dict = dataclasses.field(default_factory=dict)
     mim: MimConfig = setting(MimConfig)
     # Weights to start from (the trainer and fine-tuning read it; see training/init_from.py): a
     # model folder, a weights file with this model's names (.safetensors / .pt), or an official
