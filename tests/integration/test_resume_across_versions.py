@@ -59,3 +59,20 @@ def test_a_run_of_version_0_1_0_resumes_and_logs_what_that_version_logged(tmp_pa
     # The records grouping reads and the keys log: cut back to step 4, then written again alike.
     for name, files in written_by_0_1_0.items():
         assert _files(run / "out" / name) == files, name
+
+
+def test_a_run_of_version_0_1_0_resumes_on_another_world_size(tmp_path, engine_shards):
+    """The universal copy of a 0.1.0 checkpoint keeps its optimizer state per parameter under
+    0.1.0's names; they are renamed to the task's before it is loaded."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / "shards").symlink_to(engine_shards, target_is_directory=True)
+    ranks = Ranks(run / "run.yaml", 1, cwd=run)
+    codes = ranks.wait(timeout=600)
+    output = ranks.output()
+    assert codes == [0], output[-6000:]
+    assert "[resume] step 4 from out/checkpoints/step_00000004 (universal, from 2 ranks to 1)" in output, output[-6000:]
+    zero = run / "out/checkpoints/step_00000004_universal/step_00000004/zero"
+    assert (zero / "model.vision_proj.weight").is_dir() and not (zero / "vision_proj.weight").exists()
+    logged = _train_rows(run / "out/metrics.jsonl", after=4)
+    assert [row["step"] for row in logged] == [5, 6, 7, 8]
