@@ -3,7 +3,9 @@ what does not fit is refused with a message naming the path."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -128,3 +130,14 @@ def test_reading_refuses_what_is_not_a_whole_model_folder(tiny, demo_tokenizer, 
     (old / CONFIG_FILE).write_text((old / CONFIG_FILE).read_text().replace("embed_dim: 16", "embed_dim: 8"))
     with pytest.raises(ModelFolderError, match=r"vision_proj.weight: shape \(16, 32\) in the weights, \(8, 32\) in the model"):
         load_model_folder(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_is_as_readable_as_the_umask_allows(tiny, demo_tokenizer, tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        out = _write(tiny, tmp_path / "f", demo_tokenizer)
+    finally:
+        os.umask(before)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert WEIGHTS_FILE in modes and set(modes.values()) == {0o666 & ~umask}, modes

@@ -184,6 +184,14 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
         raise ModelFolderError(f"tokenizer {source}: the folder holds no files")
 
 
+def _as_umask_allows(path: Path) -> None:
+    """PATH readable as the process's umask allows, like the folder's other files (0644 under the
+    usual 022): safetensors writes through a temporary file of mode 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _replace_folder(tmp: Path, out: Path) -> None:
     """TMP becomes OUT; an OUT already there (a model folder written before) goes."""
     old = out.with_name(f".{out.name}.old.{os.getpid()}")
@@ -217,6 +225,7 @@ def write_model_folder(out: str | Path, weights: dict[str, torch.Tensor], model_
     tmp.mkdir()
     try:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        _as_umask_allows(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(folder_model_config(config), sort_keys=False), encoding="utf-8")
         _copy_tokenizer(tokenizer, tmp / TOKENIZER_DIR)
         (tmp / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2) + "\n", encoding="utf-8")
