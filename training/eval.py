@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
@@ -25,23 +24,11 @@ from training.evaluation.captioning import CaptioningSettings
 from training.evaluation.eval_sets import eval_data_spec
 from training.evaluation.evaluator import evaluate
 from training.folders.model_folder import ModelFolderError, load_model_folder
+from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
 
 
 class UsageError(ValueError):
     """A mistake in the command line; reported in one line with exit code 2."""
-
-
-def at_least(minimum: int):
-    """An argparse type: an int >= MINIMUM (argparse reports anything else with exit code 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "losses.weights.image.lm)")
     parser.add_argument("--caption-beam", type=at_least(1), default=1, help="beam width of --captioning; 1: greedy (1)")
     parser.add_argument("--caption-max-len", type=at_least(1), default=30, help="most tokens per caption (30)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
     return parser.parse_args(argv)
@@ -120,8 +107,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise UsageError(f"--tokenizer {args.tokenizer}: not a directory (a tokenizer saved with save_pretrained)")
     if args.grounding_png and not args.region_shards:
         raise UsageError("--grounding-png needs --region-shards")
+    device = resolve_device(args.device, args.threads)
     model, tokenizer = load_model(args.model_dir, args.model_config, args.tokenizer)
-    model = model.to(args.device)
+    model = model.to(device)
     built_for = model.config.vision.image_size
     dynamic = model.config.vision.timm_kwargs.get("dynamic_img_size", False)
     if args.image_res is not None and args.image_res != built_for and not dynamic:
@@ -151,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         metrics = run(args)
-    except (UsageError, ConfigError, FileNotFoundError) as error:
+    except (UsageError, ConfigError, FileNotFoundError, DeviceError) as error:
         # Mistakes in the command line, the model config or the shard names; any other error is a
         # failure to investigate, with its traceback.
         print(f"x2vlm-eval: {error}", file=sys.stderr)

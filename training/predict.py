@@ -6,7 +6,8 @@
   x2vlm-predict caption MODEL_FOLDER IMAGE... [--beam 3] [--max-len 30] [--out captions.json]
 
 rank: the images of a folder (and its subfolders) against a text, best first: ITC similarity,
-then the first --itm-top-k re-ranked by ITM probability, as x2vlm-eval ranks. score: the ITM
+then the first --itm-top-k re-ranked by ITM probability, as x2vlm-eval ranks; an image that
+cannot be read is skipped, counted and named on stderr (--strict stops instead). score: the ITM
 probability of each image-text pair of a file; relative image paths are taken from the file's
 folder. ground: the box of a phrase in an image, printed as x y w h in the image's pixels and
 drawn into a PNG. caption: a caption of each image (or of each image of a folder) from the
@@ -16,21 +17,15 @@ JSON list of {"image", "caption"} with --out.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw, ImageFont
-
-from data_pipeline.config import ConfigError
-from data_pipeline.logging_setup import configure_logging
 from data_pipeline.schema import IMAGE_EXTENSIONS
-from training.eval import at_least
-from training.evaluation.plots import LINE_WIDTH, PREDICTED_COLOUR
-from training.inference import Box, InputError, X2VLMPredictor, image_bytes
-from training.folders.model_folder import ModelFolderError
+from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
+
+# torch, Pillow and the model load inside the functions that need them: `--help` and a wrong
+# argument answer at once.
 
 
 class UsageError(ValueError):
@@ -54,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rank.add_argument("query", help="the text to match")
     rank.add_argument("--top-k", type=at_least(1), default=10, help="images to print (10)")
     rank.add_argument("--itm-top-k", type=at_least(0), default=16, help="ITC candidates re-ranked by ITM; 0: ITC only (16)")
+    rank.add_argument("--strict", action="store_true",
+                      help="stop at the first image that cannot be read (default: skip it, count it and name it on "
+                           "stderr)")
 
     score = command("score", "ITM probability of each image-text pair of a file")
     score.add_argument("pairs", type=Path, metavar="PAIRS_FILE",
@@ -77,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     caption.add_argument("--out", type=Path, help="write the captions to this JSON file instead of printing them")
 
     for sub in (rank, score, ground, caption):
-        sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        add_device_options(sub)
         sub.add_argument("--batch-size", type=at_least(1), default=32, help="images per model call (32)")
     return parser.parse_args(argv)
 
@@ -139,8 +137,15 @@ def read_pairs(path: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def draw_box(image: Path, box: Box, text: str, out: Path) -> Path:
-    """IMAGE as it is, with BOX outlined and TEXT written at the top."""
+def draw_box(image: Path, box, text: str, out: Path) -> Path:
+    """IMAGE as it is, with BOX (a training.inference.Box) outlined and TEXT written at the top."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    from training.evaluation.plots import LINE_WIDTH, PREDICTED_COLOUR
+    from training.inference import image_bytes
+
     picture = Image.open(io.BytesIO(image_bytes(image))).convert("RGB")
     draw = ImageDraw.Draw(picture)
     width = max(LINE_WIDTH, round(min(picture.size) / 150))
@@ -162,9 +167,20 @@ def run(args: argparse.Namespace) -> None:
         pairs = read_pairs(args.pairs)
     elif args.command == "caption":
         files = caption_inputs(args.images)
-    predictor = X2VLMPredictor(args.model, device=args.device, batch_size=args.batch_size)
+    device = resolve_device(args.device, args.threads)
+    from training.inference import X2VLMPredictor
+
+    predictor = X2VLMPredictor(args.model, device=device, batch_size=args.batch_size)
     if args.command == "rank":
-        ranked = predictor.rank(files, args.query, top_k=args.top_k, itm_top_k=args.itm_top_k)
+        skipped = None if args.strict else []
+        ranked = predictor.rank(files, args.query, top_k=args.top_k, itm_top_k=args.itm_top_k, skipped=skipped)
+        if skipped:
+            print(f"skipped {len(skipped)} of {len(files)} images that cannot be read (--strict stops instead):",
+                  file=sys.stderr)
+            for _, why in skipped:
+                print(f"  {why}", file=sys.stderr)
+            if len(skipped) == len(files):
+                raise UsageError(f"{args.images}: none of its {len(files)} images can be read")
         print("rank\titm\titc\timage")
         for place, entry in enumerate(ranked, start=1):
             itm = f"{entry.itm:.4f}" if entry.itm is not None else "-"
@@ -196,10 +212,15 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from data_pipeline.config import ConfigError
+    from data_pipeline.logging_setup import configure_logging
+    from training.folders.model_folder import ModelFolderError
+    from training.inference import InputError
+
     configure_logging()
     try:
         run(args)
-    except (UsageError, InputError, ModelFolderError, ConfigError) as error:
+    except (UsageError, InputError, ModelFolderError, ConfigError, DeviceError) as error:
         print(f"x2vlm-predict: {error}", file=sys.stderr)
         return 2
     return 0

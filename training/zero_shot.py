@@ -17,17 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 from data_pipeline.config import ConfigError
 from data_pipeline.io.shard_list import ShardListError, expand_shards
 from data_pipeline.logging_setup import configure_logging
 from data_pipeline.skips import Counters
-from training.eval import at_least
 from training.evaluation.zero_shot_classification import (DEFAULT_TEMPLATES, ZeroShotError, check_templates, classify, image_folder,
                                            labelled_shards, read_classes, read_templates, write_result)
 from training.inference import InputError, PRECISIONS, X2VLMPredictor
 from training.folders.model_folder import ModelFolderError
+from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
 
 PROG = "x2vlm-zero-shot"
 
@@ -53,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --shards: the sample member holding the label, or else the field of its json "
                              "(dots for nested fields) (cls)")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="images per model call (64)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser)
     parser.add_argument("--precision", choices=sorted(PRECISIONS), help="bf16 on a GPU, fp32 on the CPU by default")
     parser.add_argument("--out", type=Path, metavar="JSON", help="write the figures (and per-class top-1) here")
     progress = parser.add_mutually_exclusive_group()
@@ -77,7 +76,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         urls = expand_shards(args.shards, where="--shards")
         images, total, data = labelled_shards(urls, classes, args.label_field, counters), None, args.shards
-    predictor = X2VLMPredictor(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    device = resolve_device(args.device, args.threads)
+    predictor = X2VLMPredictor(args.model, device=device, batch_size=args.batch_size, precision=args.precision)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = classify(predictor, images, classes, templates, batch_size=args.batch_size, counters=counters,
                       progress=progress, total=total)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         run(args)
-    except (ZeroShotError, InputError, ModelFolderError, ConfigError, ShardListError) as error:
+    except (ZeroShotError, InputError, ModelFolderError, ConfigError, ShardListError, DeviceError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     return 0

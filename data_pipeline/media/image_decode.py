@@ -98,6 +98,8 @@ def open_image(data: bytes) -> EncodedImage:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = EncodedImage(data, header=Image.open(io.BytesIO(data)))
+    except Image.UnidentifiedImageError:  # its message names the BytesIO object, not the file
+        raise BadSample("image_decode", "not in an image format Pillow reads") from None
     except Exception as exn:  # PIL raises many types for a broken file
         raise BadSample("image_decode", f"{type(exn).__name__}: {exn}") from None
     if image.width * image.height > MAX_PIXELS or image.width < 1 or image.height < 1:

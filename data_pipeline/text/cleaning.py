@@ -27,5 +27,5 @@ def clean_caption(caption: str, max_words: int) -> str:
     if len(words) > max_words:
         text = " ".join(words[:max_words])
     if not text.strip():
-        raise BadText(f"caption is empty after cleaning: {caption!r}")
+        raise BadText(f"text {caption!r} is empty after cleaning (punctuation and spaces only)")
     return text

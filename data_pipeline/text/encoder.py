@@ -62,7 +62,7 @@ class TextEncoder:
         encoding = self.backend.encode(text, add_special_tokens=False)
         ids = encoding.ids[: self.spec.max_tokens - 2]
         if not ids:
-            raise BadSample("bad_text", f"caption has no tokens: {caption!r}")
+            raise BadSample("bad_text", f"text {caption!r} has no tokens")
         tokens = encoding.tokens[: len(ids)]
         word_start = [True] + [self.is_word_start(tok, i) for i, tok in enumerate(tokens)] + [True]
         ids = [self.cls_id] + ids + [self.sep_id]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,44 @@ def test_predict_errors_exit_2_naming_the_input(folder, image_dir, capsys, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         _run(capsys, "rank", folder, image_dir, "q", "--top-k", 0)
     assert exit_info.value.code == 2 and "--top-k: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_predict_rank_skips_and_counts_an_unreadable_image(folder, image_dir, capsys, tmp_path):
+    """One corrupt image among good ones: ranked without it, counted and named; --strict stops."""
+    images = tmp_path / "images"
+    shutil.copytree(image_dir, images)
+    (images / "broken.jpg").write_bytes(b"not a JPEG at all")
+    files = sorted(p for p in images.rglob("*") if p.suffix in (".jpg", ".png") and p.name != "broken.jpg")
+    code, out, err = _run(capsys, "rank", folder, images, "a red circle", "--device", "cpu", "--threads", "1")
+    assert code == 0
+    expected = X2VLMPredictor(folder, device="cpu").rank(files, "a red circle", top_k=10)
+    assert [row.split("\t")[3] for row in out.splitlines()[1:]] == [str(files[e.index]) for e in expected]
+    assert err.splitlines() == [
+        "skipped 1 of 7 images that cannot be read (--strict stops instead):",
+        f"  {images / 'broken.jpg'}: not a readable image (image_decode: not in an image format Pillow reads)"]
+    code, out, err = _run(capsys, "rank", folder, images, "a red circle", "--device", "cpu", "--strict")
+    assert code == 2 and out == ""
+    assert err == (f"x2vlm-predict: {images / 'broken.jpg'}: not a readable image (image_decode: not in an image "
+                   f"format Pillow reads)\n")
+
+
+def test_predict_names_a_missing_device_an_empty_query_and_a_checkpoint_in_one_line(folder, image_dir, capsys,
+                                                                                    tmp_path):
+    if not torch.cuda.is_available():
+        code, out, err = _run(capsys, "rank", folder, image_dir, "a query", "--device", "cuda")
+        assert (code, out) == (2, "")
+        assert err == "x2vlm-predict: --device cuda: no CUDA device is visible on this machine; use --device cpu\n"
+    code, _, err = _run(capsys, "rank", folder, image_dir, "a query", "--device", "tpu:x")
+    assert code == 2 and err == "x2vlm-predict: --device tpu:x: not a device name (cpu, cuda, cuda:N)\n"
+    code, _, err = _run(capsys, "rank", folder, image_dir, " ?! ", "--device", "cpu")
+    assert code == 2 and err == ("x2vlm-predict: text 0 ' ?! ': bad_text: text ' ?! ' is empty after cleaning "
+                                 "(punctuation and spaces only)\n")
+    checkpoint = tmp_path / "run/checkpoints/step_00000400"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "COMPLETE").write_text("{}")
+    code, _, err = _run(capsys, "rank", checkpoint, image_dir, "a query", "--device", "cpu")
+    assert code == 2 and err == (f"x2vlm-predict: {checkpoint}: a training checkpoint, not a model folder; write one "
+                                 f"with `x2vlm-export {checkpoint} --out MODEL_FOLDER`\n")
+    code, _, err = _run(capsys, "rank", tmp_path / "run", image_dir, "a query", "--device", "cpu")
+    assert code == 2 and err.startswith(f"x2vlm-predict: {tmp_path / 'run'}: a training run's folder, not a model "
+                                        f"folder; its export is {tmp_path / 'run/export'}")

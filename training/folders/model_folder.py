@@ -271,6 +271,15 @@ def load_model_folder(path: str | Path) -> ModelFolder:
             f"OFFICIAL.th --model-config ... --tokenizer DIR --out {path}`)")
     missing = [name for name, there in present.items() if not there]
     if missing:
+        # A training checkpoint (training/engine/checkpoint.py: step_NNNNNNNN/ with a COMPLETE
+        # marker) or a run's output folder (its checkpoints/ beside metrics.jsonl) is a common mix-up.
+        if (path / "COMPLETE").is_file():
+            raise ModelFolderError(f"{path}: a training checkpoint, not a model folder; write one with "
+                                   f"`x2vlm-export {path} --out MODEL_FOLDER`")
+        if (path / "checkpoints").is_dir():
+            raise ModelFolderError(f"{path}: a training run's folder, not a model folder; its export is "
+                                   f"{path / 'export'} when the run ended with export_on_finish, or write one with "
+                                   f"`x2vlm-export {path / 'checkpoints' / 'step_NNNNNNNN'} --out MODEL_FOLDER`")
         raise ModelFolderError(f"{path}: not a model folder, missing {', '.join(missing)}")
     try:
         card = ModelCard.from_json(json.loads(_inside(path / CARD_FILE, path).read_text(encoding="utf-8")),

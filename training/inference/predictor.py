@@ -124,16 +124,25 @@ class X2VLMPredictor:
 
     # Preprocessing ----------------------------------------------------------------------------
 
-    def pixels(self, images: Sequence[ImageInput], first: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """uint8 (N, 3, S, S) pixels and each image's (width, height); FIRST numbers them in messages."""
+    def pixels(self, images: Sequence[ImageInput], first: int = 0, skipped: list[tuple[int, str]] | None = None
+               ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """uint8 (N, 3, S, S) pixels and each image's (width, height); FIRST numbers them in
+        messages. An image that cannot be read raises InputError, or with SKIPPED (a list) is
+        left out and appended to it as (its number, why)."""
         arrays, sizes = [], []
         for i, image in enumerate(images, start=first):
             try:
                 encoded = open_image(image_bytes(image, i))
                 arrays.append(to_uint8_pixels(whole_image(encoded, self.image_size)))
-            except BadSample as bad:
-                raise InputError(f"{_describe(image, i)}: not a readable image ({bad})") from None
+            except (BadSample, InputError) as bad:
+                message = f"{_describe(image, i)}: not a readable image ({bad})" if isinstance(bad, BadSample) else str(bad)
+                if skipped is None:
+                    raise InputError(message) from None
+                skipped.append((i, message))
+                continue
             sizes.append(encoded.size)
+        if not arrays:
+            return torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8), sizes
         # Stacked as the loader's collate stacks them (channels-last memory), so that the vision
         # tower sees what it sees in evaluation.
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), sizes
@@ -159,8 +168,11 @@ class X2VLMPredictor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _encode_images(self, images: Sequence[ImageInput], first: int) -> tuple[VisionEncoding, list]:
-        pixels, sizes = self.pixels(images, first)
+    def _encode_images(self, images: Sequence[ImageInput], first: int,
+                       skipped: list[tuple[int, str]] | None = None) -> tuple[VisionEncoding | None, list]:
+        pixels, sizes = self.pixels(images, first, skipped)
+        if not len(pixels):
+            return None, sizes
         with self._autocast():
             return self.model.encode_image(pixels.to(self.device)), sizes
 
@@ -170,11 +182,14 @@ class X2VLMPredictor:
             return self.model.encode_text(ids.to(self.device), mask.to(self.device))
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """(N, embed_dim) float32 on the CPU, unit length: the ITC embeddings."""
+    def embed_images(self, images: Sequence[ImageInput], skipped: list[tuple[int, str]] | None = None) -> torch.Tensor:
+        """(N, embed_dim) float32 on the CPU, unit length: the ITC embeddings. With SKIPPED (a
+        list), the images that cannot be read are left out of N and appended to it as (their
+        number, why); without, the first of them raises InputError."""
         images = _as_list(images)
-        return torch.cat([self._encode_images(images[s], s.start)[0].features.float().cpu()
-                          for s in _chunks(len(images), self.batch_size)]) if images else torch.empty(0)
+        encoded = [self._encode_images(images[s], s.start, skipped)[0] for s in _chunks(len(images), self.batch_size)]
+        features = [vision.features.float().cpu() for vision in encoded if vision is not None]
+        return torch.cat(features) if features else torch.empty(0)
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -241,15 +256,23 @@ class X2VLMPredictor:
             captions += [self.text.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
         return captions
 
-    def rank(self, images: Sequence[ImageInput], query: str, top_k: int = 10, itm_top_k: int = 16) -> list[Ranked]:
+    def rank(self, images: Sequence[ImageInput], query: str, top_k: int = 10, itm_top_k: int = 16,
+             skipped: list[tuple[int, str]] | None = None) -> list[Ranked]:
         """The TOP_K images that best match QUERY, best first, as x2vlm-eval ranks: by ITC
         similarity, then the first ITM_TOP_K of those re-ranked by ITM probability ahead of the
-        rest (0: ITC only)."""
+        rest (0: ITC only). With SKIPPED (a list), images that cannot be read are left out of the
+        ranking and appended to it as (their number, why); without, the first raises InputError."""
         images = _as_list(images)
         if not images:
             return []
-        itc = (self.embed_images(images) @ self.embed_texts([query])[0]).tolist()
-        order = sorted(range(len(images)), key=lambda i: (-itc[i], i))
+        text = self.embed_texts([query])[0]  # before the images: a bad query fails at once
+        before = len(skipped) if skipped is not None else 0
+        embeddings = self.embed_images(images, skipped)
+        similarities = (embeddings @ text).tolist() if len(embeddings) else []
+        left_out = {i for i, _ in skipped[before:]} if skipped is not None else set()
+        readable = [i for i in range(len(images)) if i not in left_out]
+        itc = dict(zip(readable, similarities))
+        order = sorted(readable, key=lambda i: (-itc[i], i))
         candidates = order[:max(itm_top_k, 0)]
         itm = dict(zip(candidates, self.score([images[i] for i in candidates], query).tolist())) if candidates else {}
         reranked = sorted(candidates, key=lambda i: (-itm[i], i)) + order[len(candidates):]
