@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -217,6 +218,9 @@ def _convert(value, annotation, key: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {_got(value)}")
+        # Every comparison with NaN is false, so a range check alone would let `.nan` through.
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if annotation in (int, str, bool):
         # bool is an int in Python; a `true` where a number belongs is still a mistake.

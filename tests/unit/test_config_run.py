@@ -159,6 +159,14 @@ BAD_VALUES = [
     ("optim.betas=[0.9,", "optim.betas: --set value '[0.9,': not valid YAML"),
     ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
     ("optim.lr=true", "optim.lr: expected float, got bool (True)"),
+    ("optim.lr=.nan", "optim.lr: must be a finite number, got nan"),
+    ("optim.betas=[0.9,.nan]", "optim.betas[1]: must be a finite number, got nan"),
+    ("optim.grad_clip=.inf", "optim.grad_clip: must be a finite number, got inf"),
+    ("data.loader.max_bad_fraction=.nan", "data.loader.max_bad_fraction: must be a finite number, got nan"),
+    ("data.corpora.0.options.crop_scale=[.nan,1]", "data.corpora[0].options.crop_scale[0]: must be a finite number, "
+                                                   "got nan"),
+    ("data.kinds.region.ratio=.nan", "data.kinds.region.ratio: must be a finite number, got nan"),
+    ("model.losses.weights.region.itc=.nan", "model.losses.weights.region.itc: must be a finite number, got nan"),
     ("optim.grad_accum=0", "optim.grad_accum: must be >= 1, got 0"),
     ("optim.schedule=step", "optim.schedule: must be one of linear, cosine, got 'step'"),
     ("run.output_dir=", "run.output_dir: must not be empty"),
@@ -290,3 +298,4 @@ def test_signal_names_are_read_as_the_handler_reads_them():
         build(GuardSection, {"signals": ["KILL"]}, "guard")
     with pytest.raises(ConfigError, match=r"^guard.signals\[1\]: SIGSTOP cannot be caught"):
         build(GuardSection, {"signals": ["usr1", "sigstop"]}, "guard")
+
