@@ -299,3 +299,13 @@ def test_signal_names_are_read_as_the_handler_reads_them():
     with pytest.raises(ConfigError, match=r"^guard.signals\[1\]: SIGSTOP cannot be caught"):
         build(GuardSection, {"signals": ["usr1", "sigstop"]}, "guard")
 
+
+def test_a_run_states_its_world_size_and_global_batch(tmp_path):
+    from training.engine.trainer import apply_global_batch, batch_summary
+
+    config = load_run_config(write_configs(tmp_path), ["optim.global_batch.region=12", "optim.grad_accum=2"])
+    _, data = check_sections(config)
+    apply_global_batch(data, config, world_size=3)
+    assert batch_summary(data, 3, config.optim.grad_accum) == (
+        "[run] world size 3 x grad_accum 2; global batch (samples per optimizer step when the corpus is drawn): "
+        "images (image_text) 192, regions (region) 12, videos (video_text) 192")

@@ -68,6 +68,22 @@ def apply_global_batch(data_spec, config: RunConfig, world_size: int) -> None:
             corpus.batch_size = total // share
 
 
+def plain_numbers(metrics: dict | None) -> dict | None:
+    """METRICS with ints and floats of Python's own types, which a weights-only load accepts."""
+    if metrics is None:
+        return None
+    return {key: value if isinstance(value, int) else float(value) for key, value in metrics.items()}
+
+
+def batch_summary(data_spec, world_size: int, grad_accum: int) -> str:
+    """The line a run starts with: its world size and the samples of each corpus per optimizer
+    step over all ranks (its global batch), on which every figure of the run depends."""
+    share = world_size * grad_accum
+    corpora = ", ".join(f"{c.name} ({c.kind}) {c.batch_size * share}" for c in data_spec.corpora)
+    return (f"[run] world size {world_size} x grad_accum {grad_accum}; global batch (samples per optimizer step when "
+            f"the corpus is drawn): {corpora}")
+
+
 def check_model_matches_data(model, data_spec, source: str) -> None:
     image_size = model.config.vision.image_size
     if image_size != data_spec.image_res:
@@ -156,6 +172,8 @@ class Trainer:
 
         self.data_spec = parse_data_spec(config.data, root=config.reference_dirs.get("data"))
         apply_global_batch(self.data_spec, config, self.world_size)
+        if self.is_main:
+            print(batch_summary(self.data_spec, self.world_size, config.optim.grad_accum), flush=True)
         # Built first: a missing shard or a shard count the ranks cannot share fails before any
         # model is built.
         loader_options = {}
@@ -280,9 +298,16 @@ class Trainer:
 
     # -- state that survives a restart ---------------------------------------------------------
     def state_dict(self) -> dict:
+        # The last held-out figures travel with the checkpoint: a run resumed at its end (a
+        # finished run started again) exports the card and prints the figures it had.
         return {"step": self.step, "nonfinite_total": self.nonfinite_total,
                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "rng": rng_state.capture(), "data": self.loader.state_dict()}
+                "rng": rng_state.capture(), "data": self.loader.state_dict(),
+                "last_eval": {"step": self.last_eval_step, "metrics": plain_numbers(self.last_eval)}}
+
+    def _restore_last_eval(self, state: dict) -> None:
+        last = state.get("last_eval") or {}  # absent from checkpoints of 0.2.0 and before
+        self.last_eval, self.last_eval_step = last.get("metrics"), last.get("step")
 
     def load_state_dict(self, state: dict | None) -> None:
         if state is None:
@@ -292,6 +317,7 @@ class Trainer:
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         rng_state.restore(state["rng"])
         self.loader.load_state_dict(state["data"])
+        self._restore_last_eval(state)
 
     def load_resharded(self, states: list[dict | None]) -> None:
         """The states of every rank of a run with another world size: the counters (the same
@@ -304,6 +330,7 @@ class Trainer:
         self.nonfinite_in_a_row = first["nonfinite_in_a_row"]
         self.loader.load_resharded([state["data"] for state in states])
         rng_state.seed_everything(self.config.run.seed + self.rank + 1000 * self.step)
+        self._restore_last_eval(first)
 
     def extension(self, name: str) -> Extension | None:
         """The extension of that name, if the run has it."""
