@@ -41,5 +41,7 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 print(f"  text->image R@1 {m['image/img_r1']:.3f} (chance {1 / m['image/images']:.3f}), image->text R@1 {m['image/txt_r1']:.3f}")
 print(f"  grounding accuracy {m['region/grounding_acc']:.3f} (centre-box baseline {m['region/centre_baseline_acc']:.3f})")
+print(f"  region text->region R@1 {m['region/region_text/img_r1']:.3f}, region->text R@1 {m['region/region_text/txt_r1']:.3f}"
+      f" (chance {m['region/region_text/img_r1_chance']:.3f} and {m['region/region_text/txt_r1_chance']:.3f})")
 print(f"  video text->video R@1 {m['video/img_r1']:.3f} (chance {1 / m['video/videos']:.3f})")
 PY

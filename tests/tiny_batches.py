@@ -30,11 +30,11 @@ def image_batch(seed: int = 0, count: int = 4, length: int = 8) -> dict:
     return {"images": _pixels(generator, count, 3, IMAGE_SIZE, IMAGE_SIZE), **_texts(generator, count, length)}
 
 
-def region_batch(seed: int = 0, images: int = 2, length: int = 8) -> dict:
+def region_batch(seed: int = 0, images: int = 2, length: int = 8, patches: int = NUM_PATCHES) -> dict:
     generator = torch.Generator().manual_seed(seed)
     image_index = torch.tensor([0, 0, 1, 1, 1])[: 2 * images + 1].clamp(max=images - 1)
     count = len(image_index)
-    patch_mask = torch.zeros(count, 1 + NUM_PATCHES, dtype=torch.bool)
+    patch_mask = torch.zeros(count, 1 + patches, dtype=torch.bool)
     patch_mask[:, 0] = True
     for r in range(count):
         start = r % 3

@@ -20,6 +20,8 @@ LOSS_PANELS = {
 EVAL_PANELS = {
     "image-text retrieval (held out)": ["image/img_r1", "image/img_r5", "image/txt_r1", "image/txt_r5"],
     "grounding (held out)": ["region/grounding_acc", "region/centre_baseline_acc"],
+    "region-text retrieval (held out)": ["region/region_text/img_r1", "region/region_text/txt_r1",
+                                         "region/region_text/img_r1_chance"],
     "video-text retrieval (held out)": ["video/img_r1", "video/txt_r1"],
 }
 
@@ -33,19 +35,23 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return [train[s] for s in sorted(train)], [evaluation[s] for s in sorted(evaluation)]
 
 
-def plot_curves(metrics_jsonl: Path, out: Path) -> Path:
-    train, evaluation = read_metrics(metrics_jsonl)
+def panels_of(train: list[dict], evaluation: list[dict]) -> list[tuple[str, list[str], list[dict]]]:
+    """(title, keys, rows) of each panel that has a logged key, with only its logged keys."""
     panels = [(title, keys, train) for title, keys in LOSS_PANELS.items()]
     panels += [(title, keys, evaluation) for title, keys in EVAL_PANELS.items()]
     panels = [(t, [k for k in keys if any(k in r for r in rows)], rows) for t, keys, rows in panels]
-    panels = [p for p in panels if p[1]]
+    return [p for p in panels if p[1]]
+
+
+def plot_curves(metrics_jsonl: Path, out: Path) -> Path:
+    panels = panels_of(*read_metrics(metrics_jsonl))
     columns = 3
     rows_count = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows_count, columns, figsize=(5 * columns, 3.6 * rows_count), squeeze=False)
     for axis, (title, keys, rows) in zip(axes.flat, panels):
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o" if rows is evaluation else None,
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o" if title in EVAL_PANELS else None,
                       markersize=3, label=key)
         axis.set_title(title)
         axis.set_xlabel("step")

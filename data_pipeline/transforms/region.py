@@ -1,7 +1,7 @@
 """Region samples as X²-VLM pre-trains on them.
 
-One region is picked; a random crop that contains it is taken, flipped (text-aware),
-resized to res x res and colour-augmented. The texts are the whole-image caption (as a
+One region is picked; a random crop that contains it is taken (at least `crop_min_side` of the
+image's width and height), flipped (text-aware), resized to res x res and colour-augmented. The texts are the whole-image caption (as a
 full-image box) and the regions that lie more than `min_perc_in_image` inside the crop,
 clipped to it, up to `max_regions` texts. The picked region comes first among the
 regions (X²-VLM shuffles it in with the others and may drop it).
@@ -37,17 +37,25 @@ class RegionOptions:
     max_regions: int = setting(6, min=1)
     # A region is kept when more than this fraction of its area lies inside the crop.
     min_perc_in_image: float = setting(0.5, min=0, max=1)
+    # The crop keeps at least this fraction of the image's width and of its height. 0 is X²-VLM's
+    # crop: any crop that contains the picked region, which can zoom a small region to the whole
+    # input and move it; texts that say how large a region is or where it lies ("the small ...
+    # at the top left") describe the uncropped image and become false. 1 keeps the whole image.
+    crop_min_side: float = setting(0.0, min=0, max=1)
     flip: str = setting("swap", choices=FLIP_MODES)
     rand_augment: bool = True
 
 
-def crop_containing(box, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
-    """A random crop (x, y, w, h) of the image that contains `box` entirely."""
+def crop_containing(box, width: int, height: int, rng: random.Random,
+                    min_side: float = 0.0) -> tuple[int, int, int, int]:
+    """A random crop (x, y, w, h) of the image that contains `box` entirely and keeps at least
+    `min_side` of the image's width and of its height."""
     x, y, w, h = box
-    x0 = rng.randint(0, math.floor(x))
-    y0 = rng.randint(0, math.floor(y))
-    x1 = rng.randint(min(math.ceil(x + w), width), width)
-    y1 = rng.randint(min(math.ceil(y + h), height), height)
+    least_w, least_h = math.ceil(min_side * width), math.ceil(min_side * height)
+    x0 = rng.randint(0, min(math.floor(x), width - least_w))
+    y0 = rng.randint(0, min(math.floor(y), height - least_h))
+    x1 = rng.randint(max(min(math.ceil(x + w), width), x0 + least_w), width)
+    y1 = rng.randint(max(min(math.ceil(y + h), height), y0 + least_h), height)
     return x0, y0, x1 - x0, y1 - y0
 
 
@@ -85,7 +93,7 @@ class RegionTransform(SampleTransform):
         if not regions:
             raise BadSample("no_region")
         target = rng.randrange(len(regions))
-        crop = crop_containing(regions[target][0], width, height, rng)
+        crop = crop_containing(regions[target][0], width, height, rng, self.options.crop_min_side)
         mode = self.options.flip
         all_texts = meta.captions + [t for _, texts in regions for t in texts]
         flip = decide_flip(rng, all_texts, mode)

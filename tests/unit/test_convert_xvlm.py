@@ -16,6 +16,7 @@ from training.convert import main
 from training.folders.model_folder import load_model_folder
 
 VOCAB = 128  # xvlm_demo's text.vocab_size
+PATCHES = 64  # xvlm_demo's output tokens: an 8 x 8 grid
 
 
 def official_xvlm_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -41,7 +42,7 @@ def official_xvlm_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _outputs(model):
-    batch = region_batch(seed=4)
+    batch = region_batch(seed=4, patches=PATCHES)
     ids, mask = batch["text_ids"] % VOCAB, batch["text_mask"]
     with torch.no_grad():
         image = model.encode_image(batch["images"])

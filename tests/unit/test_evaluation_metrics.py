@@ -139,3 +139,26 @@ def test_centre_box_baseline_uses_the_mean_true_size():
 def test_box_shapes_are_checked():
     with pytest.raises(ValueError, match="must both be"):
         box_iou(torch.zeros(2, 4), torch.zeros(3, 4))
+
+
+def test_region_text_recalls_and_their_chance_by_hand():
+    from training.evaluation.evaluator import region_ids
+    from training.evaluation.retrieval_metrics import chance_recall, region_text_metrics
+
+    # Texts 0, 1 of one box of image 0, text 2 of another box of image 0, text 3 of image 1.
+    ids = region_ids(torch.tensor([0, 0, 0, 1]), torch.tensor([[.5, .5, .2, .2], [.5, .5, .2, .2], [.2, .2, .1, .1],
+                                                                [.5, .5, .2, .2]]))
+    assert ids.tolist() == [0, 0, 1, 2]
+    regions = torch.eye(3)
+    # Texts 0 and 3 rank their regions first, text 2 second (after region 0), text 1 last.
+    texts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.3, 0.9], [0.8, 0.5, 0.0], [0.0, 0.1, 1.0]])
+    metrics = region_text_metrics(texts, regions, ids, ks=(1, 2))
+    assert metrics["img_r1"] == 2 / 4 and metrics["img_r2"] == 3 / 4
+    # Each region's best text is its own: text 0 (1.0) for region 0, text 2 (0.5) for region 1,
+    # text 3 (1.0) for region 2.
+    assert metrics["txt_r1"] == 1.0
+    assert metrics["img_r1_chance"] == pytest.approx(1 / 3) and metrics["img_r2_chance"] == pytest.approx(2 / 3)
+    # Region 0 has 2 of the 4 texts, the others one: R@1 chance (2/4 + 1/4 + 1/4) / 3.
+    assert metrics["txt_r1_chance"] == pytest.approx((2 / 4 + 1 / 4 + 1 / 4) / 3)
+    assert chance_recall(2, 4, 2) == pytest.approx(1 - 1 / 6)  # C(2,2) / C(4,2) misses both
+    assert (metrics["regions"], metrics["texts"]) == (3, 4)

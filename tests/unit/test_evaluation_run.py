@@ -140,6 +140,8 @@ def test_no_shards_or_missing_shards_are_errors_naming_them(eval_shards, demo_to
 # The evaluator ----------------------------------------------------------------------------
 
 RETRIEVAL_KEYS = {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean"}
+REGION_TEXT_KEYS = {f"region_text/{k}" for k in ("img_r1", "img_r5", "txt_r1", "txt_r5", "img_r1_chance", "img_r5_chance",
+                                                 "txt_r1_chance", "txt_r5_chance", "regions", "texts")}
 
 
 def test_tiny_model_evaluates_every_kind_deterministically(eval_shards, demo_tokenizer, tiny_model):
@@ -149,11 +151,12 @@ def test_tiny_model_evaluates_every_kind_deterministically(eval_shards, demo_tok
     assert tiny_model.training  # put back in the mode it came in
     expected = ({f"image/{k}" for k in RETRIEVAL_KEYS | {"images", "texts", "skipped"}}
                 | {f"video/{k}" for k in RETRIEVAL_KEYS | {"videos", "texts", "skipped"}}
-                | {f"region/{k}" for k in ("grounding_acc", "centre_baseline_acc", "mean_iou", "queries", "skipped")})
+                | {f"region/{k}" for k in ("grounding_acc", "centre_baseline_acc", "mean_iou", "queries", "skipped")}
+                | {f"region/{k}" for k in REGION_TEXT_KEYS})
     assert set(metrics) == expected
     assert metrics["image/images"] == 20 and metrics["video/videos"] == 3 and metrics["region/queries"] > 20
     for key, value in metrics.items():
-        if key.endswith(("images", "videos", "texts", "queries", "skipped")):
+        if key.endswith(("images", "videos", "texts", "queries", "skipped", "regions")):
             continue
         assert 0.0 <= value <= 1.0, key
     assert evaluate(tiny_model, spec, itm_top_k=4) == metrics

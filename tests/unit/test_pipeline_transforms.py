@@ -175,6 +175,25 @@ def test_region_boxes_and_patch_masks(text):
     assert seen_flip == {True, False}
 
 
+def test_region_crop_keeps_its_minimum_side(text):
+    """`crop_min_side` bounds how far a region crop zooms: every crop contains the picked region
+    and keeps that fraction of each side; 1 is the whole image, 0 reaches down to the region."""
+    image = Image.new("RGB", (200, 160), GREY)
+    regions = [{"box": box, "captions": [t], "label": None} for box, _, t in REGIONS]
+    sides = {}
+    for min_side in (0.0, 0.8, 1.0):
+        transform = RegionTransform(64, 16, RegionOptions(max_regions=10, crop_min_side=min_side), text)
+        crops = [transform(image_sample(f"r_{i}", image, ["three boxes"], regions), random.Random(i))["crop"]
+                 for i in range(40)]
+        for x, y, w, h in crops:
+            assert 0 <= x and 0 <= y and x + w <= 200 and y + h <= 160
+            assert w >= min_side * 200 and h >= min_side * 160
+            # The picked region (which the sample's first region text names) lies inside.
+            assert any(x <= bx and y <= by and bx + bw <= x + w and by + bh <= y + h for (bx, by, bw, bh), _, _ in REGIONS)
+        sides[min_side] = min(w / 200 for _, _, w, _ in crops)
+    assert sides[1.0] == 1.0 and sides[0.8] >= 0.8 > sides[0.0]
+
+
 def test_region_sample_without_valid_box_is_bad(text):
     from data_pipeline.skips import BadSample
     transform = RegionTransform(64, 16, RegionOptions(), text)

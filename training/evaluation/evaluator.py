@@ -34,7 +34,7 @@ from data_pipeline.spec import DataSpec
 from training.evaluation.captioning import CaptioningSettings, evaluate_captioning
 from training.evaluation.eval_sets import eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
-from training.evaluation.retrieval_metrics import retrieval_metrics
+from training.evaluation.retrieval_metrics import region_text_metrics, retrieval_metrics
 from training.model import TextEncoding, VisionEncoding
 
 # The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
@@ -169,19 +169,38 @@ def evaluate_retrieval(model, stream: CorpusStream, settings: EvaluationSettings
     return metrics
 
 
+def region_ids(image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(R,) long: each text's region within a batch, numbered from 0: texts of the same image
+    with the same box describe one region."""
+    ids, seen = [], {}
+    for image, box in zip(image_index.tolist(), boxes.tolist()):
+        ids.append(seen.setdefault((image, tuple(box)), len(seen)))
+    return torch.tensor(ids, dtype=torch.long)
+
+
 @torch.no_grad()
 def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -> dict:
-    """Boxes of every region text: ``predicted`` and ``true`` (N, 4) cxcywh; with ``texts``,
+    """Boxes of every region text: ``predicted`` and ``true`` (N, 4) cxcywh; the ITC features of
+    the texts (``text_features`` (N, E)) and of the regions they name (``region_features`` (M, E),
+    each region once; ``text_region`` (N,) long, the region of each text); with ``texts``,
     ``images`` (uint8 (3, H, W), one per query) kept only when ``max_queries`` asks for examples."""
     device = _device_of(model)
     predicted, true, texts, images = [], [], [], []
-    kept = 0
+    text_features, region_features, text_region = [], [], []
+    regions_so_far = kept = 0
     for batch in eval_batches(stream):
         tokens = model.encode_image(batch["images"].to(device)).tokens
         text = model.encode_text(batch["text_ids"].to(device), batch["text_mask"].to(device))
         index = batch["image_index"].to(device)
         predicted.append(model.predict_box(tokens[index], text).float().cpu())
         true.append(batch["boxes"])
+        ids = region_ids(batch["image_index"], batch["boxes"])
+        first = torch.tensor([ids.tolist().index(r) for r in range(int(ids.max()) + 1)])  # a text of each region
+        regions = model.encode_regions(tokens, index[first.to(device)], batch["patch_mask"][first].to(device))
+        region_features.append(regions.features.float().cpu())
+        text_features.append(text.features.float().cpu())
+        text_region.append(ids + regions_so_far)
+        regions_so_far += len(first)
         if max_queries is not None:
             take = min(max_queries - kept, len(batch["texts"]))
             texts += batch["texts"][:take]
@@ -196,12 +215,21 @@ def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -
     if max_queries is not None:
         out = {name: value[:max_queries] for name, value in out.items()}
         out.update(texts=texts, images=torch.stack(images))
+    else:
+        out.update(text_features=torch.cat(text_features), region_features=torch.cat(region_features),
+                   text_region=torch.cat(text_region))
     return out
 
 
 def evaluate_grounding(model, stream: CorpusStream, settings: EvaluationSettings) -> dict[str, float]:
+    """Grounding (the box head, IoU >= 0.5, beside the centre-box baseline) and region-text
+    retrieval by ITC: each text against every region of the set (`region_text/img_r1`, ...)
+    and each region against every text (`region_text/txt_r1`, ...), with chance beside each."""
     boxes = predict_boxes(model, stream)
-    return grounding_metrics(boxes["predicted"], boxes["true"])
+    metrics = grounding_metrics(boxes["predicted"], boxes["true"])
+    metrics.update({f"region_text/{name}": value for name, value in
+                    region_text_metrics(boxes["text_features"], boxes["region_features"], boxes["text_region"]).items()})
+    return metrics
 
 
 register_evaluation("retrieval", evaluate_retrieval)

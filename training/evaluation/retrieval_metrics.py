@@ -9,9 +9,12 @@ candidate order, and a model whose scores are all equal gets R@1 = 0, not 1.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 RECALL_KS = (1, 5, 10)
+REGION_KS = (1, 5)
 
 
 def positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -59,3 +62,28 @@ def retrieval_metrics(text_to_image: torch.Tensor, image_to_text: torch.Tensor, 
     out["img_r_mean"] = sum(image_recall.values()) / len(ks)
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
     return out
+
+
+def chance_recall(positives: int, candidates: int, k: int) -> float:
+    """The probability that a random ranking of CANDIDATES puts one of POSITIVES in its top K."""
+    k = min(k, candidates)
+    return 1 - math.comb(candidates - positives, k) / math.comb(candidates, k)
+
+
+def region_text_metrics(text_features: torch.Tensor, region_features: torch.Tensor, text_region: torch.Tensor,
+                        ks: tuple[int, ...] = REGION_KS) -> dict[str, float]:
+    """Region-level retrieval by cosine similarity of the ITC features: ``img_r{K}`` each text
+    against every region (its own region the positive), ``txt_r{K}`` each region against every
+    text (its texts the positives), and ``img_r{K}_chance`` / ``txt_r{K}_chance``, what a random
+    ranking scores; ``regions`` and ``texts`` counted."""
+    similarity = text_features.float() @ region_features.float().t()  # (T, M)
+    metrics = retrieval_metrics(similarity, similarity.t().contiguous(), text_region, ks)
+    num_texts, num_regions = similarity.shape
+    per_region = torch.bincount(text_region.long(), minlength=num_regions).tolist()
+    out = {}
+    for k in ks:
+        out[f"img_r{k}"] = metrics[f"img_r{k}"]
+        out[f"img_r{k}_chance"] = chance_recall(1, num_regions, k)
+        out[f"txt_r{k}"] = metrics[f"txt_r{k}"]
+        out[f"txt_r{k}_chance"] = sum(chance_recall(p, num_texts, k) for p in per_region) / num_regions
+    return {**out, "regions": num_regions, "texts": num_texts}

@@ -62,6 +62,18 @@ class KindBatch:
         return self.fields.get("image_index")
 
     @cached_property
+    def positive_group(self) -> torch.Tensor | None:
+        """(N,) the group of each text whose members are positives of each other (besides
+        identical texts): its image, or with `region_positives: region` its region (the texts of
+        the same image with the same box, numbered by the first of them); None: each text alone."""
+        index = self.image_index
+        if index is None or self.config.region_positives == "image" or "boxes" not in self.fields:
+            return index
+        boxes = self.fields["boxes"]
+        same = (index[:, None] == index[None, :]) & (boxes[:, None, :] == boxes[None, :, :]).all(dim=-1)
+        return same.long().argmax(dim=1)  # the first text of the region: fixed shapes, no host read
+
+    @cached_property
     def image_tokens(self) -> torch.Tensor:
         """The vision tower's tokens of a region batch's images."""
         return self.model.vision(self.fields["images"])
@@ -90,7 +102,7 @@ class KindBatch:
         fields = self.fields
         text = self.model.encode_text(fields["text_ids"], fields["text_mask"])
         rows = fields.get("rows") or text.hidden.shape[0]
-        keys = PairKeys.local(fields["text_ids"], fields["text_mask"], self.image_index)
+        keys = PairKeys.local(fields["text_ids"], fields["text_mask"], self.positive_group)
         all_keys = keys.gathered(rows)
         temperature = self.model.temperature()
         # With a teacher its features are the candidates; the gathered ones serve ITM only.

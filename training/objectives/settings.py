@@ -67,8 +67,12 @@ class LossSettings:
     # them (a margin in standard deviations of that count); beyond, left out and counted.
     itm_receive_margin: float = setting(4.0, min=0)
     # Which pairs count as positives (besides the pair itself) in ITC targets and are never
-    # drawn as ITM negatives.
+    # drawn as ITM negatives: identical texts, and of a region batch, the texts of the same
+    # image (`image`: each image's texts are positives of all its regions) or of the same region
+    # (`region`: texts whose boxes are the same box of the same image; the image's other regions
+    # are negatives, as in X-VLM's region-level alignment).
     same_text_positive: bool = True
+    region_positives: str = setting("image", choices=("image", "region"))
     # losses.weights.<batch>.<term>: a term not given weighs 1.0, an optional one 0; a term of
     # weight 0 is not computed.
     weights: dict[str, dict[str, float]] = setting({})
