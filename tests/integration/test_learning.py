@@ -43,6 +43,7 @@ def test_demo_run_learns_retrieval_and_grounding(trained_demo, capsys):
     region_itc = [row["region/itc"] for row in train if "region/itc" in row]
     region_itm = [row["region/itm"] for row in train if "region/itm" in row]
     itc_first, itc_last = region_itc[0], statistics.fmean(region_itc[-3:])
+    itc_ratio = itc_last / itc_first if itc_first else math.nan
     itm_last = statistics.fmean(region_itm[-3:])
     with capsys.disabled():  # the figures belong in every test log, not only a failing one
         print(f"\nlearning test after {final['step']} steps on {final['image/images']} held-out images, "
@@ -56,7 +57,7 @@ def test_demo_run_learns_retrieval_and_grounding(trained_demo, capsys):
               f"  region text->region R@1 {to_region:.4f} = {to_region / to_region_chance:.1f}x chance "
               f"({to_region_chance:.4f}), region->text R@1 {to_text:.4f} = {to_text / to_text_chance:.1f}x chance "
               f"({to_text_chance:.4f}) over {final['region/region_text/regions']} regions\n"
-              f"  region ITC {itc_first:.3f} -> {itc_last:.3f} ({itc_last / itc_first:.0%}), region ITM -> "
+              f"  region ITC {itc_first:.3f} -> {itc_last:.3f} ({itc_ratio:.0%}), region ITM -> "
               f"{itm_last:.3f} (chance entropy {ITM_CHANCE_ENTROPY:.4f})",
               file=sys.stderr)
     assert t2i_r1 >= 10 * chance
