@@ -176,6 +176,8 @@ BAD_VALUES = [
     ("guard.signals=[SIGKILL]", "guard.signals[0]: SIGKILL cannot be caught"),
     ("guard.signals=[SIGUSR1,STOP]", "guard.signals[1]: SIGSTOP cannot be caught"),
     ("guard.signals=[SIGNOPE]", "guard.signals[0]: unknown signal name 'SIGNOPE'"),
+    ("guard.signals=[SIGTERM,SIGSEGV]", "guard.signals[1]: SIGSEGV reports a fault of the process itself"),
+    ("guard.signals=[SIGBUS]", "guard.signals[0]: SIGBUS reports a fault of the process itself"),
     ("eval.every_steps=5", "eval.every_steps: 5, but no eval shards are given"),
     ("eval.itm_top_k=-1", "eval.itm_top_k: must be >= 0, got -1"),
     ("model.text.vocab_size=-1", "model.text.vocab_size: must be >= 1, got -1"),

@@ -35,6 +35,9 @@ RUN_OWNED_DEEPSPEED_KEYS = ("gradient_clipping", "gradient_accumulation_steps", 
                             "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu")
 # The kernel delivers these without asking the process: no handler can checkpoint on them.
 UNCATCHABLE_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
+# Signals the kernel raises for a fault of the process itself: a handler that only sets a flag
+# returns to the faulting instruction, which faults again, forever.
+FAULT_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
 
 
 @dataclass
@@ -103,6 +106,9 @@ class GuardSection:
             if number in UNCATCHABLE_SIGNALS:
                 raise ConfigError(f"{key}: {number.name} cannot be caught, so it cannot trigger a checkpoint; "
                                   f"use a catchable signal such as SIGUSR1 or SIGTERM")
+            if number in FAULT_SIGNALS:
+                raise ConfigError(f"{key}: {number.name} reports a fault of the process itself, not a pre-emption; "
+                                  f"handling it would repeat the fault forever; use SIGUSR1 or SIGTERM")
 
 
 @dataclass

@@ -306,7 +306,7 @@ class Trainer:
                 "last_eval": {"step": self.last_eval_step, "metrics": plain_numbers(self.last_eval)}}
 
     def _restore_last_eval(self, state: dict) -> None:
-        last = state.get("last_eval") or {}  # absent from checkpoints of 0.2.0 and before
+        last = state.get("last_eval") or {}  # absent from checkpoints written before it was kept
         self.last_eval, self.last_eval_step = last.get("metrics"), last.get("step")
 
     def load_state_dict(self, state: dict | None) -> None:
