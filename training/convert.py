@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if report.shape_mismatches or (args.strict and (report.unmatched_official or report.missing_in_checkpoint)):
         print("x2vlm-convert: conversion incomplete, nothing written", file=sys.stderr)
         return 1
-    source = {"kind": "official checkpoint", "path": str(args.checkpoint.resolve()),
+    source = {"kind": "official checkpoint", "file": args.checkpoint.resolve().name,
               "sha256": file_sha256(args.checkpoint), "missing_in_checkpoint": report.missing_in_checkpoint,
               "not_in_source": report.not_in_source}
     try:

@@ -42,6 +42,23 @@ def run_summary(data: dict) -> dict | None:
         return None
 
 
+def run_training(config_path: Path, run_config: dict, world_size: int, steps: int) -> dict | None:
+    """The card's training entry from a checkpoint's run config (None where it does not parse)."""
+    from data_pipeline.spec import parse_data_spec
+    from training.engine.run_config import load_run_config
+    from training.engine.trainer import apply_global_batch, global_batch
+    from training.folders.card_contents import training_summary
+
+    try:
+        config = load_run_config(config_path)
+        spec = parse_data_spec(config.data)
+        apply_global_batch(spec, config, world_size)
+    except ConfigError:
+        return None
+    grad_accum = config.optim.grad_accum
+    return training_summary(run_config, global_batch(spec, world_size, grad_accum), world_size, grad_accum, steps)
+
+
 def logged_metrics(run_dir: Path, step: int) -> dict | None:
     """The held-out metrics the run logged at STEP (its metrics.jsonl), if it evaluated then."""
     path = run_dir / "metrics.jsonl"
@@ -77,9 +94,11 @@ def export(checkpoint: Path, out: Path, tokenizer: Path | None = None) -> Path:
                                     f"tokenizer folder with --tokenizer DIR")
         tokenizer = Path(named)
     state = consolidated_state_dict(checkpoint)
-    card = ModelCard(source={"kind": "checkpoint", "path": str(checkpoint.resolve())}, steps=marker.step,
+    card = ModelCard(source={"kind": "checkpoint", "checkpoint": checkpoint.resolve().name,
+                             "run": (run_config.get("run") or {}).get("name")}, steps=marker.step,
                      data=run_summary(run_config["data"]),
-                     metrics=logged_metrics(checkpoint.resolve().parent.parent, marker.step))
+                     metrics=logged_metrics(checkpoint.resolve().parent.parent, marker.step),
+                     training=run_training(config_path, run_config, marker.world_size, marker.step))
     # The consolidated state also holds the buffers and the training aids (objectives' own
     # parameters, the momentum copy); the model folder takes the model's parameters, which the
     # task names `model.*` (a version-0.1.0 checkpoint: without the prefix).

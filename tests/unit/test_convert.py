@@ -121,7 +121,7 @@ def test_the_folder_names_its_source_and_unreadable_inputs_exit_2(tmp_path, caps
     base = ["--tokenizer", str(demo_tokenizer), "--out", str(tmp_path / "folder")]
     assert main([str(path), "--model-config", "tiny", *base]) == 0
     card = load_model_folder(tmp_path / "folder").card
-    assert card.source == {"kind": "official checkpoint", "path": str(path.resolve()),
+    assert card.source == {"kind": "official checkpoint", "file": "official.th",
                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "missing_in_checkpoint": [],
                            "not_in_source": ["video.frame_pos_embed"]}
     assert card.steps is None and card.data is None

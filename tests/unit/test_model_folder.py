@@ -141,3 +141,21 @@ def test_every_file_is_as_readable_as_the_umask_allows(tiny, demo_tokenizer, tmp
         os.umask(before)
     modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert WEIGHTS_FILE in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_card_figures_have_plain_names_and_chance_and_no_machine_paths():
+    from training.folders.card_contents import figures, machine_free
+
+    metrics = {"demo_images_eval/img_r5": 0.123456, "demo_images_eval/txt_r1": 0.5, "demo_images_eval/images": 60,
+               "demo_images_eval/eval_s": 2.5, "video/img_r1": 0.8333, "video/videos": 6,
+               "region/grounding_acc": 0.3, "region/centre_baseline_acc": 0.0141,
+               "region/region_text/txt_r1": 0.07, "region/region_text/txt_r1_chance": 0.00704}
+    rows = {row["key"]: (row["name"], row["value"], row["chance"]) for row in figures(metrics)}
+    assert rows == {
+        "demo_images_eval/img_r5": ("text->image R@5", 0.1235, {"what": "random ranking", "value": round(5 / 60, 4)}),
+        "demo_images_eval/txt_r1": ("image->text R@1", 0.5, None),
+        "video/img_r1": ("text->video R@1", 0.8333, {"what": "random ranking", "value": 0.1667}),
+        "region/grounding_acc": ("grounding accuracy (IoU >= 0.5)", 0.3, {"what": "a centre box", "value": 0.0141}),
+        "region/region_text/txt_r1": ("region->region text R@1", 0.07, {"what": "random ranking", "value": 0.007})}
+    assert machine_free({"shards": ["/data/coco/coco-{0..9}.tar", "rel/x.tar"], "lr": 1e-4, "out": "/scratch/run"}) == \
+        {"shards": ["coco-{0..9}.tar", "rel/x.tar"], "lr": 1e-4, "out": "run"}

@@ -75,11 +75,17 @@ def plain_numbers(metrics: dict | None) -> dict | None:
     return {key: value if isinstance(value, int) else float(value) for key, value in metrics.items()}
 
 
+def global_batch(data_spec, world_size: int, grad_accum: int) -> dict[str, int]:
+    """Samples of each corpus per optimizer step over all ranks, when it is drawn (DATA_SPEC's
+    batch sizes per rank and micro-step, after `apply_global_batch`)."""
+    return {c.name: c.batch_size * world_size * grad_accum for c in data_spec.corpora}
+
+
 def batch_summary(data_spec, world_size: int, grad_accum: int) -> str:
     """The line a run starts with: its world size and the samples of each corpus per optimizer
     step over all ranks (its global batch), on which every figure of the run depends."""
-    share = world_size * grad_accum
-    corpora = ", ".join(f"{c.name} ({c.kind}) {c.batch_size * share}" for c in data_spec.corpora)
+    batch = global_batch(data_spec, world_size, grad_accum)
+    corpora = ", ".join(f"{c.name} ({c.kind}) {batch[c.name]}" for c in data_spec.corpora)
     return (f"[run] world size {world_size} x grad_accum {grad_accum}; global batch (samples per optimizer step when "
             f"the corpus is drawn): {corpora}")
 
@@ -525,12 +531,17 @@ class Trainer:
 
     def model_card(self):
         """The card of the weights in memory (fine-tuning says more of its source)."""
+        from training.folders.card_contents import training_summary
         from training.folders.model_folder import ModelCard, data_summary
 
-        card = ModelCard(source={"kind": "training run", "path": str(self.output_dir.resolve()),
-                                 "run": self.config.run.name, "config": self.config.source},
+        grad_accum = self.config.optim.grad_accum
+        card = ModelCard(source={"kind": "training run", "run": self.config.run.name,
+                                 "config": Path(self.config.source).name},
                          steps=self.step, data=data_summary(self.data_spec),
-                         metrics=self.last_eval if self.last_eval_step == self.step else None)
+                         metrics=self.last_eval if self.last_eval_step == self.step else None,
+                         training=training_summary(self.config.to_dict(),
+                                                   global_batch(self.data_spec, self.world_size, grad_accum),
+                                                   self.world_size, grad_accum, self.step))
         for extension in self.extensions:
             extension.describe_card(self, card)
         return card

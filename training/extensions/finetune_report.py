@@ -53,10 +53,9 @@ class FinetuneReport(Extension):
 
     def describe_card(self, trainer, card) -> None:
         start = trainer.config.model["init_from"]
-        card.source = {"kind": "fine-tuning", "task": self.task.name, "model": str(Path(start).resolve()),
+        card.source = {"kind": "fine-tuning", "task": self.task.name, "model": Path(start).name,
                        "model_source": _card_source(Path(start)), "run": trainer.config.run.name,
-                       "path": str(trainer.output_dir.resolve()), "config": trainer.config.source,
-                       "metrics_before": self.before}
+                       "config": Path(trainer.config.source).name, "metrics_before": self.before}
 
 
 def _card_source(folder: Path) -> dict | None:

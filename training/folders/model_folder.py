@@ -6,8 +6,9 @@
                       to files outside the folder
   tokenizer/          the Hugging Face tokenizer folder the model was trained with, copied
   card.json           the model card for programs: source, steps, data, metrics, project
-                      version, creation time
-  README.md           the same card for people
+                      version, creation time; the model as built, how it was trained and the
+                      metrics under plain names with chance (training/folders/card_contents.py)
+  README.md           the same card for people, with every command that takes the folder
 
 Only names relative to the folder are used, so a folder can be moved or copied anywhere.
 `x2vlm-export`, `x2vlm-convert`, the trainer's `run.export_on_finish` (and fine-tuning)
@@ -70,6 +71,12 @@ class ModelCard:
     metrics: dict | None = None  # held-out metrics of these weights, where known
     project_version: str = dataclasses.field(default_factory=project_version)
     created: str = dataclasses.field(default_factory=_now)
+    # For readers (card_contents.py): the model as built, how it was trained (run config, world
+    # size, global batch, optimisation, commit), the metrics under plain names with chance.
+    # `write_model_folder` fills `model` and `figures`; the writer of the weights gives `training`.
+    model: dict | None = None
+    training: dict | None = None
+    figures: list | None = None
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -87,23 +94,46 @@ class ModelCard:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
     def readme(self) -> str:
-        source = ", ".join(f"{k}: {v}" for k, v in self.source.items())
+        from training.folders.card_contents import USAGE, counts, figures_table
+
+        source = {k: v for k, v in self.source.items() if k not in ("metrics_before", "model_source")}
         lines = ["# X²-VLM model", "",
                  f"Weights of an X²-VLM model (`{WEIGHTS_FILE}`, fp32), its config (`{CONFIG_FILE}`) and its "
                  f"tokenizer (`{TOKENIZER_DIR}/`); `{CARD_FILE}` holds this card for programs.", "",
-                 f"- Source: {source}",
-                 f"- Training steps: {self.steps if self.steps is not None else 'unknown'}"]
+                 "## What it is", ""]
+        if self.model:
+            lines.append(self.model["summary"] + ".")
+            lines.append("")
+        lines += ["## How it was trained", "",
+                  "- Source: " + ", ".join(f"{k}: {v}" for k, v in source.items()),
+                  f"- Training steps: {self.steps if self.steps is not None else 'unknown'}"]
+        if self.training:
+            t = self.training
+            batch = ", ".join(f"{name} {n}" for name, n in t["global_batch"].items())
+            lines += [f"- World size {t['world_size']} (x grad_accum {t['grad_accum']}); samples per optimizer step "
+                      f"when a corpus is drawn: {batch}",
+                      f"- Learning rate {t['lr']} ({t['schedule']} schedule, {t['warmup_steps']} warm-up steps), "
+                      f"precision {t['precision']}",
+                      f"- Project version {self.project_version}, commit {t['commit'] or 'unknown'}; the run config as "
+                      f"written is `training.run_config` in `{CARD_FILE}`"]
         if self.data:
             corpora = ", ".join(f"{c.get('name')} ({c.get('kind')})" for c in self.data.get("corpora", []))
             lines.append(f"- Data: {corpora or 'unknown'}")
-        if self.metrics:
-            lines.append("- Held-out metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                             for k, v in sorted(self.metrics.items())))
-        lines += [f"- Written by x2vlm-pretrain {self.project_version} on {self.created}", "",
-                  "Use it with `x2vlm-eval THIS_FOLDER ...`, `x2vlm-predict {rank,score,ground} THIS_FOLDER ...`, "
-                  "`--init-from THIS_FOLDER` (x2vlm-pretrain), or in Python:", "",
-                  "```python", "from training.inference import X2VLMPredictor",
-                  "predictor = X2VLMPredictor('THIS_FOLDER')", "```", ""]
+        lines.append(f"- Written by x2vlm-pretrain {self.project_version} on {self.created}")
+        lines += ["", "## Held-out figures", ""]
+        if self.figures:
+            before = self.source.get("metrics_before") or {}
+            if before:
+                lines.append("Before fine-tuning: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()) + ".")
+                lines.append("")
+            lines += figures_table(self.figures)
+            sizes = counts(self.metrics)
+            if sizes:
+                lines += ["", "Sets and evaluation time: " + ", ".join(
+                    f"{k} {v:.1f} s" if k.endswith("eval_s") else f"{k} {v}" for k, v in sizes.items())]
+        else:
+            lines.append("None recorded.")
+        lines += ["", "## How to use it", "", "```bash", *(u.replace("FOLDER", "THIS_FOLDER") for u in USAGE), "```", ""]
         return "\n".join(lines)
 
 
@@ -218,6 +248,10 @@ def write_model_folder(out: str | Path, weights: dict[str, torch.Tensor], model_
                for name, tensor in weights.items() if name not in TIED_PARAMETERS}
     check_weights(weights, config, str(out))
     _check_tokenizer(tokenizer, config.text.vocab_size, f"tokenizer {tokenizer}")
+    from training.folders.card_contents import architecture, figures
+
+    card = dataclasses.replace(card, model=architecture(config, sum(t.numel() for t in weights.values())),
+                               figures=figures(card.metrics))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
