@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     caption.add_argument("--prompt", default="", help="text every caption starts with, left out of the output "
                                                       "(e.g. 'a picture of'; default none)")
     caption.add_argument("--out", type=Path, help="write the captions to this JSON file instead of printing them")
+    caption.add_argument("--force", action="store_true",
+                         help="caption even with a model whose card says its training never ran the captioning loss "
+                              "(its captions are then not words)")
 
     for sub in (rank, score, ground, caption):
         add_device_options(sub)
@@ -195,6 +198,12 @@ def run(args: argparse.Namespace) -> None:
         else:
             print("\n".join(rows))
     elif args.command == "caption":
+        from training.folders.card_contents import captioning_trained
+
+        if captioning_trained(predictor.card) is False and not args.force:
+            raise UsageError(f"{args.model}: its card says its training never ran the captioning loss "
+                             f"(losses.weights.image.lm is 0 in its run config), so its decoder writes no words; "
+                             f"train it with that loss (README: Captioning), or give --force")
         captions = predictor.caption(files, max_len=args.max_len, beam=args.beam, prompt=args.prompt)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,3 +86,25 @@ def test_eval_captioning_scores_each_images_caption_against_its_own_texts(folder
     expected = caption_metrics(candidates, references)
     assert metrics["image/bleu4"] == pytest.approx(expected["bleu4"]) and metrics["image/cider"] == pytest.approx(expected["cider"])
     assert eval_main([str(folder), "--region-shards", pattern, "--captioning"]) == 2
+
+
+def test_predict_caption_refuses_a_model_whose_training_never_ran_the_captioning_loss(images, demo_tokenizer,
+                                                                                        capsys, tmp_path):
+    from training.predict import main
+
+    model = create_model("demo", load_pretrained=False)
+    for lm, expected in ((0.0, 2), (0.5, 0)):
+        run_config = {"model": {"losses": {"weights": {"image": {"itc": 1.0, "lm": lm}}}}, "optim": {"lr": 1e-3}}
+        card = ModelCard(source={"kind": "training run", "run": "demo"}, steps=400,
+                         training={"run_config": run_config, "world_size": 2, "grad_accum": 1, "global_batch": {},
+                                   "lr": 1e-3, "schedule": "cosine", "warmup_steps": 30, "precision": "fp32",
+                                   "commit": None, "steps": 400})
+        folder = write_model_folder(tmp_path / f"lm{lm}", dict(model.named_parameters()), model.config,
+                                    demo_tokenizer, card)
+        assert main(["caption", str(folder), str(images[0]), "--max-len", "3", "--device", "cpu"]) == expected
+        err = capsys.readouterr().err
+        if expected == 2:
+            assert err == (f"x2vlm-predict: {folder}: its card says its training never ran the captioning loss "
+                           f"(losses.weights.image.lm is 0 in its run config), so its decoder writes no words; "
+                           f"train it with that loss (README: Captioning), or give --force\n")
+            assert main(["caption", str(folder), str(images[0]), "--max-len", "3", "--device", "cpu", "--force"]) == 0
