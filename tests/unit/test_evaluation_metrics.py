@@ -142,12 +142,14 @@ def test_box_shapes_are_checked():
 
 
 def test_region_text_recalls_and_their_chance_by_hand():
-    from training.evaluation.evaluator import region_ids
     from training.evaluation.retrieval_metrics import chance_recall, region_text_metrics
+    from training.model.regions import first_text_of_region
 
     # Texts 0, 1 of one box of image 0, text 2 of another box of image 0, text 3 of image 1.
-    ids = region_ids(torch.tensor([0, 0, 0, 1]), torch.tensor([[.5, .5, .2, .2], [.5, .5, .2, .2], [.2, .2, .1, .1],
-                                                                [.5, .5, .2, .2]]))
+    first = first_text_of_region(torch.tensor([0, 0, 0, 1]), torch.tensor([[.5, .5, .2, .2], [.5, .5, .2, .2],
+                                                                           [.2, .2, .1, .1], [.5, .5, .2, .2]]))
+    assert first.tolist() == [0, 0, 2, 3]
+    _, ids = torch.unique(first, return_inverse=True)  # as the evaluator numbers the regions
     assert ids.tolist() == [0, 0, 1, 2]
     regions = torch.eye(3)
     # Texts 0 and 3 rank their regions first, text 2 second (after region 0), text 1 last.

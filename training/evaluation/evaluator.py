@@ -36,6 +36,7 @@ from training.evaluation.eval_sets import eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
 from training.evaluation.retrieval_metrics import region_text_metrics, retrieval_metrics
 from training.model import TextEncoding, VisionEncoding
+from training.model.regions import first_text_of_region
 
 # The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
 # [-1, 1], ITM probabilities in [0, 1].
@@ -169,15 +170,6 @@ def evaluate_retrieval(model, stream: CorpusStream, settings: EvaluationSettings
     return metrics
 
 
-def region_ids(image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(R,) long: each text's region within a batch, numbered from 0: texts of the same image
-    with the same box describe one region."""
-    ids, seen = [], {}
-    for image, box in zip(image_index.tolist(), boxes.tolist()):
-        ids.append(seen.setdefault((image, tuple(box)), len(seen)))
-    return torch.tensor(ids, dtype=torch.long)
-
-
 @torch.no_grad()
 def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -> dict:
     """Boxes of every region text: ``predicted`` and ``true`` (N, 4) cxcywh; the ITC features of
@@ -194,8 +186,8 @@ def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -
         index = batch["image_index"].to(device)
         predicted.append(model.predict_box(tokens[index], text).float().cpu())
         true.append(batch["boxes"])
-        ids = region_ids(batch["image_index"], batch["boxes"])
-        first = torch.tensor([ids.tolist().index(r) for r in range(int(ids.max()) + 1)])  # a text of each region
+        # Regions numbered in the order of their first text; `first` holds that text of each.
+        first, ids = torch.unique(first_text_of_region(batch["image_index"], batch["boxes"]), return_inverse=True)
         regions = model.encode_regions(tokens, index[first.to(device)], batch["patch_mask"][first].to(device))
         region_features.append(regions.features.float().cpu())
         text_features.append(text.features.float().cpu())

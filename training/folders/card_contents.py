@@ -86,7 +86,7 @@ def machine_free(value):
         return {key: machine_free(item) for key, item in value.items()}
     if isinstance(value, list):
         return [machine_free(item) for item in value]
-    if isinstance(value, str) and os.path.isabs(value) and "/" in value:
+    if isinstance(value, str) and os.path.isabs(value):
         return Path(value).name
     return value
 

@@ -16,3 +16,10 @@ def region_tokens(image_tokens: torch.Tensor, image_index: torch.Tensor, patch_m
     weights = patch_mask[:, 1:].to(patches.dtype).unsqueeze(-1)
     pooled = (patches * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
     return torch.cat([pooled.unsqueeze(1), patches], dim=1)
+
+
+def first_text_of_region(image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(R,) long: for each region text, the position of the first text of its region (texts of
+    the same image with the same box describe one region). Fixed shapes, no read on the host."""
+    same = (image_index[:, None] == image_index[None, :]) & (boxes[:, None, :] == boxes[None, :, :]).all(dim=-1)
+    return same.long().argmax(dim=1)

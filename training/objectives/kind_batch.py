@@ -25,6 +25,7 @@ from functools import cached_property
 import torch
 
 from training.model import TextEncoding, VisionEncoding
+from training.model.regions import first_text_of_region
 from training.objectives.gather import gather_rows, gather_with_grad, pad_rows, world_size
 from training.objectives.positives import PairKeys, pair_positives
 
@@ -69,9 +70,7 @@ class KindBatch:
         index = self.image_index
         if index is None or self.config.region_positives == "image" or "boxes" not in self.fields:
             return index
-        boxes = self.fields["boxes"]
-        same = (index[:, None] == index[None, :]) & (boxes[:, None, :] == boxes[None, :, :]).all(dim=-1)
-        return same.long().argmax(dim=1)  # the first text of the region: fixed shapes, no host read
+        return first_text_of_region(index, self.fields["boxes"])
 
     @cached_property
     def image_tokens(self) -> torch.Tensor:
