@@ -180,3 +180,25 @@ def wait_for(predicate, timeout: float, what: str, ranks: Ranks | None = None) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}" + (f":\n{ranks.output()}" if ranks else ""))
         time.sleep(0.05)
+
+
+def finetune_preset(data_root: Path, directory: Path, task: str) -> Path:
+    """configs/finetune/TASK_demo.yaml on the demo data under DATA_ROOT, writing into DIRECTORY/out
+    and logging every step; the preset is otherwise unchanged."""
+    import yaml
+
+    preset = yaml.safe_load((REPO_ROOT / f"configs/finetune/{task}_demo.yaml").read_text())
+    preset["deepspeed"] = str(REPO_ROOT / "configs/deepspeed" / Path(preset["deepspeed"]).name)
+    preset["data"]["root"] = str(data_root)
+    for held_out in preset["eval"]["sets"]:
+        held_out["shards"] = [str(data_root / pattern) for pattern in held_out["shards"]]
+    preset["run"]["output_dir"] = str(directory / "out")
+    preset["logging"]["every_steps"] = 1
+    path = directory / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(preset, sort_keys=False))
+    return path
+
+
+def finetune_ranks(config: Path, model_folder: Path, task: str, *args: str) -> Ranks:
+    """`python -m training.finetune` on 2 ranks: TASK from MODEL_FOLDER with the run config CONFIG."""
+    return Ranks(config, 2, "--task", task, "--model", str(model_folder), *args, module="training.finetune")

@@ -4,6 +4,7 @@
       --model MODEL_FOLDER [--set key=value ...]
   x2vlm-finetune --task grounding --config configs/finetune/grounding_refcoco.yaml --model MODEL_FOLDER
                                                                           (one process)
+  x2vlm-finetune --task captioning --config configs/finetune/captioning_demo.yaml --model runs/demo/export
 
 The config is a run config (configs/finetune/*.yaml: the task's recipe) read by the one run
 config mechanism; `--model FOLDER` fills in the model: its config, its weights
@@ -72,7 +73,8 @@ def model_overrides(folder: Path, task: TrainingTask) -> list[str]:
     return [f"model={json.dumps(str(folder / CONFIG_FILE))}",
             f"model.init_from={json.dumps(str(folder))}",
             f"data.text.tokenizer={json.dumps(str(folder / TOKENIZER_DIR))}",
-            f"model.losses.weights={json.dumps(task.loss_weights())}"]
+            f"model.losses.weights={json.dumps(task.loss_weights())}",
+            *(f"{key}={json.dumps(value)}" for key, value in task.settings)]
 
 
 def import_recipe_plugins(argv: list[str]) -> None:

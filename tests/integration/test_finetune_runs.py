@@ -17,28 +17,16 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
-from engine_support import REPO_ROOT, Ranks, wait_for
+from engine_support import Ranks, finetune_preset, finetune_ranks, wait_for
 from training.folders.model_folder import load_model_folder
 
 
 def preset_for_test(trained_demo, tmp_path: Path, task: str) -> Path:
-    """configs/finetune/TASK_demo.yaml on the trained demo's data, writing into TMP_PATH."""
-    preset = yaml.safe_load((REPO_ROOT / f"configs/finetune/{task}_demo.yaml").read_text())
-    preset["deepspeed"] = str(REPO_ROOT / "configs/deepspeed" / Path(preset["deepspeed"]).name)
-    preset["data"]["root"] = str(trained_demo.root)
-    for held_out in preset["eval"]["sets"]:
-        held_out["shards"] = [str(trained_demo.root / pattern) for pattern in held_out["shards"]]
-    preset["run"]["output_dir"] = str(tmp_path / "out")
-    preset["logging"]["every_steps"] = 1
-    path = tmp_path / f"{task}.yaml"
-    path.write_text(yaml.safe_dump(preset, sort_keys=False))
-    return path
+    return finetune_preset(trained_demo.root, tmp_path, task)
 
 
 def start(trained_demo, config: Path, task: str, *args: str) -> Ranks:
-    return Ranks(config, 2, "--task", task, "--model", str(trained_demo.export), *args, module="training.finetune")
+    return finetune_ranks(config, trained_demo.export, task, *args)
 
 
 def rows(out: Path, kind: str) -> list[dict]:

@@ -79,3 +79,12 @@ def test_mismatched_or_empty_inputs_are_refused():
         cider_d({"a": "x"}, {"a": []})
     with pytest.raises(ValueError, match="no captions"):
         cider_d({}, {})
+
+
+def test_the_constant_caption_is_the_most_frequent_reference_of_the_set():
+    from training.evaluation.captioning import constant_caption
+
+    references = {"1": ["a red circle", "a blue square"], "2": ["a blue square"], "3": ["a red circle"],
+                  "4": ["a blue square", "a green star"]}
+    assert constant_caption(references) == "a blue square"
+    assert constant_caption({"1": ["b"], "2": ["a"]}) == "b"  # a tie: the first in the set's order

@@ -60,9 +60,14 @@ def test_every_preset_loads_and_fits_its_task(preset, model_folder):
     assert config.data["text"]["tokenizer"] == str(model_folder.resolve() / "tokenizer")
     assert config.run.export_on_finish
     assert TASKS[task].eval_sets(config)
-    if "demo" not in preset.stem:  # X²-VLM's recipes: a 10 % linear warm-up, an evaluation every epoch
-        assert config.optim.schedule == "linear" and config.optim.warmup_steps * 10 == config.run.max_steps
-        assert config.eval.every_steps == config.optim.warmup_steps
+    if "demo" not in preset.stem:
+        # X²-VLM's recipes: retrieval and grounding 10 epochs with a 10 % linear warm-up, captioning
+        # 5 epochs with 5 %; an evaluation every epoch.
+        epochs, warm_up = (5, 0.05) if task == "captioning" else (10, 0.1)
+        assert config.optim.schedule == "linear"
+        assert config.optim.warmup_steps == round(warm_up * config.run.max_steps)
+        assert config.eval.every_steps == round(config.run.max_steps / epochs)
+    assert config.eval.captioning == (task == "captioning")
 
 
 def test_a_preset_of_another_task_is_refused_naming_the_corpus(model_folder):
@@ -97,6 +102,19 @@ def test_figures_are_the_tasks_metrics_of_its_sets(model_folder):
     assert TASKS["grounding"].figures(metrics, config) == {"region/grounding_acc": 0.5,
                                                            "demo_refcoco_val/grounding_acc": 0.25}
     assert before_after({"a": 0.125}, {"a": 0.5, "b": 0.25}) == "a 0.1250 -> 0.5000, b 0.2500"
+
+
+def test_captioning_turns_on_the_decoder_alone_and_reports_cider_and_bleu(model_folder):
+    task = TASKS["captioning"]
+    assert {batch: [t for t, w in terms.items() if w] for batch, terms in task.loss_weights().items()} == {
+        "image": ["lm"], "region": [], "video": []}
+    preset = REPO_ROOT / "configs/finetune/captioning_demo.yaml"
+    config = load_preset(preset, "captioning", model_folder)
+    metrics = {"demo_images_eval/cider": 1.25, "demo_images_eval/bleu4": 0.25, "demo_images_eval/img_r1": 0.5,
+               "demo_images_eval/constant_cider": 0.5}
+    assert task.figures(metrics, config) == {"demo_images_eval/cider": 1.25, "demo_images_eval/bleu4": 0.25}
+    with pytest.raises(ConfigError, match=r"^eval\.captioning: the captioning task needs True"):
+        task.check(load_preset(preset, "captioning", model_folder, "eval.captioning=false"))
 
 
 def test_named_eval_sets_are_checked_and_become_corpora_of_their_names(tmp_path):

@@ -149,13 +149,16 @@ def test_card_figures_have_plain_names_and_chance_and_no_machine_paths():
     metrics = {"demo_images_eval/img_r5": 0.123456, "demo_images_eval/txt_r1": 0.5, "demo_images_eval/images": 60,
                "demo_images_eval/eval_s": 2.5, "video/img_r1": 0.8333, "video/videos": 6,
                "region/grounding_acc": 0.3, "region/centre_baseline_acc": 0.0141,
-               "region/region_text/txt_r1": 0.07, "region/region_text/txt_r1_chance": 0.00704}
+               "region/region_text/txt_r1": 0.07, "region/region_text/txt_r1_chance": 0.00704,
+               "caption_eval/cider": 1.23456, "caption_eval/constant_cider": 0.5, "caption_eval/captioned": 60}
     rows = {row["key"]: (row["name"], row["value"], row["chance"]) for row in figures(metrics)}
     assert rows == {
         "demo_images_eval/img_r5": ("text->image R@5", 0.1235, {"what": "random ranking", "value": round(5 / 60, 4)}),
         "demo_images_eval/txt_r1": ("image->text R@1", 0.5, None),
         "video/img_r1": ("text->video R@1", 0.8333, {"what": "random ranking", "value": 0.1667}),
         "region/grounding_acc": ("grounding accuracy (IoU >= 0.5)", 0.3, {"what": "a centre box", "value": 0.0141}),
-        "region/region_text/txt_r1": ("region->region text R@1", 0.07, {"what": "random ranking", "value": 0.007})}
+        "region/region_text/txt_r1": ("region->region text R@1", 0.07, {"what": "random ranking", "value": 0.007}),
+        "caption_eval/cider": ("captioning CIDEr-D", 1.2346,
+                               {"what": "the set's most frequent caption for every image", "value": 0.5})}
     assert machine_free({"shards": ["/data/coco/coco-{0..9}.tar", "rel/x.tar"], "lr": 1e-4, "out": "/scratch/run"}) == \
         {"shards": ["coco-{0..9}.tar", "rel/x.tar"], "lr": 1e-4, "out": "run"}

@@ -141,6 +141,11 @@ class EvalSection:
     max_samples: typing.Optional[int] = setting(None, min=1)
     # Further held-out sets by name, any number per kind (one per split).
     sets: list[EvalSet] = setting([])
+    # Also caption the images of the image-text sets and score the captions (BLEU-4, CIDEr-D;
+    # training/evaluation/captioning.py): for a model trained with the captioning loss.
+    captioning: bool = False
+    caption_max_len: int = setting(30, min=1)  # most generated tokens per caption
+    caption_beam: int = setting(1, min=1)  # 1: greedy
 
     def shards(self) -> dict[str, list[str]]:
         return {"image_shards": self.image_shards, "region_shards": self.region_shards,

@@ -490,12 +490,15 @@ class Trainer:
         """The held-out sets' metrics, each as its kind evaluates, on every rank (the ITM
         re-ranking is shared)."""
         from training.evaluation import evaluate
+        from training.evaluation.captioning import CaptioningSettings
         from training.evaluation.eval_sets import eval_spec_like_training
 
         section = self.config.eval
         spec = eval_spec_like_training(self.data_spec, section.named_sets(), batch_size=section.batch_size)
+        captioning = CaptioningSettings(section.caption_max_len, section.caption_beam) if section.captioning else None
         started = time.perf_counter()
-        metrics = evaluate(self.task.model, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples)
+        metrics = evaluate(self.task.model, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples,
+                           captioning=captioning)
         metrics["eval_s"] = time.perf_counter() - started
         self.metrics.write({"step": self.step, **metrics}, "eval")
         self.last_eval, self.last_eval_step = metrics, self.step

@@ -4,6 +4,7 @@
 tokenizer, through the loader's own text encoder."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import torch
@@ -41,7 +42,18 @@ def generate_eval_captions(model, stream: CorpusStream, settings: CaptioningSett
     return candidates, references
 
 
+def constant_caption(references: dict[str, list[str]]) -> str:
+    """The set's most frequent reference text (the first of them on a tie, in the set's order)."""
+    texts = [text for key in references for text in references[key]]
+    return collections.Counter(texts).most_common(1)[0][0]
+
+
 def evaluate_captioning(model, stream: CorpusStream, settings: CaptioningSettings) -> dict[str, float]:
-    """``bleu4``, ``cider`` (CIDEr-D) and ``captioned`` (images) of one eval set."""
+    """``bleu4``, ``cider`` (CIDEr-D) and ``captioned`` (images) of one eval set, and the
+    constant-caption baseline: the same scores of the set's most frequent reference text given to
+    every image (``constant_bleu4``, ``constant_cider``)."""
     candidates, references = generate_eval_captions(model, stream, settings)
-    return {**caption_metrics(candidates, references), "captioned": len(candidates)}
+    constant = constant_caption(references)
+    baseline = caption_metrics({key: constant for key in references}, references)
+    return {**caption_metrics(candidates, references), "captioned": len(candidates),
+            **{f"constant_{name}": value for name, value in baseline.items()}}

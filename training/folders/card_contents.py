@@ -28,13 +28,13 @@ PLAIN_NAMES = {
     "bleu4": "captioning BLEU-4", "cider": "captioning CIDEr-D",
 }
 COUNTS = ("images", "videos", "texts", "queries", "regions", "region_text/regions", "region_text/texts", "skipped",
-          "eval_s", "captions")
+          "eval_s", "captioned")
 # Every command that takes a model folder (README.md of the folder lists them).
 USAGE = (
     "x2vlm-eval FOLDER --image-shards 'eval-{000000..000009}.tar'   # retrieval (and --region-shards, --video-shards)",
     "x2vlm-predict rank FOLDER IMAGE_DIR \"a red circle\"            # also score, ground, caption",
     "x2vlm-zero-shot FOLDER --images DIR                           # zero-shot classification",
-    "x2vlm-finetune --task retrieval --config PRESET.yaml --model FOLDER   # or --task grounding",
+    "x2vlm-finetune --task retrieval --config PRESET.yaml --model FOLDER   # or grounding, captioning",
     "x2vlm-pretrain --config RUN.yaml --set model.init_from=FOLDER          # continue pre-training",
     "python -c \"from training.inference import X2VLMPredictor; X2VLMPredictor('FOLDER')\"",
 )
@@ -141,6 +141,9 @@ def _chance(metrics: dict, held_out: str, metric: str, noun: str) -> dict | None
     if metric.startswith("region_text/"):
         chance = metrics.get(f"{held_out}/{metric}_chance")
         return None if chance is None else {"what": "random ranking", "value": round(float(chance), 4)}
+    if metric in ("bleu4", "cider") and f"{held_out}/constant_{metric}" in metrics:
+        return {"what": "the set's most frequent caption for every image",
+                "value": round(float(metrics[f"{held_out}/constant_{metric}"]), 4)}
     if metric == "grounding_acc" and f"{held_out}/centre_baseline_acc" in metrics:
         return {"what": "a centre box", "value": round(float(metrics[f"{held_out}/centre_baseline_acc"]), 4)}
     count = metrics.get(f"{held_out}/{noun}s")

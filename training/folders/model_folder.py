@@ -119,7 +119,8 @@ class ModelCard:
         if self.data:
             corpora = ", ".join(f"{c.get('name')} ({c.get('kind')})" for c in self.data.get("corpora", []))
             lines.append(f"- Data: {corpora or 'unknown'}")
-        lines.append(f"- Written by x2vlm-pretrain {self.project_version} on {self.created}")
+        written_by = "x2vlm-finetune" if source.get("kind") == "fine-tuning" else "x2vlm-pretrain"
+        lines.append(f"- Written by {written_by} {self.project_version} on {self.created}")
         lines += ["", "## Held-out figures", ""]
         if self.figures:
             before = self.source.get("metrics_before") or {}

@@ -26,6 +26,10 @@ class TrainingTask:
     summary: str
     kinds: tuple[str, ...]  # the data kinds it trains and evaluates on
     terms: dict[str, tuple[str, ...]]  # batch name -> the terms that are on (weight 1); every other weighs 0
+    # Its figures, where not its data kinds' headline metrics (data_pipeline/kinds).
+    headline: tuple[str, ...] = ()
+    # Run config values the task needs (`--set KEY=VALUE` before the user's), e.g. an evaluation switch.
+    settings: tuple[tuple[str, object], ...] = ()
 
     def loss_weights(self) -> dict[str, dict[str, float]]:
         """model.losses.weights for this task: every term of every batch, 1.0 where on."""
@@ -39,7 +43,7 @@ class TrainingTask:
     def figures(self, metrics: dict, config) -> dict[str, float]:
         """The headline metrics of METRICS (an evaluation's flat `set/metric` dict)."""
         return {f"{name}/{metric}": metrics[f"{name}/{metric}"] for name, kind in self.eval_sets(config)
-                for metric in data_kind(kind).headline if f"{name}/{metric}" in metrics}
+                for metric in self.headline or data_kind(kind).headline if f"{name}/{metric}" in metrics}
 
     def check(self, config) -> None:
         """The run config fits the task; a ConfigError names the key."""
@@ -54,6 +58,10 @@ class TrainingTask:
         if not self.eval_sets(config):
             raise ConfigError(f"eval.sets: no held-out {allowed} set; the {self.name} task reports its figures "
                               f"before and after fine-tuning on one")
+        for key, value in self.settings:
+            section, _, name = key.partition(".")
+            if getattr(getattr(config, section), name) != value:
+                raise ConfigError(f"{key}: the {self.name} task needs {value!r}")
         if not config.eval.every_steps:
             raise ConfigError("eval.every_steps: 0; fine-tuning evaluates at the end of the run (and every that "
                               "many steps): set it, for example to run.max_steps")
@@ -90,6 +98,13 @@ register(TrainingTask(
 register(TrainingTask(
     name="grounding", summary="visual grounding (RefCOCO, RefCOCO+, RefCOCOg): box head, L1 + GIoU",
     kinds=("region",), terms={"region": ("bbox", "giou")}))
+# Captioning (X²-VLM's COCO captioning fine-tune, here with the causal decoder): the captioning
+# loss alone on image-text corpora; the held-out images are captioned (eval.captioning) and
+# scored with CIDEr-D and BLEU-4 beside the set's most frequent caption given to every image.
+register(TrainingTask(
+    name="captioning", summary="image captioning (COCO Karpathy): the causal decoder, CIDEr-D and BLEU-4",
+    kinds=("image_text",), terms={"image": ("lm",)}, headline=("cider", "bleu4"),
+    settings=(("eval.captioning", True),)))
 # Zero-shot image classification: evaluation only, class names and prompt templates to text
 # embeddings (training/evaluation/zero_shot_classification.py).
 register(ForwardingTask(
