@@ -104,8 +104,8 @@ class Ranks:
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
                            OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
                            # The venv's ninja: DeepSpeed's op cache is keyed on it (see scripts/run_tests.sh).
-                           PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                           **(env or {}))
+                           PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            environ.update(env or {})
             log = open(self.log_dir / f"rank{rank}-{port}.log", "w")
             self.logs.append(log)
             self.procs.append(subprocess.Popen(

@@ -15,15 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-
+# Only what --help needs is imported here; the rest (torch with it) once the arguments are read.
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
-from data_pipeline.spec import TextSpec
-from data_pipeline.transforms import VideoTextOptions
-from training.evaluation.captioning import CaptioningSettings
-from training.evaluation.eval_sets import eval_data_spec
-from training.evaluation.evaluator import evaluate
-from training.folders.model_folder import ModelFolderError, load_model_folder
 from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
 
 
@@ -48,10 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--video-shards", action="append", default=[], metavar="PATTERN", help="video-text eval shards")
     parser.add_argument("--image-res", type=at_least(1), default=None,
                         help="input resolution (default: the model's vision.image_size)")
-    parser.add_argument("--max-tokens", type=at_least(3), default=TextSpec.max_tokens,
-                        help=f"text length in tokens, as in training ({TextSpec.max_tokens})")
-    parser.add_argument("--video-frames", type=at_least(1), default=VideoTextOptions.frames,
-                        help=f"frames per video ({VideoTextOptions.frames})")
+    parser.add_argument("--max-tokens", type=at_least(3),
+                        help="text length in tokens (default: the data config's, data.text.max_tokens)")
+    parser.add_argument("--video-frames", type=at_least(1),
+                        help="frames per video (default: the data config's, options.frames of a video corpus)")
     parser.add_argument("--itm-top-k", type=at_least(0), default=16, help="candidates re-ranked by ITM; 0: ITC only (16)")
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images or videos per encoding batch (32)")
     parser.add_argument("--max-samples", type=at_least(1), default=None, help="evaluate only the first N samples per kind")
@@ -70,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_model(model_dir: Path | None, model_config: str | None, tokenizer: str | None):
     """(the model, the tokenizer directory): a model folder's, or random weights of a config
     with the tokenizer given."""
+    from training.folders.model_folder import ModelFolderError, load_model_folder
     from training.model import create_model
 
     if (model_dir is None) == (model_config is None):
@@ -101,6 +96,14 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
+    from training.evaluation.captioning import CaptioningSettings
+    from training.evaluation.eval_sets import eval_data_spec
+    from training.evaluation.evaluator import evaluate
+    from data_pipeline.spec import TextSpec
+    from data_pipeline.transforms import VideoTextOptions
+
+    args.max_tokens = args.max_tokens or TextSpec.max_tokens
+    args.video_frames = args.video_frames or VideoTextOptions.frames
     if not (args.image_shards or args.region_shards or args.video_shards):
         raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():

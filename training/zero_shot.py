@@ -18,15 +18,11 @@ import sys
 from pathlib import Path
 
 
-from data_pipeline.config import ConfigError
-from data_pipeline.io.shard_list import ShardListError, expand_shards
+# Only what --help needs is imported here; the rest (torch with it) once the arguments are read.
 from data_pipeline.logging_setup import configure_logging
-from data_pipeline.skips import Counters
-from training.evaluation.zero_shot_classification import (DEFAULT_TEMPLATES, ZeroShotError, check_templates, classify, image_folder,
-                                           labelled_shards, read_classes, read_templates, write_result)
-from training.inference import InputError, PRECISIONS, X2VLMPredictor
-from training.folders.model_folder import ModelFolderError
-from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
+from training.evaluation.prompt_templates import DEFAULT_TEMPLATES
+from training.inference.precisions import DTYPE_NAMES
+from training.runtime.command_line import add_device_options, at_least
 
 PROG = "x2vlm-zero-shot"
 
@@ -53,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(dots for nested fields) (cls)")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="images per model call (64)")
     add_device_options(parser)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), help="bf16 on a GPU, fp32 on the CPU by default")
+    parser.add_argument("--precision", choices=sorted(DTYPE_NAMES), help="bf16 on a GPU, fp32 on the CPU by default")
     parser.add_argument("--out", type=Path, metavar="JSON", help="write the figures (and per-class top-1) here")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -66,6 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from data_pipeline.io.shard_list import expand_shards
+    from data_pipeline.skips import Counters
+    from training.evaluation.zero_shot_classification import (check_templates, classify, image_folder,
+                                                              labelled_shards, read_classes, read_templates,
+                                                              write_result)
+    from training.inference import X2VLMPredictor
+    from training.runtime.command_line import resolve_device
+
     # Every input is checked before the model loads, so that a mistake fails at once.
     classes = read_classes(args.classes) if args.classes else None
     templates = read_templates(args.templates) if args.templates else check_templates(DEFAULT_TEMPLATES)
@@ -91,6 +95,13 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    from data_pipeline.config import ConfigError
+    from data_pipeline.io.shard_list import ShardListError
+    from training.evaluation.zero_shot_classification import ZeroShotError
+    from training.folders.model_folder import ModelFolderError
+    from training.inference import InputError
+    from training.runtime.command_line import DeviceError
+
     try:
         run(args)
     except (ZeroShotError, InputError, ModelFolderError, ConfigError, ShardListError, DeviceError) as error:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from engine_support import (REPO_ROOT, Ranks, data_config, losses_by_step, run_ranks, wait_for,
                             write_run_config)
+from wandb_records import offline_runs
 from training.engine.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
 from training.runtime.signals import REQUEUE_EXIT_CODE
 
@@ -55,8 +56,15 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
     config = write_run_config(tmp_path, shards, zero_stage=stage, max_steps=steps,
                               data=data_config(shards, kinds=("image_text", "region")),
                               checkpoint={"every_steps": steps}, logging={"every_steps": 5})
-    codes, output = run_ranks(config, 2, "--resume", "none")
+    # A run that does not report to wandb never imports it: a `wandb` first on the path marks
+    # its import.
+    poison = tmp_path / "poison/wandb"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("import os, pathlib\npathlib.Path(os.environ['WANDB_IMPORT_MARK']).touch()\n")
+    codes, output = run_ranks(config, 2, "--resume", "none", env={
+        "PYTHONPATH": f"{poison.parent}:{REPO_ROOT}", "WANDB_IMPORT_MARK": str(tmp_path / "wandb_imported")})
     assert codes == [0, 0], output
+    assert not (tmp_path / "wandb_imported").exists()
     losses = losses_by_step(tmp_path / "out")
     assert sorted(losses) == list(range(5, steps + 1, 5))
     rows = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
@@ -82,8 +90,12 @@ def uninterrupted(engine_shards, tmp_path_factory):
     return losses
 
 
+# The SIGKILL resume reports to Weights & Biases too (offline): one wandb run, continued.
+WANDB_OFFLINE = {"report_to": ["jsonl", "wandb"], "wandb": {"mode": "offline", "project": "test"}}
+
+
 def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path, shards, uninterrupted):
-    config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards))
+    config = write_run_config(tmp_path, shards, max_steps=40, data=grouped_data(shards), logging=WANDB_OFFLINE)
     checkpoint = tmp_path / "out/checkpoints" / tag_for(20)
     ranks = Ranks(config, 2, *MOMENTUM, *CAPTIONING)
     wait_for(lambda: (checkpoint / MARKER).exists(), 300, "the step-20 checkpoint", ranks)
@@ -101,6 +113,17 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses_bitwise(tmp_path,
         for figure in ("itm_neg_sim", "itc_hardness"):
             values = [row[f"{kind}/{figure}"] for row in rows if f"{kind}/{figure}" in row]
             assert values and all(-1 <= v <= 1 for v in values), (kind, figure, values)
+
+    # Weights & Biases, offline: rank 0 alone wrote one run per launch, the resumed launch
+    # continuing the killed one's id; every loss it holds is metrics.jsonl's for that step (steps
+    # after the checkpoint, logged before the kill, come again with the same values), and the
+    # resumed launch logged every step from 21 on.
+    runs = offline_runs(tmp_path / "out")
+    assert len(runs) == 2 and runs[0][0] == runs[1][0] == (tmp_path / "out/wandb_run_id").read_text().strip()
+    train = {row["step"]: row for row in rows if row["kind"] == "train"}
+    logged = [(row["step"], row["train/loss"]) for _, history in runs for row in history if "train/loss" in row]
+    assert logged and all(loss == train[step]["loss"] for step, loss in logged)
+    assert sorted(row["step"] for row in runs[1][1] if "train/loss" in row) == list(range(21, 41))
 
 
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bitwise(tmp_path, shards, uninterrupted):

@@ -180,6 +180,8 @@ BAD_VALUES = [
     ("guard.signals=[SIGBUS]", "guard.signals[0]: SIGBUS reports a fault of the process itself"),
     ("eval.every_steps=5", "eval.every_steps: 5, but no eval shards are given"),
     ("eval.itm_top_k=-1", "eval.itm_top_k: must be >= 0, got -1"),
+    ("logging.report_to=[jsonl,mlflow]", "logging.report_to[1]: must be one of"),
+    ("logging.wandb.mode=disabled", "logging.wandb.mode: must be one of"),
     ("model.text.vocab_size=-1", "model.text.vocab_size: must be >= 1, got -1"),
     ("model.text.hidden_size=0", "model.text.hidden_size: must be >= 1, got 0"),
     ("model.text.num_heads=0", "model.text.num_heads: must be >= 1, got 0"),
@@ -215,6 +217,22 @@ def test_bad_values_stop_the_trainer_with_exit_2_naming_the_key(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"x2vlm-pretrain: {run}: {message}"), err
     assert err.count("\n") == 1, err
+
+
+def test_report_to_names_the_reporters_and_wandb_needs_its_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    run = write_configs(tmp_path)
+    assert load_run_config(run).logging.reporters() == {"jsonl", "tensorboard"}
+    assert load_run_config(run, ["logging.report_to=[wandb]"]).logging.reporters() == {"jsonl", "wandb"}
+    # tensorboard: false, the switch of older run configs, turns TensorBoard off whatever report_to says.
+    assert load_run_config(run, ["logging.tensorboard=false", "logging.report_to=[tensorboard, wandb]"]
+                           ).logging.reporters() == {"jsonl", "wandb"}
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"logging\.report_to: wandb, but the wandb package is not installed"):
+        load_run_config(run, ["logging.report_to=[jsonl, wandb]"])
+    load_run_config(run)  # without wandb in report_to, the package is not looked for
 
 
 def test_bad_resume_flag_is_a_configuration_error(tmp_path, capsys):

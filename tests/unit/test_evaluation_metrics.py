@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.evaluation import box_iou, centre_boxes, grounding_accuracy, positive_ranks, recalls, retrieval_metrics
+from training.evaluation import box_iou, centre_boxes, grounding_accuracy, positive_ranks, recalls
+from training.evaluation.retrieval_metrics import retrieval_metrics
 from training.evaluation.evaluator import RetrievalFeatures, itm_rerank, retrieval_scores
 
 

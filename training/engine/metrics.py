@@ -1,4 +1,5 @@
-"""Training metrics: a console line, TensorBoard events and a JSONL file, written by rank 0.
+"""Training metrics: a console line, a JSONL file, and TensorBoard events and a Weights & Biases
+run where the run reports to them (logging.report_to), written by rank 0.
 
 Throughput figures: samples/s over the logging window, the step time split into waiting for
 data and computing, TFLOP/s from the FLOPs of the window's steps (counted once per set of batch
@@ -116,7 +117,7 @@ def drop_rows_after(path: Path, step: int) -> int:
 
 class MetricsLogger:
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, world_size: int = 1,
-                 device: torch.device | None = None, echo=print):
+                 device: torch.device | None = None, echo=print, wandb=None):
         self.enabled = enabled
         self.world_size = world_size
         self.peak = device_peak_tflops(device)
@@ -124,6 +125,7 @@ class MetricsLogger:
         self.window = Window()
         self.jsonl = None
         self.tb = None
+        self.wandb = wandb  # a WandbReporter (training/engine/wandb_reporter.py), or None
         if enabled:
             output_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(output_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
@@ -168,6 +170,8 @@ class MetricsLogger:
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, prefix)
         self.echo(self.console_line(row, prefix))
 
     @staticmethod
@@ -179,8 +183,10 @@ class MetricsLogger:
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
         return " | ".join(parts)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         if self.jsonl:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close(exit_code)

@@ -79,13 +79,44 @@ class CheckpointSection:
     allow_config_change: bool = False
 
 
+# Where the figures go besides the console (logging.report_to).
+REPORTERS = ("jsonl", "tensorboard", "wandb")
+
+
+@dataclass
+class WandbSection:
+    project: str = setting("x2vlm", nonempty=True)
+    entity: typing.Optional[str] = None  # a team or user; None: the account's default
+    # offline: written under OUTPUT/wandb for `wandb sync` (no account, no network); None: wandb's
+    # own choice (WANDB_MODE, else online).
+    mode: typing.Optional[str] = setting(None, choices=("online", "offline"))
+    tags: list[str] = setting([])
+
+
 @dataclass
 class LoggingSection:
     every_steps: int = setting(10, min=1)
+    # jsonl: OUTPUT/metrics.jsonl, always written (resume, x2vlm-curves and the model card read
+    # it); tensorboard: OUTPUT/tensorboard; wandb: Weights & Biases (rank 0; the `wandb` package,
+    # imported only then), with the settings of logging.wandb.
+    report_to: list[str] = setting(["jsonl", "tensorboard"], choices=REPORTERS)
+    # false: no TensorBoard whatever report_to says (the switch of run configs older than report_to).
     tensorboard: bool = True
+    wandb: WandbSection = setting(WandbSection)
     progress_bar: typing.Optional[bool] = None
     # One JSONL file per rank with the sample keys of every step (for coverage audits).
     trained_keys: bool = False
+
+    def reporters(self) -> set[str]:
+        reporters = set(self.report_to) | {"jsonl"}
+        return reporters - {"tensorboard"} if not self.tensorboard else reporters
+
+    def check(self, where: str) -> None:
+        import importlib.util
+
+        if "wandb" in self.report_to and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"{subkey(where, 'report_to')}: wandb, but the wandb package is not installed "
+                              f"(pip install wandb)")
 
 
 @dataclass

@@ -160,6 +160,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.metrics = self.progress = self.loader = None
+        self.exit_code: int | None = None  # what run() returned; None until it returns
         self.last_eval, self.last_eval_step = None, None  # held-out metrics for the export's model card
         self.lock = hold_output_dir(self.output_dir, self.rank)
         try:
@@ -267,8 +268,15 @@ class Trainer:
                       f"starts", flush=True)
         self.progress = Progress(self.step, config.run.max_steps, enabled=self.is_main,
                                  bar=config.logging.progress_bar, every=config.logging.every_steps)
-        self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard,
-                                     world_size=self.world_size, device=self.device, echo=self.progress.echo)
+        reporters = config.logging.reporters()
+        wandb = None
+        if self.is_main and "wandb" in reporters:
+            from training.engine.wandb_reporter import WandbReporter
+
+            wandb = WandbReporter(self.output_dir, config.logging.wandb, config.run.name, self.saved_run_config())
+        self.metrics = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard="tensorboard" in reporters,
+                                     world_size=self.world_size, device=self.device, echo=self.progress.echo,
+                                     wandb=wandb)
         self.flops = StepFlops()
         for extension in self.extensions:
             extension.after_restore(self)
@@ -346,7 +354,7 @@ class Trainer:
     def run(self) -> int:
         for extension in self.extensions:
             extension.before_run(self)
-        code = self._run()
+        code = self.exit_code = self._run()
         for extension in self.extensions:
             extension.after_run(self, code)
         return code
@@ -557,7 +565,7 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         if self.metrics is not None:
-            self.metrics.close()
+            self.metrics.close(1 if self.exit_code is None else self.exit_code)
         if self.loader is not None:
             self.loader.close()
         for extension in self.extensions:

@@ -37,12 +37,11 @@ from data_pipeline import schema
 from data_pipeline.io.shard_list import expand_shards
 from data_pipeline.io.shard_reader import read_shard
 from data_pipeline.skips import BadSample, Counters
+from training.evaluation.prompt_templates import DEFAULT_TEMPLATES
 from training.inference import InputError
 
 log = logging.getLogger(__name__)
 
-# X²-VLM-style prompts, short and caption-like, as CLIP's ensembles begin.
-DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
 TOP_K = (1, 5)
 PROMPTS_PER_CALL = 1024  # prompts handed to the model at once (it batches them further)
 

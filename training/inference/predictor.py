@@ -40,9 +40,10 @@ from data_pipeline.text import TextEncoder
 from data_pipeline.transforms.evaluation import whole_image
 from training.model import TextEncoding, VisionEncoding
 from training.folders.model_folder import load_model_folder
+from training.inference.precisions import DTYPE_NAMES
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 # Modes a PNG stores as they are; others (CMYK, YCbCr, ...) are converted to RGB first.
 _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 

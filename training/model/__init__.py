@@ -4,8 +4,12 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-from training.model.model_config import ModelConfig, load_model_config, model_config_from_dict
-from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM
+from training.model.timm_import import import_timm_without_wandb
+
+import_timm_without_wandb()  # before any module of this package imports timm
+
+from training.model.model_config import ModelConfig, load_model_config, model_config_from_dict  # noqa: E402
+from training.model.x2vlm import TextEncoding, VisionEncoding, X2VLM  # noqa: E402
 
 
 def model_config_dir() -> Path:
