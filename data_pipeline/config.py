@@ -51,29 +51,66 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# A config is a few hundred values; YAML aliases can make a 1 KB file stand for billions
+# (each `*a` is the whole `&a` again once copied or serialised), and a large file is no config.
+MAX_CONFIG_VALUES = 1_000_000
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def check_expanded_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuses DATA when it holds more than LIMIT values counted as a copy would count them
+    (every alias again, a self-referencing alias without end): the walk stops at the limit."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where}: more than {limit:,} values once its YAML aliases (*name) are expanded; "
+                              f"a config is not that large (an alias bomb, or an alias that contains itself?)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """YAML text to Python values; a syntax error becomes a one-line ConfigError naming WHERE."""
+    """YAML text to Python values; a syntax error becomes a one-line ConfigError naming WHERE,
+    and so does a text whose aliases expand beyond MAX_CONFIG_VALUES."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         mark = getattr(error, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+    check_expanded_size(data, where)
+    return data
 
 
 def read_yaml_file(path: str | Path, what: str = "config") -> Any:
-    """A YAML file's contents (a `.json` file is read as JSON)."""
+    """A YAML file's contents (a `.json` file is read as JSON), at most MAX_CONFIG_BYTES."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read {what} ({error.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a {what}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); not a {what}") from None
     if path.suffix == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON: {error}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a {what}") from None
     return parse_yaml(text, str(path))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .config import ConfigError, build, read_yaml_file, setting, subkey
+from .io.shard_reader import DEFAULT_READ_TIMEOUT_S
 from .io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from .kinds import KINDS, data_kind
 from .text.text_spec import TextSpec
@@ -57,6 +58,11 @@ class LoaderSpec:
     max_bad_fraction: float = setting(0.5, gt=0, max=1)
     # A worker that delivers no batch for this long is reported as stuck (0: wait forever).
     worker_timeout_s: float = setting(600.0, min=0)
+    # A shard not read, open to close, within this many seconds is skipped (`shard_timeout`),
+    # the samples read before it kept: a stalled pipe or server, a trickle, a compression bomb.
+    # It bounds evaluation's reads too, which run in the trainer's process (0: no bound). Keep it
+    # below worker_timeout_s, or a stalled shard ends the run as a stuck worker first.
+    shard_read_timeout_s: float = setting(DEFAULT_READ_TIMEOUT_S, min=0, max=7 * 86400)
 
 
 @dataclass

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "losses.weights.image.lm)")
     parser.add_argument("--caption-beam", type=at_least(1), default=1, help="beam width of --captioning; 1: greedy (1)")
     parser.add_argument("--caption-max-len", type=at_least(1), default=30, help="most tokens per caption (30)")
+    parser.add_argument("--shard-timeout", type=float, metavar="SECONDS",
+                        help="give up on a shard not read within this many seconds, counted as shard_timeout "
+                             "(default: the loader's, loader.shard_read_timeout_s)")
     add_device_options(parser)
     parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             ("video", "video_text", args.video_shards)]
     spec = eval_data_spec(
         tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model), sets,
-        batch_size=args.batch_size, max_tokens=args.max_tokens, options={"video_text": {"frames": args.video_frames}})
+        batch_size=args.batch_size, max_tokens=args.max_tokens, options={"video_text": {"frames": args.video_frames}},
+        shard_read_timeout_s=args.shard_timeout)
     if args.captioning and not args.image_shards:
         raise UsageError("--captioning needs --image-shards")
     captioning = CaptioningSettings(args.caption_max_len, args.caption_beam) if args.captioning else None
@@ -140,9 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    from training.evaluation.eval_sets import EmptyEvalSet
+
     try:
         metrics = run(args)
-    except (UsageError, ConfigError, FileNotFoundError, DeviceError) as error:
+    except (UsageError, ConfigError, FileNotFoundError, DeviceError, EmptyEvalSet) as error:
         # Mistakes in the command line, the model config or the shard names; any other error is a
         # failure to investigate, with its traceback.
         print(f"x2vlm-eval: {error}", file=sys.stderr)

@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"figures before and after; the presets are configs/finetune/*.yaml. Tasks: {tasks}.",
         epilog="Exit codes as x2vlm-pretrain: 0 done; 85 checkpointed after a pre-emption signal (requeue); "
                "86 stopped at once; 3 too many non-finite losses; 4 checkpoint not written or none verifies; "
-               "5 a corpus cannot go on; 2 configuration error (a bad --model folder, a config that does not fit "
+               "5 a corpus cannot go on; 87 a rank stopped answering (requeue); 2 configuration error (a bad --model folder, a config that does not fit "
                "the task), or another trainer holds the output folder.")
     parser.add_argument("--config", required=True, type=Path, help="the task's run config (configs/finetune/)")
     parser.add_argument("--model", required=True, type=Path,

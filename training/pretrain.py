@@ -23,6 +23,7 @@ from data_pipeline.loader.stream import CorpusUnusable
 from data_pipeline.logging_setup import configure_logging
 from training.engine.checkpoint import CheckpointError
 from training.engine.run_config import RunConfig, check_resume, check_sections, load_run_config
+from training.runtime.heartbeats import is_collective_failure, silent_ranks
 from training.runtime.run_lock import LockHeld
 from training.runtime.signals import IMMEDIATE_EXIT_CODE, REQUEUE_EXIT_CODE
 from training.engine.trainer import NonFiniteLossError, Trainer
@@ -31,6 +32,7 @@ from training.extensions import enabled_extensions
 NONFINITE_EXIT_CODE = 3
 CHECKPOINT_EXIT_CODE = 4
 DATA_EXIT_CODE = 5
+COLLECTIVE_EXIT_CODE = 87
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,12 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="x2vlm-pretrain",
         description="X²-VLM pre-training with DeepSpeed ZeRO. Run under the `deepspeed` launcher for several "
                     "ranks, or as a plain process for one.",
-        epilog=f"Exit codes: 0 done; {REQUEUE_EXIT_CODE} checkpointed after a pre-emption signal (requeue the "
-               f"job); {IMMEDIATE_EXIT_CODE} stopped at once (a second signal, or the launcher died); "
+        epilog=f"Exit codes: 0 done; {REQUEUE_EXIT_CODE} checkpointed after a pre-emption signal or the launcher's "
+               f"end (requeue the job); {IMMEDIATE_EXIT_CODE} stopped at once (a second signal, or no checkpoint "
+               f"within guard.launcher_grace_s of the launcher's end); "
                f"{NONFINITE_EXIT_CODE} too many non-finite losses in a row; {CHECKPOINT_EXIT_CODE} a checkpoint could "
                f"not be written, or none verifies for --resume; {DATA_EXIT_CODE} a corpus cannot go on (most of its "
-               f"samples bad, no shard readable, a loader worker stuck); 2 configuration error, or another trainer holds the "
-               f"output folder.",
+               f"samples bad, no shard readable, a loader worker stuck); {COLLECTIVE_EXIT_CODE} a rank stopped "
+               f"answering for guard.collective_timeout_s (no checkpoint: requeue, it resumes from the last one); "
+               f"2 configuration error, or another trainer holds the output folder.",
     )
     parser.add_argument("--config", required=True, type=Path, help="run config YAML (see configs/runs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -109,6 +113,18 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
     except (CorpusUnusable, WorkerTimeout) as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return DATA_EXIT_CODE
+    except RuntimeError as error:
+        if not is_collective_failure(error):
+            raise
+        import os
+
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        print(f"{prog}: rank {rank}: a collective failed ({str(error).strip().splitlines()[-1][:200]}) after waiting up "
+              f"to guard.collective_timeout_s={config.guard.collective_timeout_s:g} s; least recently heard from: "
+              f"{silent_ranks(Path(config.run.output_dir), world, rank)}. No checkpoint can be written without every "
+              f"rank: exit {COLLECTIVE_EXIT_CODE}; requeue the job, it resumes from the last checkpoint",
+              file=sys.stderr, flush=True)
+        return COLLECTIVE_EXIT_CODE
     finally:
         if trainer is not None:
             trainer.close()

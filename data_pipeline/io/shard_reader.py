@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 import urllib.request
 from typing import Iterator
 
-from webdataset.gopen import gopen
+from webdataset.gopen import Pipe, gopen
 
 from ..skips import Counters
 from .sample_grouping import group_samples
@@ -29,6 +33,8 @@ from .tar_stream import DEFAULT_MAX_MEMBER_BYTES, NotATarError, SkipReport, TarF
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 60.0
+# The most a shard may take to read, open to close (loader.shard_read_timeout_s).
+DEFAULT_READ_TIMEOUT_S = 300.0
 # What reading a shard may raise: a damaged or foreign file (TarFormatError), a stream cut
 # short (EOFError), a failed open or read (OSError, which includes urllib's URLError).
 READ_ERRORS = (TarFormatError, EOFError, OSError, http.client.HTTPException)
@@ -44,21 +50,89 @@ def open_shard(url: str):
         return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
     if url.startswith("file:"):
         url = url[len("file:"):]
+    if url.startswith("pipe:"):
+        # webdataset's pipe, started in a session of its own: the deadline ends the shell and
+        # every process it started (`cat X; sleep N` leaves `sleep` holding the pipe open).
+        return Pipe(url[len("pipe:"):], mode="rb", shell=True, bufsize=8192, ignore_status=[141],
+                    start_new_session=True)
     return gopen(url, "rb")
 
 
+class ShardTimeout(OSError):
+    """The shard was not read, open to close, within its bound (`shard_timeout`)."""
+
+
+class _Deadline:
+    """A wall-clock bound on reading one shard, open to close. Every read checks it, so that a
+    stream that trickles (a byte every few seconds) or a compressed member that inflates for
+    hours ends at it; a timer ends what a read or the close can wait on forever at the bound: a
+    `pipe:` command that sends nothing (killed; webdataset's close would wait two hours for it,
+    even after a whole tar) and an HTTP socket (shut down)."""
+
+    def __init__(self, stream, seconds: float, url: str):
+        self.stream, self.seconds, self.url = stream, seconds, url
+        self.expires = time.monotonic() + seconds
+        self.timer = threading.Timer(seconds, self._end_stream)
+        self.timer.daemon = True
+        self.timer.start()
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires
+
+    def error(self) -> ShardTimeout:
+        return ShardTimeout(f"not read within loader.shard_read_timeout_s = {self.seconds:g} s")
+
+    def read(self, size: int = -1) -> bytes:
+        if self.expired:
+            raise self.error()
+        return self.stream.read(size)
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            self.timer.cancel()
+
+    def _end_stream(self) -> None:
+        try:
+            process = getattr(self.stream, "proc", None)  # webdataset's Pipe, in its own session
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                return
+            raw = getattr(getattr(self.stream, "fp", None), "raw", None)  # urllib's response
+            sock = getattr(raw, "_sock", None)
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
+
 def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                on_skip: SkipReport = ignore_skips) -> Iterator[dict]:
+                on_skip: SkipReport = ignore_skips, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S
+                ) -> Iterator[dict]:
     """Every sample of the shard in stored order. Members passed over (too large, repeated,
-    unnamed, of an unknown type) go to `on_skip`; a bad shard raises one of READ_ERRORS."""
+    unnamed, of an unknown type) go to `on_skip`; a bad shard raises one of READ_ERRORS, and
+    one not read within TIMEOUT_S (None: no bound) ShardTimeout."""
     stream = open_shard(url)
+    if timeout_s:
+        stream = _Deadline(stream, timeout_s, url)
     finished = False
     try:
         yield from group_samples(tar_members(stream, max_member_bytes, on_skip), url, on_skip)
         finished = True
+    except READ_ERRORS as exn:
+        if isinstance(stream, _Deadline) and stream.expired:
+            raise stream.error() from exn
+        raise
     finally:
         if finished:
-            stream.close()  # a pipe reports its command's failure here
+            try:
+                stream.close()  # a pipe reports its command's failure here
+            except READ_ERRORS:
+                if isinstance(stream, _Deadline) and stream.expired:
+                    raise stream.error() from None
+                raise
         else:  # an error is already on its way, or the caller stopped early
             try:
                 stream.close()
@@ -68,6 +142,8 @@ def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 
 def failure_reason(error: BaseException) -> str:
     """The counter a shard that raised `error` is skipped under."""
+    if isinstance(error, ShardTimeout):
+        return "shard_timeout"
     if isinstance(error, NotATarError):
         return "shard_not_tar"
     if isinstance(error, TarFormatError):
@@ -76,17 +152,19 @@ def failure_reason(error: BaseException) -> str:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Worth reading again: the stream failed, not its bytes."""
-    return not isinstance(error, TarFormatError)
+    """Worth reading again: the stream failed, not its bytes (nor its time: a shard that took
+    its whole bound is not read again)."""
+    return not isinstance(error, (TarFormatError, ShardTimeout))
 
 
 def read_shard(url: str, start: int, counters: Counters, retries: int = 2, retry_delay_s: float = 1.0,
                max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, count_from: int | None = None,
-               ) -> Iterator[tuple[int, dict]]:
+               timeout_s: float | None = DEFAULT_READ_TIMEOUT_S) -> Iterator[tuple[int, dict]]:
     """Yields (index in shard, raw sample) for index >= start; never raises for a bad shard.
 
     A transient failure reopens the shard and skips to the first sample not yet yielded, up
-    to `retries` times; then the rest of the shard is skipped (`shard_unreadable`). Members
+    to `retries` times; then the rest of the shard is skipped (`shard_unreadable`). A shard not
+    read within TIMEOUT_S is skipped at once (`shard_timeout`), the samples read before kept. Members
     passed over are counted once, for the samples from `count_from` (default `start`) on,
     however often the shard is reread: they belong to the sample being assembled."""
     next_index = start
@@ -109,7 +187,7 @@ def read_shard(url: str, start: int, counters: Counters, retries: int = 2, retry
             counted = max(counted, through + 1)
 
         try:
-            for index, sample in enumerate(raw_samples(url, max_member_bytes, on_skip)):
+            for index, sample in enumerate(raw_samples(url, max_member_bytes, on_skip, timeout_s)):
                 seen[0] = index + 1
                 commit(index)
                 if index >= next_index:
@@ -145,10 +223,11 @@ def _refuse(reason: str, detail: str) -> None:
     raise ShardDamaged(reason, detail)
 
 
-def checked_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[dict]:
+def checked_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                    timeout_s: float | None = DEFAULT_READ_TIMEOUT_S) -> Iterator[dict]:
     """`raw_samples` for the shard tools, which report a shard rather than read around its
     damage: anything the loader would skip or count raises ShardDamaged."""
     try:
-        yield from raw_samples(url, max_member_bytes, _refuse)
+        yield from raw_samples(url, max_member_bytes, _refuse, timeout_s)
     except READ_ERRORS as exn:
         raise ShardDamaged(failure_reason(exn), f"{type(exn).__name__}: {exn}") from None

@@ -142,7 +142,7 @@ class CorpusStream:
     def _read(self, url: str, start: int, count_from: int | None = None):
         loader = self.spec.loader
         return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s,
-                          loader.max_member_bytes, count_from)
+                          loader.max_member_bytes, count_from, loader.shard_read_timeout_s or None)
 
     def _read_unit(self, unit: Unit, begin: int) -> Iterator[tuple[int, dict]]:
         """(index, raw sample) of the unit's samples at index >= begin."""

@@ -11,7 +11,7 @@ from ..config import setting
 class TextSpec:
     # A local tokenizer directory (transformers' save_pretrained layout).
     tokenizer: str = setting(nonempty=True)
-    max_tokens: int = setting(40, min=3)  # [CLS], at least one token, [SEP]
+    max_tokens: int = setting(40, min=3, max=65536)  # [CLS], at least one token, [SEP]; at most any model's positions
     max_words: int = setting(40, min=1)
     # MLM masking (masking.py).
     mask_prob: float = setting(0.5, min=0, max=1)

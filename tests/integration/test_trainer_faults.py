@@ -1,15 +1,17 @@
 """Faults during a run, on 2 real DeepSpeed ranks (CPU, gloo) with the tiny model: a
 non-finite loss in one micro-step of a gradient-accumulation step, a kill and resume after
 it, a checkpoint write that fails, a second trainer on the same output folder, and the
-`deepspeed` launcher killed under its ranks."""
+`deepspeed` launcher terminated under its ranks (they checkpoint and exit 85)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -19,6 +21,7 @@ from engine_support import (REPO_ROOT, Ranks, data_config, free_port, losses_by_
 from training.runtime import safe_load
 from training.engine.checkpoint import CRASH_ENV, FAIL_ENV, complete_checkpoints, tag_for
 from training.engine.trainer import NONFINITE_ENV
+from training.pretrain import COLLECTIVE_EXIT_CODE
 
 # Step 2's second micro-step on rank 1 has a NaN loss.
 PLANTED = {NONFINITE_ENV: "2:1:1"}
@@ -112,7 +115,7 @@ def test_a_failed_checkpoint_write_stops_every_rank_and_leaves_no_partial_folder
     assert [c.step for c in complete_checkpoints(tmp_path / "out" / "checkpoints")] == [2]
 
 
-def test_second_trainer_is_refused_and_killing_the_launcher_stops_the_ranks(tmp_path, engine_shards):
+def test_second_trainer_is_refused_and_sigterm_to_the_launcher_checkpoints_and_exits_85(tmp_path, engine_shards):
     config = write_run_config(tmp_path, engine_shards, max_steps=10_000, checkpoint={"every_steps": 10_000},
                               data=data_config(engine_shards, image_batch=2, kinds=("image_text",)))
     out = tmp_path / "out"
@@ -138,14 +141,58 @@ def test_second_trainer_is_refused_and_killing_the_launcher_stops_the_ranks(tmp_
         assert re.search(rf"x2vlm-pretrain: {re.escape(str(out))} is in use by another trainer: host \S+, "
                          rf"pid {rank0.pid}, since ", second), second
 
-        launcher.kill()  # SIGKILL: the runner passes nothing on to DeepSpeed's per-node launcher
-        _, alive = psutil.wait_procs(ranks, timeout=30)
+        # SIGTERM, as timeout, docker stop, Kubernetes and systemd send it to the top process: the
+        # runner dies of it and passes nothing on to DeepSpeed's per-node launcher. The ranks see
+        # it gone, checkpoint after the step, and exit 85 (requeue) as after a signal of their own.
+        launcher.terminate()
+        _, alive = psutil.wait_procs(ranks, timeout=60)
         assert not alive, [p.pid for p in alive]
         output = (tmp_path / "launcher.log").read_text()
-        assert output.count("is gone: stopping this rank") == 2, output
+        # The first rank to see it asks; the step's stop flag takes the other along.
+        assert "is gone: this rank (pid" in output and "checkpoints after this step" in output, output
+        [saved] = complete_checkpoints(out / "checkpoints")
+        assert f"[signal] checkpointed at step {saved.step}; exiting with 85 to requeue" in output, output
+        assert "stopping this rank" not in output  # within guard.launcher_grace_s
+        wait_for(lambda: "exits with return code = 85" in (tmp_path / "launcher.log").read_text(), 30,
+                 "the node launcher's report of the ranks' exit")
         assert (out / "trainer.lock").read_text() == ""  # released on the way out
     finally:
         for process in [launcher, *tree]:
             with contextlib.suppress(psutil.Error, ProcessLookupError):
                 process.kill()
         log.close()
+
+
+def test_a_stalled_eval_shard_and_a_frozen_rank_end_within_their_bounds(tmp_path, engine_shards):
+    # The held-out set is a pipe that never sends a byte: each evaluation gives up on it at
+    # loader.shard_read_timeout_s and training goes on. Then rank 1 freezes: rank 0 stops within
+    # guard.collective_timeout_s, naming it.
+    data = data_config(engine_shards, image_batch=2, kinds=("image_text",))
+    data["loader"]["shard_read_timeout_s"] = 2
+    config = write_run_config(tmp_path, engine_shards, max_steps=10_000, checkpoint={"every_steps": 10_000},
+                              data=data, guard={"collective_timeout_s": 20},
+                              eval={"every_steps": 2, "image_shards": ["pipe:sleep 100000"]})
+    metrics = tmp_path / "out/metrics.jsonl"
+    ranks = Ranks(config, 2, "--resume", "none")
+    try:
+        wait_for(lambda: metrics.exists() and sum('"kind": "eval"' in line for line in metrics.read_text().splitlines())
+                 >= 2, 300, "two evaluations", ranks)
+        evals = [row for row in map(json.loads, metrics.read_text().splitlines()) if row["kind"] == "eval"]
+        assert [(row["image/unusable"], row["image/skipped"]) for row in evals[:2]] == [(1, 1), (1, 1)]
+        assert all(2 <= row["eval_s"] < 10 for row in evals[:2]), evals
+        time.sleep(6)  # past the heartbeat interval: rank 1's last note is older than rank 0's
+        os.kill(ranks.procs[1].pid, signal.SIGSTOP)  # a hung node: alive, silent, at 0 % CPU
+        stopped = time.monotonic()
+        assert ranks.procs[0].wait(timeout=120) == COLLECTIVE_EXIT_CODE
+        waited = time.monotonic() - stopped
+    finally:
+        ranks.kill()
+    output = ranks.output()
+    assert 15 < waited < 60, (waited, output[-3000:])
+    assert re.search(r"x2vlm-pretrain: rank 0: a collective failed \(.*\) after waiting up to "
+                     r"guard.collective_timeout_s=20 s; least recently heard from: rank 1 \(step \d+, \d+ s ago, "
+                     rf"host \S+ pid {ranks.procs[1].pid}\)\. No checkpoint can be written without every rank: exit "
+                     rf"{COLLECTIVE_EXIT_CODE}; requeue the job", output), output[-3000:]
+    assert "held-out set image left out of this evaluation: eval image_text shards ['pipe:sleep 100000']...: no " \
+           "usable sample (skipped: {'shard_timeout': 1})" in output
+    assert "Traceback" not in output.split("[train] step 3")[-1].split("x2vlm-pretrain: rank 0")[0]

@@ -116,3 +116,29 @@ def test_build_names_the_key(raw, message):
 def test_top_level_must_be_a_mapping():
     with pytest.raises(ConfigError, match=r"^\(top level\): expected a mapping, got list"):
         build(Outer, [1])
+
+
+def test_an_alias_bomb_a_self_alias_and_a_huge_or_binary_file_are_refused_at_once(tmp_path):
+    # Nine levels of ten aliases: 1 KB of text standing for 10^9 values once copied.
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    bomb = "\n".join(levels) + "\n"
+    assert len(bomb) < 1024
+    with pytest.raises(ConfigError, match=r"^here: more than 1,000,000 values once its YAML aliases"):
+        parse_yaml(bomb, "here")
+    with pytest.raises(ConfigError, match=r"^here: more than"):
+        parse_yaml("a: &a [1, *a]", "here")  # a list that contains itself
+    assert parse_yaml("base: &b {lr: 1.0}\nrun: *b\n", "here") == {"base": {"lr": 1.0}, "run": {"lr": 1.0}}
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as file:
+        file.truncate(17 * 2**20)  # sparse: nothing written
+    with pytest.raises(ConfigError, match=r"big\.yaml: larger than 16 MiB; not a config$"):
+        read_yaml_file(big)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"a: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not UTF-8 text \(byte 3\); not a config$"):
+        read_yaml_file(binary)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"deep\.json: nested too deeply"):
+        read_yaml_file(deep)

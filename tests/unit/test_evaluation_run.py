@@ -111,8 +111,10 @@ def test_max_samples_reads_the_first_samples_only(eval_shards, demo_tokenizer, d
 def test_eval_settings_follow_the_training_data_spec(eval_shards, demo_tokenizer):
     training = data_spec(demo_tokenizer, [{"name": "clips", "kind": "video_text", "shards": f"{eval_shards}/video/*.tar",
                                            "options": {"frames": 2}}], image_res=96)
+    training.loader.shard_read_timeout_s = 7.0
     spec = eval_spec_like_training(training, [("video", "video_text", [f"{eval_shards}/video/*.tar"])], batch_size=4)
     assert (spec.text.tokenizer, spec.text.max_tokens) == (str(demo_tokenizer), MAX_TOKENS)
+    assert spec.loader.shard_read_timeout_s == 7.0  # evaluation reads in the trainer's process: bounded as training
     corpus, = spec.corpora
     assert (spec.image_res, spec.patch_size, corpus.options.frames, corpus.batch_size) == (96, 16, 2, 4)
     assert not spec.training
@@ -263,6 +265,11 @@ def test_cli_errors_name_the_bad_input(eval_shards, demo_tokenizer, tmp_path, ca
     assert "--grounding-png needs --region-shards" in capsys.readouterr().err
     assert eval_main(["--model-config", "tiny", *args, "--image-res", "96"]) == 2
     assert "--image-res 96: the model was built for 64 px" in capsys.readouterr().err
+    # A shard that never sends a byte: given up at --shard-timeout, one line, exit 2.
+    assert eval_main(["--model-config", "tiny", "--tokenizer", str(demo_tokenizer), "--image-shards",
+                      "pipe:sleep 100000", "--shard-timeout", "1"]) == 2
+    assert "x2vlm-eval: eval image_text shards ['pipe:sleep 100000']...: no usable sample (skipped: " \
+           "{'shard_timeout': 1})" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         eval_main(["--help"])
     assert exit_info.value.code == 0

@@ -160,6 +160,21 @@ def test_bad_inputs_are_named(folder, demo_corpus, tmp_path):
         X2VLMPredictor(tmp_path)
 
 
+def test_a_card_cannot_size_the_texts_beyond_the_model(folder, tmp_path):
+    # A card saying 10^9 tokens would pad every text to that many (gigabytes) before anything else.
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    card = json.loads((copy / "card.json").read_text())
+    for max_tokens, problem in ((10**9, "must be in"), (200, "exceeds the model's 128 text positions")):
+        card["data"]["text"]["max_tokens"] = max_tokens
+        (copy / "card.json").write_text(json.dumps(card))
+        with pytest.raises(ModelFolderError, match=rf"card\.json: data\.text\.max_tokens: .*{problem}"):
+            X2VLMPredictor(copy, device="cpu")
+
+
 # x2vlm-predict ----------------------------------------------------------------------------------
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -245,7 +245,7 @@ def test_a_masked_training_step_makes_the_host_wait_for_nothing():
 @pytest.mark.parametrize(("mim", "message"), [
     ({"decoder_width": 30}, "mim.decoder_width: must be a multiple of 4"),
     ({"mask_ratio": 1.0}, "mim.mask_ratio: must be"),
-    ({"decoder_depth": 0}, "mim.decoder_depth: must be >= 1"),
+    ({"decoder_depth": 0}, "mim.decoder_depth: must be in .1, 256."),
     ({"enable": True}, "mim.enable: unknown key"),
 ])
 def test_mim_config_mistakes_name_the_key(mim, message):

@@ -45,6 +45,16 @@ def _tiny() -> dict:
         (lambda c: c["losses"].update(weights={"audio": {}}), "losses.weights.audio: no objective applies to 'audio'"),
         (lambda c: c["losses"].update(weights={"image": {"itc": -1}}), "losses.weights.image.itc: must be a finite number >= 0"),
         (lambda c: c["vision"].update(image_size=True), "vision.image_size: expected int, got bool"),
+        # Sizes that would take the machine's memory while the model is built, before any check.
+        (lambda c: c["text"].update(num_layers=10_000_000), "text.num_layers: must be in .2, 256., got 10000000"),
+        (lambda c: c["text"].update(hidden_size=2**20), "text.hidden_size: must be in .1, 16384."),
+        (lambda c: c["vision"]["timm_kwargs"].update(depth=10_000_000),
+         "vision.timm_kwargs.depth: must be a number .or a list of numbers. in .0, 256., got 10000000"),
+        (lambda c: c["vision"]["timm_kwargs"].update(depths=[2, 300]), "vision.timm_kwargs.depths: 302 blocks in all"),
+        (lambda c: c["vision"]["timm_kwargs"].update(num_heads=[1, "x"]), "vision.timm_kwargs.num_heads: must be a number"),
+        # Files are read through the project's checks only (weights-only, inside their roots).
+        (lambda c: c["vision"]["timm_kwargs"].update(checkpoint_path="/etc/hostname"),
+         "vision.timm_kwargs.checkpoint_path: timm may not read files named in the model config"),
     ],
 )
 def test_invalid_config_names_the_key(edit, message):
@@ -59,7 +69,7 @@ def test_file_errors_name_the_file(tmp_path):
     config = _tiny()
     config["embed_dim"] = 0
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match=f"{path}: embed_dim: must be >= 1"):
+    with pytest.raises(ConfigError, match=f"{path}: embed_dim: must be in .1, 16384., got 0"):
         load_model_config(path)
 
 

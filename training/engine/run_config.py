@@ -124,6 +124,13 @@ class GuardSection:
     max_consecutive_nonfinite: int = setting(5, min=1)
     # Pre-emption signals: the first asks for a checkpoint, the second exits at once.
     signals: list[str] = setting(["SIGUSR1", "SIGTERM"], nonempty=True)
+    # When the launcher dies (SIGTERM or SIGKILL to `deepspeed`), the ranks checkpoint as after a
+    # pre-emption signal, and exit at once if they have not within this many seconds.
+    launcher_grace_s: float = setting(300.0, min=0, max=86400)
+    # A collective (gradients, the step's figures, a checkpoint) that waits longer than this for a
+    # rank ends the run naming the ranks least recently heard from (exit 87); a rank that works
+    # alone for longer (none does in this trainer) would need it larger.
+    collective_timeout_s: float = setting(1800.0, min=1, max=7 * 86400)
 
     def check(self, where: str) -> None:
         from training.runtime.signals import PreemptionHandler

@@ -31,6 +31,7 @@ from training.engine.progress import Progress
 from training.engine.run_config import RunConfig, deepspeed_config
 from training.runtime import distributed, rng_state
 from training.runtime.run_lock import LockHeld, RunLock
+from training.runtime.heartbeats import Heartbeat
 from training.runtime.signals import REQUEUE_EXIT_CODE, LauncherWatch, PreemptionHandler
 
 # Testing the guard: X2VLM_NONFINITE_AT=STEP:MICRO:RANK makes the loss of micro-step MICRO
@@ -148,11 +149,15 @@ class Trainer:
         self.extensions = list(extensions)
         self.lock = None
         # Before the process group: whether a launcher started this rank is read from RANK.
-        self.launcher_watch = LauncherWatch.for_this_rank(before_exit=self._release_lock)
-        self.rank, self.world_size, self.device = distributed.init()
+        self.signals = None
+        self.launcher_watch = LauncherWatch.for_this_rank(before_exit=self._release_lock, on_gone=self._launcher_gone,
+                                                          grace_s=config.guard.launcher_grace_s)
+        self.rank, self.world_size, self.device = distributed.init(timeout_s=config.guard.collective_timeout_s)
         # First, so that a pre-emption during start-up checkpoints after step 1 instead of killing.
         self.signals = PreemptionHandler(config.guard.signals).install()
         self.output_dir = Path(config.run.output_dir)
+        self.heartbeat = Heartbeat(self.output_dir, self.rank)
+        self.heartbeat.beat(0, force=True)
         self.is_main = self.rank == 0
         self.dtype = compute_dtype(config.optim.precision)
         self.fingerprint = config.fingerprint()
@@ -364,6 +369,7 @@ class Trainer:
         while self.step < config.run.max_steps:
             figures = self.train_step()
             self.step += 1
+            self.heartbeat.beat(self.step)
             self.progress.update(self.step, figures["loss"], figures["samples"])
             stop = figures["stop"]
             if self.step % config.logging.every_steps == 0 or self.step == config.run.max_steps:
@@ -506,7 +512,7 @@ class Trainer:
         captioning = CaptioningSettings(section.caption_max_len, section.caption_beam) if section.captioning else None
         started = time.perf_counter()
         metrics = evaluate(self.task.model, spec, itm_top_k=section.itm_top_k, max_samples=section.max_samples,
-                           captioning=captioning)
+                           captioning=captioning, skip_empty=True)
         metrics["eval_s"] = time.perf_counter() - started
         self.metrics.write({"step": self.step, **metrics}, "eval")
         self.last_eval, self.last_eval_step = metrics, self.step
@@ -556,6 +562,14 @@ class Trainer:
         for extension in self.extensions:
             extension.describe_card(self, card)
         return card
+
+    def _launcher_gone(self) -> bool:
+        """The launcher is gone (LauncherWatch): a checkpoint after this step, as after a
+        pre-emption signal; False before the signal handler exists (the rank then exits at once)."""
+        if self.signals is None:
+            return False
+        self.signals.request("the launcher is gone")
+        return True
 
     def _release_lock(self) -> None:
         if self.lock is not None:

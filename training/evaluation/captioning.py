@@ -12,7 +12,7 @@ import torch
 from data_pipeline.loader.stream import CorpusStream
 from data_pipeline.text import TextEncoder
 from training.evaluation.caption_metrics import caption_metrics
-from training.evaluation.eval_sets import eval_batches
+from training.evaluation.eval_sets import EmptyEvalSet, eval_batches
 from training.model.generation import generate, special_ids
 
 
@@ -38,7 +38,7 @@ def generate_eval_captions(model, stream: CorpusStream, settings: CaptioningSett
             candidates[key] = text.tokenizer.decode(ids[i], skip_special_tokens=True).strip()
             references[key] = [t for t, owner in zip(batch["texts"], owners) if owner == i]
     if not candidates:
-        raise ValueError(f"eval image shards {stream.urls[:3]}...: no usable sample (skipped: {stream.counters.as_dict()})")
+        raise EmptyEvalSet(f"eval image shards {stream.urls[:3]}...: no usable sample (skipped: {stream.counters.as_dict()})")
     return candidates, references
 
 

@@ -17,14 +17,19 @@ from data_pipeline.spec import CorpusSpec, DataSpec, parse_data_spec
 _EVAL_LOADER = {"num_workers": 0, "shard_retries": 1, "retry_delay_s": 0}
 
 
+class EmptyEvalSet(ValueError):
+    """A held-out set gave no usable sample (its shards unreadable, timed out or all bad)."""
+
+
 def eval_data_spec(tokenizer: str, image_res: int, patch_size: int, sets, batch_size: int = 32,
                    max_tokens: int | None = None, max_words: int | None = None,
-                   options: dict[str, dict] | None = None) -> DataSpec:
+                   options: dict[str, dict] | None = None, shard_read_timeout_s: float | None = None) -> DataSpec:
     """A data spec in evaluation mode: SETS (name, data kind, shard patterns) each a corpus of
     that name (its metrics' prefix; a set without patterns is left out); `image_res` and
     `patch_size` must match the model; OPTIONS (data kind -> corpus options, e.g.
     {"video_text": {"frames": 4}}) for the corpora of a kind; a setting left None takes the data
-    spec's default. Invalid settings raise ConfigError naming the key."""
+    spec's default (SHARD_READ_TIMEOUT_S: the loader's bound on reading a shard). Invalid
+    settings raise ConfigError naming the key."""
     options = options or {}
     corpora = []
     for name, kind, patterns in sets:
@@ -36,7 +41,7 @@ def eval_data_spec(tokenizer: str, image_res: int, patch_size: int, sets, batch_
     return parse_data_spec({
         "training": False, "image_res": image_res, "patch_size": patch_size,
         "text": {"tokenizer": tokenizer, **_given(max_tokens=max_tokens, max_words=max_words)},
-        "loader": dict(_EVAL_LOADER), "corpora": corpora})
+        "loader": {**_EVAL_LOADER, **_given(shard_read_timeout_s=shard_read_timeout_s)}, "corpora": corpora})
 
 
 def _given(**settings) -> dict:
@@ -47,12 +52,14 @@ def eval_spec_like_training(data: DataSpec, sets, batch_size: int = 32) -> DataS
     """Eval sets (name, data kind, shard patterns) read as a training data spec reads its
     corpora: its tokenizer and text length, image resolution and patch size, and for each kind
     the options of its first training corpus of that kind (those evaluation reads: the frames
-    and decode timeout of a video corpus; augmentation settings play no part in evaluation)."""
+    and decode timeout of a video corpus; augmentation settings play no part in evaluation), and
+    its bound on reading a shard (evaluation reads in the trainer's process: nothing else bounds it)."""
     options = {}
     for corpus in data.corpora:
         options.setdefault(corpus.kind, dataclasses.asdict(corpus.options))
     return eval_data_spec(data.text.tokenizer, data.image_res, data.patch_size, sets, batch_size,
-                          max_tokens=data.text.max_tokens, max_words=data.text.max_words, options=options)
+                          max_tokens=data.text.max_tokens, max_words=data.text.max_words, options=options,
+                          shard_read_timeout_s=data.loader.shard_read_timeout_s)
 
 
 def eval_stream(spec: DataSpec, corpus: CorpusSpec, max_samples: int | None = None) -> CorpusStream:

@@ -22,6 +22,7 @@ collective; every rank returns the same metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Callable
 
@@ -32,11 +33,13 @@ from data_pipeline.kinds import data_kind
 from data_pipeline.loader.stream import CorpusStream
 from data_pipeline.spec import DataSpec
 from training.evaluation.captioning import CaptioningSettings, evaluate_captioning
-from training.evaluation.eval_sets import eval_batches, eval_stream
+from training.evaluation.eval_sets import EmptyEvalSet, eval_batches, eval_stream
 from training.evaluation.grounding import grounding_metrics
 from training.evaluation.retrieval_metrics import region_text_metrics, retrieval_metrics
 from training.model import TextEncoding, VisionEncoding
 from training.model.regions import first_text_of_region
+
+log = logging.getLogger(__name__)
 
 # The ITM-re-ranked candidates are placed above every other: ITC cosine similarities lie in
 # [-1, 1], ITM probabilities in [0, 1].
@@ -110,7 +113,7 @@ def encode_retrieval_set(model, stream: CorpusStream) -> RetrievalFeatures:
         parts["owner"].append(batch["text_sample"] + images_so_far)
         images_so_far += len(batch["keys"])
     if not images_so_far:
-        raise ValueError(f"eval {stream.corpus.kind} shards {stream.urls[:3]}...: no usable sample "
+        raise EmptyEvalSet(f"eval {stream.corpus.kind} shards {stream.urls[:3]}...: no usable sample "
                          f"(skipped: {stream.counters.as_dict()})")
     cat = {name: torch.cat(values) for name, values in parts.items()}
     return RetrievalFeatures(cat["tokens"], cat["vfeat"], cat["hidden"], cat["tmask"], cat["tfeat"], cat["owner"])
@@ -201,7 +204,7 @@ def predict_boxes(model, stream: CorpusStream, max_queries: int | None = None) -
             if kept >= max_queries:
                 break
     if not true:
-        raise ValueError(f"eval region shards {stream.urls[:3]}...: no usable region "
+        raise EmptyEvalSet(f"eval region shards {stream.urls[:3]}...: no usable region "
                          f"(skipped: {stream.counters.as_dict()})")
     out = {"predicted": torch.cat(predicted), "true": torch.cat(true)}
     if max_queries is not None:
@@ -229,7 +232,8 @@ register_evaluation("grounding", evaluate_grounding)
 
 
 def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 128,
-             max_samples: int | None = None, captioning: CaptioningSettings | None = None) -> dict[str, float]:
+             max_samples: int | None = None, captioning: CaptioningSettings | None = None,
+             skip_empty: bool = False) -> dict[str, float]:
     """Every corpus of ``spec`` (a data spec in evaluation mode, e.g. from ``eval_data_spec``);
     a flat dict ``{corpus}/{metric}``: with the corpora ``eval_data_spec`` names,
     ``image/txt_r1`` ... ``image/r_mean``, ``region/grounding_acc``,
@@ -238,6 +242,9 @@ def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 1
     ``max_samples``: only the first that many samples of each corpus, in stored order.
     ``captioning``: also caption each image of the image-text sets and score the captions
     against the image's texts (``image/bleu4``, ``image/cider``; see ``captioning.py``).
+    A set that gives no usable sample raises EmptyEvalSet, or with ``skip_empty`` (training's
+    evaluations, which must not end a run) is reported as ``{corpus}/unusable`` 1 with its
+    skip count, and a warning.
 
     ``model`` is the bare X2VLM (``engine.module`` under DeepSpeed). It is put in eval mode
     for the run and back in its previous mode after."""
@@ -259,10 +266,17 @@ def evaluate(model, spec: DataSpec, itm_top_k: int = 16, itm_batch_size: int = 1
             if kind.evaluation not in EVALUATIONS:
                 raise ValueError(f"eval corpus {stream.corpus.name}: its kind {kind.name} is evaluated by "
                                  f"{kind.evaluation!r}, which is not registered (registered: {', '.join(EVALUATIONS)})")
-            values = EVALUATIONS[kind.evaluation](model, stream, settings)
+            try:
+                values = EVALUATIONS[kind.evaluation](model, stream, settings)
+                if captioning is not None and kind.evaluation == "retrieval" and kind.vision == "image":
+                    values.update(evaluate_captioning(model, eval_stream(spec, stream.corpus, max_samples),
+                                                      captioning))
+            except EmptyEvalSet as error:
+                if not skip_empty:
+                    raise
+                log.warning("held-out set %s left out of this evaluation: %s", stream.corpus.name, error)
+                values = {"unusable": 1}
             values["skipped"] = sum(stream.counters.as_dict().values())
-            if captioning is not None and kind.evaluation == "retrieval" and kind.vision == "image":
-                values.update(evaluate_captioning(model, eval_stream(spec, stream.corpus, max_samples), captioning))
             metrics.update({f"{stream.corpus.name}/{name}": value for name, value in values.items()})
     finally:
         model.train(was_training)

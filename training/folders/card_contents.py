@@ -28,7 +28,7 @@ PLAIN_NAMES = {
     "bleu4": "captioning BLEU-4", "cider": "captioning CIDEr-D",
 }
 COUNTS = ("images", "videos", "texts", "queries", "regions", "region_text/regions", "region_text/texts", "skipped",
-          "eval_s", "captioned")
+          "eval_s", "captioned", "unusable")
 # Every command that takes a model folder (README.md of the folder lists them).
 USAGE = (
     "x2vlm-eval FOLDER --image-shards 'eval-{000000..000009}.tar'   # retrieval (and --region-shards, --video-shards)",

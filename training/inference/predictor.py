@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_pipeline.config import build
+from data_pipeline.config import ConfigError, build
 from data_pipeline.media.image_decode import open_image, to_uint8_pixels
 from data_pipeline.skips import BadSample
 from data_pipeline.spec import TextSpec
 from data_pipeline.text import TextEncoder
 from data_pipeline.transforms.evaluation import whole_image
 from training.model import TextEncoding, VisionEncoding
-from training.folders.model_folder import load_model_folder
+from training.folders.model_folder import CARD_FILE, ModelFolderError, load_model_folder
 from training.inference.precisions import DTYPE_NAMES
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
@@ -118,9 +118,21 @@ class X2VLMPredictor:
         self.image_size = loaded.config.vision.image_size
         # The text settings the model was trained with, where its card says them.
         trained = ((self.card.data or {}).get("text") or {})
+        if not isinstance(trained, dict):
+            raise ModelFolderError(f"{self.folder / CARD_FILE}: data.text: expected a mapping, got {trained!r}")
         settings = {"tokenizer": str(self.tokenizer), "max_tokens": max_tokens or trained.get("max_tokens"),
                     "max_words": max_words or trained.get("max_words")}
-        self.text = TextEncoder(build(TextSpec, {k: v for k, v in settings.items() if v is not None}, "text"))
+        where = f"{self.folder / CARD_FILE}: data.text"  # the card's values, or the arguments that replace them
+        try:
+            spec = build(TextSpec, {k: v for k, v in settings.items() if v is not None}, where)
+        except ConfigError as error:
+            raise ModelFolderError(str(error)) from None
+        text = loaded.config.text
+        positions = text.max_position_embeddings - text.position_offset
+        if spec.max_tokens > positions:  # and a card that says 10^9 would pad every text to it
+            raise ModelFolderError(f"{where}.max_tokens: {spec.max_tokens} exceeds the model's {positions} text "
+                                   f"positions (text.max_position_embeddings)")
+        self.text = TextEncoder(spec)
         self._rng = random.Random(0)  # the encoder also draws MLM masks, which inference does not use
 
     # Preprocessing ----------------------------------------------------------------------------

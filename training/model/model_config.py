@@ -12,33 +12,69 @@ from pathlib import Path
 from data_pipeline.config import ConfigError, build, read_yaml_file, setting, subkey
 
 TEXT_KINDS = ("bert", "roberta", "xlm-roberta")
+# Bounds far above any model of the field (the largest ViTs and BERTs have 48-96 blocks of width
+# 1-8k): a model file that says more is a mistake or an attack, and building it first would
+# take the machine's memory before any check ran.
+MAX_DEPTH = 256
+MAX_WIDTH = 16384
+MAX_HEADS = 512
+MAX_IMAGE_SIZE = 4096
+# timm constructor arguments that size the tower, with their bounds; a Swin's `depths` is a list
+# whose sum is bounded by MAX_DEPTH.
+TIMM_SIZES = {"depth": MAX_DEPTH, "embed_dim": MAX_WIDTH, "num_heads": MAX_HEADS, "mlp_ratio": 64,
+              "img_size": MAX_IMAGE_SIZE, "patch_size": MAX_IMAGE_SIZE, "window_size": MAX_IMAGE_SIZE,
+              "num_classes": 1_000_000}
+# timm constructor arguments that name files: weights come through vision.pretrained (read
+# weights-only, inside the checks) or model.init_from, never through timm's own loader.
+TIMM_FILE_ARGUMENTS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 @dataclasses.dataclass
 class VisionConfig:
     # Any timm model name: BEiT-v2 (beitv2_*), plain ViT (vit_*), Swin (swin_*).
     name: str = setting(nonempty=True)
-    image_size: int = setting(224, min=1)
+    image_size: int = setting(224, min=1, max=MAX_IMAGE_SIZE)
     drop_path_rate: float = setting(0.0, min=0, lt=1)
     # Extra constructor arguments for timm (the tiny test model shrinks a BEiT this way).
     timm_kwargs: dict = dataclasses.field(default_factory=dict)
     # A local timm or BEiT checkpoint file (.pth/.pt/.bin/.safetensors); None starts random.
     pretrained: str | None = setting(None, nonempty=True)
     # Frame position embeddings for video; videos may have fewer frames, never more.
-    max_frames: int = setting(8, min=1)
+    max_frames: int = setting(8, min=1, max=1024)
+
+    def check(self, where: str) -> None:
+        kwargs = subkey(where, "timm_kwargs")
+        if not isinstance(self.timm_kwargs, dict):
+            raise ConfigError(f"{kwargs}: expected a mapping of timm constructor arguments")
+        for key, value in self.timm_kwargs.items():
+            if key in TIMM_FILE_ARGUMENTS:
+                raise ConfigError(f"{subkey(kwargs, key)}: timm may not read files named in the model config; "
+                                  f"give weights as vision.pretrained or model.init_from")
+            if key == "depths":
+                if (not isinstance(value, (list, tuple)) or not value
+                        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+                    raise ConfigError(f"{subkey(kwargs, key)}: expected a list of block counts >= 1, got {value!r}")
+                if sum(value) > MAX_DEPTH:
+                    raise ConfigError(f"{subkey(kwargs, key)}: {sum(value)} blocks in all; at most {MAX_DEPTH}")
+            elif key in TIMM_SIZES:  # a number, or one per stage (Swin's num_heads)
+                bound = TIMM_SIZES[key]
+                values = value if isinstance(value, (list, tuple)) and value else [value]
+                if not all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v <= bound for v in values):
+                    raise ConfigError(f"{subkey(kwargs, key)}: must be a number (or a list of numbers) in "
+                                      f"(0, {bound}], got {value!r}")
 
 
 @dataclasses.dataclass
 class TextConfig:
     kind: str = setting("bert", choices=TEXT_KINDS)
-    vocab_size: int = setting(30522, min=1)
-    hidden_size: int = setting(768, min=1)
-    num_layers: int = setting(18, min=2)  # text layers plus fusion layers, as in one BERT stack
+    vocab_size: int = setting(30522, min=1, max=2_000_000)
+    hidden_size: int = setting(768, min=1, max=MAX_WIDTH)
+    num_layers: int = setting(18, min=2, max=MAX_DEPTH)  # text layers plus fusion layers, as in one BERT stack
     fusion_start: int = setting(12, min=1)  # layers from this index on add cross-attention to the vision tokens
-    num_heads: int = setting(12, min=1)
-    intermediate_size: int = setting(3072, min=1)
-    max_position_embeddings: int = setting(512, min=1)
-    type_vocab_size: int = setting(2, min=1)
+    num_heads: int = setting(12, min=1, max=MAX_HEADS)
+    intermediate_size: int = setting(3072, min=1, max=4 * MAX_WIDTH)
+    max_position_embeddings: int = setting(512, min=1, max=65536)
+    type_vocab_size: int = setting(2, min=1, max=16)
     pad_token_id: int = setting(0, min=0)
     layer_norm_eps: float = setting(1e-12, gt=0, lt=1)
     dropout: float = setting(0.1, min=0, lt=1)
@@ -74,9 +110,9 @@ class MimConfig:
     drop_masked: bool = False
     # Share of each image's patches masked, block-wise (BEiT); the count is exact per image.
     mask_ratio: float = setting(0.5, gt=0, lt=1)
-    decoder_depth: int = setting(2, min=1)
-    decoder_width: int = setting(256, min=1)
-    decoder_heads: int = setting(8, min=1)
+    decoder_depth: int = setting(2, min=1, max=MAX_DEPTH)
+    decoder_width: int = setting(256, min=1, max=MAX_WIDTH)
+    decoder_heads: int = setting(8, min=1, max=MAX_HEADS)
 
     def check(self, where: str) -> None:
         if self.decoder_width % self.decoder_heads or self.decoder_width % 4:
@@ -93,7 +129,7 @@ class MimConfig:
 class ModelConfig:
     vision: VisionConfig = setting()
     text: TextConfig = setting(TextConfig)
-    embed_dim: int = setting(256, min=1)
+    embed_dim: int = setting(256, min=1, max=MAX_WIDTH)
     # The contrastive temperature: learned, clamped to [temperature_min, temperature_max].
     temperature: float = setting(0.07, gt=0)
     temperature_min: float = setting(0.001, gt=0)

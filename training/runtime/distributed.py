@@ -28,8 +28,11 @@ def rank_env_from_slurm(environ: dict) -> dict:
     return mapped
 
 
-def init(backend: str | None = None) -> tuple[int, int, torch.device]:
-    """Initialises the process group through DeepSpeed; returns (rank, world size, device)."""
+def init(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, torch.device]:
+    """Initialises the process group through DeepSpeed, every collective bounded by TIMEOUT_S;
+    returns (rank, world size, device)."""
+    import datetime
+
     import deepspeed
 
     os.environ.update(rank_env_from_slurm(dict(os.environ)))
@@ -38,7 +41,16 @@ def init(backend: str | None = None) -> tuple[int, int, torch.device]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
-    deepspeed.init_distributed(dist_backend=backend or ("nccl" if use_cuda else "gloo"), auto_mpi_discovery=False)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # The groups DeepSpeed makes later (ZeRO's data-parallel group, where the gradients are
+    # reduced) take torch's default timeout, 30 minutes, not the world group's: make ours the default.
+    import torch.distributed.distributed_c10d as c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(c10d, name, None), datetime.timedelta):
+            setattr(c10d, name, timeout)
+    deepspeed.init_distributed(dist_backend=backend or ("nccl" if use_cuda else "gloo"), auto_mpi_discovery=False,
+                               timeout=timeout)
     if not use_cuda:
         _unlink_shared_memory_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -1,6 +1,8 @@
 """Pre-emption signals: the first asks for a checkpoint at the end of the current step, the
 second exits at once. The exit code after a signal-triggered checkpoint tells a batch script
-to requeue the job. And the launcher's death, which sends no signal: the rank exits at once."""
+to requeue the job. And the launcher's death, which sends no signal (`timeout`, `docker stop`,
+Kubernetes and systemd send SIGTERM to the launcher, which dies without passing it on): the rank
+checkpoints as after a pre-emption signal, within a bound, else exits at once."""
 from __future__ import annotations
 
 import os
@@ -18,7 +20,8 @@ IMMEDIATE_EXIT_CODE = 86
 class PreemptionHandler:
     def __init__(self, signal_names: list[str]):
         self.signals = [self._parse(name) for name in signal_names]
-        self.received: int | None = None
+        self.received: int | str | None = None  # the signal, or the reason given to request()
+        self.signalled = False
         self._previous = {}
 
     @staticmethod
@@ -35,12 +38,22 @@ class PreemptionHandler:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:
+        if self.signalled:
             print(f"[signal] second {signal.Signals(signum).name}: exiting now without a checkpoint", file=sys.stderr, flush=True)
             os._exit(IMMEDIATE_EXIT_CODE)
-        self.received = signum
+        # A request() before (the launcher gone: Slurm's scancel signals the launcher and the
+        # ranks at once) does not make this signal a second one.
+        self.signalled = True
+        if self.received is None:
+            self.received = signum
         print(f"[signal] {signal.Signals(signum).name}: checkpoint after this step, then exit {REQUEUE_EXIT_CODE}",
               file=sys.stderr, flush=True)
+
+    def request(self, reason: str) -> None:
+        """A checkpoint at the end of the current step, then exit REQUEUE_EXIT_CODE, as after a
+        first signal (REASON is what asked)."""
+        if self.received is None:
+            self.received = reason
 
     @property
     def requested(self) -> bool:
@@ -52,18 +65,24 @@ class LauncherWatch:
 
     Killing the `deepspeed` launcher leaves its ranks running otherwise: the runner starts
     DeepSpeed's per-node launcher (`deepspeed.launcher.launch`), which starts the ranks, and
-    neither passes a SIGKILL on. A daemon thread polls the rank's parent and, above a
-    DeepSpeed launcher, the launcher processes above it (the runner the user started); when
-    one of them is gone, the rank says so and exits at once (IMMEDIATE_EXIT_CODE), as after a
-    second pre-emption signal. Ranks started by srun are watched the same way (their parent
-    is slurmstepd). A plain single-process run is not watched: its parent is a shell, which
-    may well exit (nohup) while the run should go on."""
+    neither passes a SIGTERM or SIGKILL on. A daemon thread polls the rank's parent and, above
+    a DeepSpeed launcher, the launcher processes above it (the runner the user started); when
+    one of them is gone, the rank says so and calls ON_GONE, which asks for a checkpoint at the
+    end of the step (every rank of the node sees its launcher go; the step's stop flag, reduced
+    over ranks, takes the others along), and exits at once (IMMEDIATE_EXIT_CODE) if it is still
+    running GRACE_S seconds later: the ranks of another node may be gone too, and a collective
+    that waits for them ends only at its timeout. Without ON_GONE the rank exits at once. Ranks
+    started by srun are watched the same way (their parent is slurmstepd). A plain
+    single-process run is not watched: its parent is a shell, which may well exit (nohup) while
+    the run should go on."""
 
     POLL_SECONDS = 1.0
 
-    def __init__(self, processes, before_exit=lambda: None):
+    def __init__(self, processes, before_exit=lambda: None, on_gone=None, grace_s: float = 0.0):
         self.processes = processes
         self.before_exit = before_exit
+        self.on_gone = on_gone
+        self.grace_s = grace_s
         self._thread = None
 
     @staticmethod
@@ -82,11 +101,11 @@ class LauncherWatch:
         return chain
 
     @classmethod
-    def for_this_rank(cls, before_exit=lambda: None) -> "LauncherWatch":
+    def for_this_rank(cls, before_exit=lambda: None, on_gone=None, grace_s: float = 0.0) -> "LauncherWatch":
         """Watches the launchers when a launcher started this rank (it set RANK, or srun set
         SLURM_PROCID); call before the process group is set up, which sets RANK itself."""
         launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
-        return cls(cls.launchers() if launched else [], before_exit).start()
+        return cls(cls.launchers() if launched else [], before_exit, on_gone, grace_s).start()
 
     def start(self) -> "LauncherWatch":
         if self.processes:
@@ -95,16 +114,23 @@ class LauncherWatch:
         return self
 
     def _watch(self) -> None:
-        while True:
-            for process in self.processes:
-                if not _alive(process):
-                    print(f"[launcher] the launcher process {process.pid} is gone: stopping this rank (pid "
-                          f"{os.getpid()}) without a checkpoint, exit {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
-                    try:
-                        self.before_exit()
-                    finally:
-                        os._exit(IMMEDIATE_EXIT_CODE)
+        while all(_alive(process) for process in self.processes):
             time.sleep(self.POLL_SECONDS)
+        gone = next(process.pid for process in self.processes if not _alive(process))
+        if self.on_gone is not None and self.on_gone():
+            print(f"[launcher] the launcher process {gone} is gone: this rank (pid {os.getpid()}) checkpoints after "
+                  f"this step and exits {REQUEUE_EXIT_CODE}; if it has not within {self.grace_s:g} s "
+                  f"(guard.launcher_grace_s), it exits {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
+            time.sleep(self.grace_s)
+            print(f"[launcher] no checkpoint within {self.grace_s:g} s of the launcher's end: stopping this rank "
+                  f"(pid {os.getpid()}) without one, exit {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
+        else:
+            print(f"[launcher] the launcher process {gone} is gone: stopping this rank (pid {os.getpid()}) "
+                  f"without a checkpoint, exit {IMMEDIATE_EXIT_CODE}", file=sys.stderr, flush=True)
+        try:
+            self.before_exit()
+        finally:
+            os._exit(IMMEDIATE_EXIT_CODE)
 
 
 def _alive(process) -> bool:
