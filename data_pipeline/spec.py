@@ -27,7 +27,7 @@ class CorpusSpec:
     kind: str = setting(choices=KINDS)  # a registered data kind (data_pipeline/kinds)
     # Brace patterns, globs, local paths, http(s):// or pipe: URLs; one string or a list.
     shards: Union[str, list[str]] = setting(nonempty=True)
-    weight: float = setting(1.0, gt=0)
+    weight: float = setting(1.0, gt=0, max=1e6)
     batch_size: int = setting(32, min=1)
     # The options of the corpus's kind (its options dataclass); its defaults when not given.
     options: Any = setting(None, type_from=("kind", KINDS.options))
@@ -48,7 +48,7 @@ class LoaderSpec:
     num_workers: int = setting(2, min=0)
     shuffle_buffer: int = setting(1000, min=0)
     shard_retries: int = setting(2, min=0)
-    retry_delay_s: float = setting(1.0, min=0)
+    retry_delay_s: float = setting(1.0, min=0, max=3600)
     prefetch_factor: int = setting(2, min=1)
     # A tar member larger than this is skipped unread (a damaged size or a stray huge file).
     max_member_bytes: int = setting(DEFAULT_MAX_MEMBER_BYTES, min=1)
@@ -57,7 +57,7 @@ class LoaderSpec:
     bad_sample_window: int = setting(1000, min=1)
     max_bad_fraction: float = setting(0.5, gt=0, max=1)
     # A worker that delivers no batch for this long is reported as stuck (0: wait forever).
-    worker_timeout_s: float = setting(600.0, min=0)
+    worker_timeout_s: float = setting(600.0, min=0, max=7 * 86400)
     # A shard not read, open to close, within this many seconds is skipped (`shard_timeout`),
     # the samples read before it kept: a stalled pipe or server, a trickle, a compression bomb.
     # It bounds evaluation's reads too, which run in the trainer's process (0: no bound). Keep it

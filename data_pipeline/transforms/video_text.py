@@ -31,7 +31,7 @@ class VideoTextOptions:
     crop_scale: list[float] = setting([0.5, 1.0], length=2, gt=0, max=1)
     flip: str = setting("swap", choices=FLIP_MODES)
     rand_augment: bool = True
-    decode_timeout_s: float = setting(10.0, gt=0)
+    decode_timeout_s: float = setting(10.0, gt=0, max=3600)
 
     def check(self, where: str) -> None:
         check_crop_scale(self.crop_scale, where)

@@ -135,6 +135,29 @@ def test_resume_auto_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path,
     assert find_resumable(tmp_path / "empty", "auto") is None
 
 
+def test_a_malformed_or_forged_marker_or_a_linked_step_folder_is_passed_over(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    make_checkpoint(root, 2, {"state.pt": {"step": 2}})
+    forged = {4: {"world_size": -1}, 6: {"world_size": "2"}, 8: {"files": {"state.pt": ["size", 1]}},
+              10: {"step": True}}
+    for step, change in forged.items():
+        folder = make_checkpoint(root, step, {"state.pt": {"step": step}})
+        meta = json.loads((folder / MARKER).read_text())
+        meta.update(change)
+        (folder / MARKER).write_text(json.dumps(meta))
+    deep = make_checkpoint(root, 12, {"state.pt": {"step": 12}})
+    (deep / MARKER).write_text("[" * 100_000 + "]" * 100_000)
+    # A step folder that links outside the run (to another run's good checkpoint).
+    elsewhere = make_checkpoint(tmp_path / "other", 14, {"state.pt": {"step": 14}})
+    (root / tag_for(14)).symlink_to(elsewhere)
+    assert find_resumable(root, "auto").step == 2
+    err = capsys.readouterr().err
+    assert err.count("[resume] skipping") == 5 and tag_for(14) not in err, err
+    assert f"{root / tag_for(12) / MARKER}: unreadable (RecursionError" in err
+    for step in (4, 6, 8):
+        assert f"{root / tag_for(step) / MARKER}: malformed" in err
+
+
 def test_a_failed_write_is_recorded_once_and_stops_further_writes(tmp_path):
     folder = tmp_path / "step"
     folder.mkdir()

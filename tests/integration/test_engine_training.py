@@ -4,8 +4,10 @@ write, export from ZeRO-3, and the configuration errors that stop a run before i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from engine_support import (REPO_ROOT, Ranks, data_config, losses_by_step, run_r
                             write_run_config)
 from wandb_records import offline_runs
 from training.engine.checkpoint import CRASH_ENV, MARKER, complete_checkpoints, tag_for
+from training.engine.trainer import NONFINITE_ENV
 from training.runtime.signals import REQUEUE_EXIT_CODE
 
 
@@ -74,6 +77,14 @@ def test_zero_stage_trains_and_the_loss_falls(tmp_path, shards, stage):
     print(f"ZeRO-{stage}: mean loss at steps 5-15 {first:.3f}, at steps {steps - 10}-{steps} {last:.3f}")
     assert last < 0.8 * first
     assert [c.step for c in complete_checkpoints(tmp_path / "out/checkpoints")] == [steps]
+    # Every file a run writes is as readable as the umask allows (0644 under the usual 022), so
+    # that a colleague on a shared file system can resume, export or read the run.
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+             for path in (tmp_path / "out").rglob("*") if path.is_file() and path.name != "trainer.lock"}
+    # (read and write bits: DeepSpeed copies its zero_to_fp32.py scripts executable)
+    assert modes and all(mode & 0o666 == 0o666 & ~umask for mode in modes.values()), modes
 
 
 @pytest.fixture(scope="module")
@@ -283,11 +294,13 @@ def test_two_rank_checkpoint_resumes_on_another_world_size_covering_the_epoch(tm
 
 
 def test_non_finite_losses_skip_updates_then_stop_the_run(tmp_path, shards):
-    # An absurd learning rate makes every loss after the first step non-finite.
+    # Every loss after the first step non-finite, as a run that diverges (a learning rate that
+    # would make it so is refused by the config: at most 10).
     config = write_run_config(tmp_path, shards, max_steps=20, data=data_config(shards, kinds=("image_text",)),
-                              optim={"lr": 1e30, "warmup_steps": 0, "precision": "fp32"},
+                              optim={"warmup_steps": 0, "precision": "fp32"},
                               guard={"max_consecutive_nonfinite": 3})
-    codes, output = run_ranks(config, 1, "--resume", "none")
+    codes, output = run_ranks(config, 1, "--resume", "none",
+                              env={NONFINITE_ENV: ",".join(f"{step}:0:0" for step in range(2, 21))})
     assert codes == [3], output
     assert "non-finite loss, update skipped (1 in a row)" in output
     assert "3 non-finite losses in a row (guard.max_consecutive_nonfinite=3)" in output

@@ -228,7 +228,7 @@ def test_a_stuck_worker_is_reported_naming_the_corpus(demo_tokenizer, pipeline_s
 
 @pytest.mark.parametrize("key, value, problem", [
     ("max_bad_fraction", 0, "must be in (0, 1]"), ("bad_sample_window", 0, "must be >= 1"),
-    ("max_member_bytes", -1, "must be >= 1"), ("worker_timeout_s", -1, "must be >= 0"),
+    ("max_member_bytes", -1, "must be >= 1"), ("worker_timeout_s", -1, "must be in [0, 604800]"),
     ("worker_timeout_s", True, "expected float, got bool"),
 ])
 def test_the_limits_are_validated_naming_the_key(demo_tokenizer, key, value, problem):

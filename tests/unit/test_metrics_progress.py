@@ -87,3 +87,30 @@ def test_every_command_logs_info_on_rank_0_and_warnings_naming_the_rank_elsewher
     assert "INFO data_pipeline.loader.mixer: data after 1000 steps" in ranks[0]
     assert "rank 0 WARNING data_pipeline.loader.mixer: a corpus is slow" in ranks[0]
     assert "data after 1000 steps" not in ranks[1] and "rank 1 WARNING" in ranks[1]
+
+
+def test_a_log_that_cannot_be_written_costs_its_rows_not_the_run(tmp_path):
+    import errno
+
+    from training.engine.metrics import MetricsLogger
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    lines = []
+    logger = MetricsLogger(tmp_path, enabled=True, tensorboard=False, echo=lines.append)
+    logger.jsonl.close()
+    logger.jsonl = FullDisk()
+    for step in (1, 2):
+        logger.record({"loss": 1.0}, samples=4, data_seconds=0.0, compute_seconds=0.1)
+        logger.flush(step)
+    warnings = [line for line in lines if line.startswith("[metrics] warning")]
+    assert warnings == ["[metrics] warning: could not write to metrics.jsonl (No space left on device); training "
+                        "goes on, the console has every row; rows lost there are counted (metrics_lost)"]
+    train = [line for line in lines if line.startswith("[train]")]
+    assert len(train) == 2 and "metrics_lost" not in train[0] and "metrics_lost 1" in train[1]
+    logger.close()

@@ -32,7 +32,7 @@ def test_defaults_and_kind_options():
 
 @pytest.mark.parametrize("change, message", [
     ({"corpora": [{"name": "a", "kind": "images", "shards": "x"}]}, "corpora[0].kind: must be one of"),
-    ({"corpora": [{"name": "a", "kind": "region", "shards": "x", "weight": 0}]}, "corpora[0].weight: must be > 0"),
+    ({"corpora": [{"name": "a", "kind": "region", "shards": "x", "weight": 0}]}, "corpora[0].weight: must be in (0, 1e+06]"),
     ({"corpora": [{"name": "a", "kind": "region", "shards": "x", "batch_size": "8"}]}, "corpora[0].batch_size: expected int"),
     ({"corpora": [{"name": "a", "kind": "region", "shards": "x", "options": {"max_region": 3}}]},
      "corpora[0].options.max_region: unknown key"),

@@ -140,16 +140,35 @@ def _read_marker_json(path: Path) -> dict:
     return meta
 
 
+MAX_WORLD_SIZE = 2**20
+
+
+def _whole(value, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} {value!r} is not a whole number in [{low}, {high}]")
+    return value
+
+
 def read_marker(path: Path) -> CheckpointInfo | None:
-    """The commit record of the checkpoint folder PATH, or None where it has no readable one."""
+    """The commit record of the checkpoint folder PATH, or None where it has no readable one:
+    every field checked (a step and a world size that are whole numbers in range, a file list of
+    {size, sha256} records), so that a damaged or forged marker is passed over like a damaged
+    file, never a traceback."""
     try:
         meta = _read_marker_json(Path(path))
         files = meta.get("files", {})
         if not isinstance(files, dict):
             raise ValueError("'files' is not a mapping")
-        return CheckpointInfo(Path(path), int(meta["step"]), int(meta["world_size"]), str(meta["fingerprint"]), files,
-                              int(meta.get("layout", 1)))
-    except (OSError, ValueError, KeyError, TypeError):
+        for name, entry in files.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise ValueError(f"file entry {name!r} is not a {{size, sha256}} record")
+            _whole(entry.get("size"), 0, 2**62, f"file entry {name!r}: size")
+        if not isinstance(meta["fingerprint"], str):
+            raise ValueError("'fingerprint' is not a string")
+        return CheckpointInfo(Path(path), _whole(meta["step"], 0, 2**62, "step"),
+                              _whole(meta["world_size"], 1, MAX_WORLD_SIZE, "world_size"), meta["fingerprint"], files,
+                              _whole(meta.get("layout", 1), 1, 1000, "layout"))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -176,10 +195,12 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def committed_folders(root: Path) -> list[Path]:
-    """Every step folder under ROOT that holds a marker (readable or not), oldest first."""
+    """Every step folder under ROOT that holds a marker (readable or not), oldest first. A step
+    folder that is a symbolic link is not one: what it points at lies outside the run."""
     if not Path(root).is_dir():
         return []
-    found = [child for child in Path(root).iterdir() if TAG_PATTERN.match(child.name) and (child / MARKER).exists()]
+    found = [child for child in Path(root).iterdir()
+             if TAG_PATTERN.match(child.name) and not child.is_symlink() and (child / MARKER).exists()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -202,11 +223,13 @@ def verify_checkpoint(path: Path, rank: int = 0, world_size: int = 1) -> list[st
     path = Path(path)
     try:
         meta = _read_marker_json(path)
-    except (OSError, ValueError) as error:
-        return [f"{path / MARKER}: unreadable ({error})"]
+    except (OSError, ValueError, RecursionError) as error:
+        return [f"{path / MARKER}: unreadable ({type(error).__name__}: {str(error)[:200]})"]
     files = meta.get("files")
     if not isinstance(files, dict) or not files:
         return [f"{path / MARKER}: lists no file checksums (written by an older version, or damaged)"]
+    if read_marker(path) is None:
+        return [f"{path / MARKER}: malformed (a step, world size or file record out of range or of the wrong type)"]
     if TAG_PATTERN.match(path.name) and meta.get("step") != int(TAG_PATTERN.match(path.name).group(1)):
         return [f"{path / MARKER}: step {meta.get('step')!r} does not match the folder name"]
     names = sorted(files)

@@ -126,6 +126,7 @@ class MetricsLogger:
         self.jsonl = None
         self.tb = None
         self.wandb = wandb  # a WandbReporter (training/engine/wandb_reporter.py), or None
+        self.lost: dict[str, int] = {}  # sink -> rows it could not take
         if enabled:
             output_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(output_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
@@ -157,6 +158,8 @@ class MetricsLogger:
                 if self.peak:
                     row["mfu"] = tflops / self.peak
         row.update(extra or {})
+        if self.lost:
+            row["metrics_lost"] = sum(self.lost.values())
         self.write(row, "train")
         window.reset()
         return row
@@ -164,15 +167,31 @@ class MetricsLogger:
     def write(self, row: dict, prefix: str) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"kind": prefix, "time": time.time(), **row}, sort_keys=True) + "\n")
+        # A full disk or a failed mount where the logs go must not end a run whose checkpoints
+        # may still be written elsewhere: the row is lost for that sink, said once, and the
+        # sink tried again at the next row.
+        with self._sink("metrics.jsonl"):
+            self.jsonl.write(json.dumps({"kind": prefix, "time": time.time(), **row}, sort_keys=True) + "\n")
         if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
-            self.tb.flush()
+            with self._sink("TensorBoard"):
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+                self.tb.flush()
         if self.wandb is not None:
-            self.wandb.log(row, prefix)
+            with self._sink("Weights & Biases"):
+                self.wandb.log(row, prefix)
         self.echo(self.console_line(row, prefix))
+
+    @contextlib.contextmanager
+    def _sink(self, name: str):
+        try:
+            yield
+        except OSError as error:
+            self.lost[name] = self.lost.get(name, 0) + 1
+            if self.lost[name] == 1:
+                self.echo(f"[metrics] warning: could not write to {name} ({error.strerror or error}); training goes "
+                          f"on, the console has every row; rows lost there are counted (metrics_lost)")
 
     @staticmethod
     def console_line(row: dict, prefix: str) -> str:

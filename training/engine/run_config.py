@@ -52,16 +52,16 @@ class RunSection:
 
 @dataclass
 class OptimSection:
-    lr: float = setting(1e-4, gt=0)
-    weight_decay: float = setting(0.01, min=0)
+    lr: float = setting(1e-4, gt=0, max=10)  # above 10 no run of this field has ever trained
+    weight_decay: float = setting(0.01, min=0, max=10)
     betas: list[float] = setting([0.9, 0.98], length=2, min=0, lt=1)
-    eps: float = setting(1e-8, gt=0)
-    new_param_lr_scale: float = setting(2.0, gt=0)
+    eps: float = setting(1e-8, gt=0, max=1)
+    new_param_lr_scale: float = setting(2.0, gt=0, max=1e4)
     warmup_steps: int = setting(1000, min=0)
     schedule: str = setting("linear", choices=SCHEDULES)
     # The schedule ends at this fraction of the peak learning rate.
     min_lr_ratio: float = setting(0.0, min=0, max=1)
-    grad_clip: float = setting(1.0, min=0)  # 0: no clipping
+    grad_clip: float = setting(1.0, min=0, max=1e6)  # 0: no clipping
     grad_accum: int = setting(1, min=1)
     precision: str = setting("bf16", choices=PRECISIONS)
     # Samples per optimizer step over all ranks, per data kind (image_text, region, video_text);
@@ -234,7 +234,7 @@ class RunConfig:
     def check(self, where: str) -> None:
         zero = self.deepspeed.get("zero_optimization")
         stage = zero.get("stage") if isinstance(zero, dict) else None
-        if stage not in (0, 1, 2, 3):
+        if isinstance(stage, bool) or stage not in (0, 1, 2, 3):  # true == 1 in Python
             raise ConfigError(f"{subkey(where, 'deepspeed.zero_optimization.stage')}: must be 0, 1, 2 or 3, "
                               f"got {stage!r}")
         for key in RUN_OWNED_DEEPSPEED_KEYS:

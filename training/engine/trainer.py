@@ -35,7 +35,7 @@ from training.runtime.heartbeats import Heartbeat
 from training.runtime.signals import REQUEUE_EXIT_CODE, LauncherWatch, PreemptionHandler
 
 # Testing the guard: X2VLM_NONFINITE_AT=STEP:MICRO:RANK makes the loss of micro-step MICRO
-# (from 0) of step STEP (from 1) on RANK NaN.
+# (from 0) of step STEP (from 1) on RANK NaN; several, comma-separated.
 NONFINITE_ENV = "X2VLM_NONFINITE_AT"
 
 
@@ -120,7 +120,7 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def planted_nonfinite(step: int, micro: int, rank: int) -> bool:
-    return os.environ.get(NONFINITE_ENV) == f"{step}:{micro}:{rank}"
+    return f"{step}:{micro}:{rank}" in os.environ.get(NONFINITE_ENV, "").split(",")
 
 
 def hold_output_dir(output_dir: Path, rank: int) -> RunLock | None:

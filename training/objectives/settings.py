@@ -53,7 +53,7 @@ class LossSettings:
     # step (rows: the kind's texts per rank), so each rank hands about capacity x rows text rows
     # whatever the world size; a draw beyond its pair's slots is left out of the ITM loss and
     # counted (`<kind>/itm_dropped`). With world size <= capacity nothing is ever left out.
-    itm_exchange_capacity: float = setting(2.0, min=1)
+    itm_exchange_capacity: float = setting(2.0, min=1, max=1000)
     # What a moved text row is. `hidden_states`: the owner's text-tower output (bf16, length x
     # hidden: 61 KB at base shapes), with its gradient sent back. `token_ids`: its token ids and
     # mask (int32, 320 B at length 40), encoded again by the text tower where it is paired, so
@@ -65,7 +65,7 @@ class LossSettings:
     # The texts other ranks send a rank, to pair with a hard-negative vision of its own, number
     # about `rows` on average; it computes at most rows + itm_receive_margin x sqrt(rows) of
     # them (a margin in standard deviations of that count); beyond, left out and counted.
-    itm_receive_margin: float = setting(4.0, min=0)
+    itm_receive_margin: float = setting(4.0, min=0, max=1000)
     # Which pairs count as positives (besides the pair itself) in ITC targets and are never
     # drawn as ITM negatives: identical texts, and of a region batch, the texts of the same
     # image (`image`: each image's texts are positives of all its regions) or of the same region
