@@ -1,6 +1,7 @@
 """Fuzzes the shard reader: mutated shards must end, and be counted, never hang or raise.
 
     python bench/bench_shard_fuzz.py [--mutations 10000] [--seed 0] [--timeout-s 5]
+    python bench/bench_shard_fuzz.py --mutations 0 --time-faults 10 --read-bound-s 1
 
 Not a test: it prints figures. A few valid shards are built in memory (this project's
 layout through `schema.sample_dict` and an img2dataset-style one; plain GNU, pax-header and
@@ -12,11 +13,19 @@ tar mutated, then recompressed). Each mutant is written to a file and read as th
 reads a shard (`read_shard`: one retry, no delay, a 64 KiB member cap), in this process,
 under a SIGALRM watchdog that counts a read still running after --timeout-s as a hang. Any
 exception out of `read_shard` is counted as uncaught. Both must stay 0.
+
+Then the faults of time (--time-faults rounds of each): a `pipe:` command that sends nothing, one
+that sends a whole shard and does not exit, one that sends random bytes and does not exit, an
+HTTP server on loopback that trickles a byte every 0.2 s, and a gzip'd shard whose one member
+inflates to 4 GiB. Each is read with `read_shard(timeout_s=--read-bound-s)`; a read still
+running at the bound plus 3 s counts as a hang beyond the bound. Printed per fault: reads, the
+longest, those that ended counted as `shard_timeout`, samples kept, hangs; hangs must stay 0.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import http.server
 import io
 import json
 import logging
@@ -25,8 +34,10 @@ import signal
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -265,11 +276,87 @@ def read(path: str, timeout_s: float) -> tuple[int, Counters, str | None]:
     return samples, counters, outcome
 
 
+# Faults of time ----------------------------------------------------------------------------
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        try:
+            for i in range(len(self.body)):
+                self.wfile.write(self.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the reader gave up
+
+    def log_message(self, *args):
+        pass
+
+
+def bomb(path: Path, size: int = 4 << 30) -> None:
+    """A gzip'd tar whose one member holds SIZE zero bytes (about SIZE / 1000 compressed)."""
+    info = tarfile.TarInfo("k0.jpg")
+    info.size = size
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    with open(path, "wb") as out:
+        out.write(compressor.compress(info.tobuf()))
+        for _ in range(size // len(chunk)):
+            out.write(compressor.compress(chunk))
+        out.write(compressor.flush())
+
+
+def time_faults(rounds: int, bound_s: float, shard: bytes, tmp: Path) -> bool:
+    """Reads each fault ROUNDS times; prints the table; True when none ran past the bound."""
+    (tmp / "whole.tar").write_bytes(shard)
+    bomb(tmp / "bomb.tar.gz")
+    _Trickle.body = shard
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    faults = {"pipe sends nothing": "pipe:sleep 1000",
+              "pipe sends a tar, no exit": f"pipe:cat {tmp / 'whole.tar'}; sleep 1000",
+              "pipe sends junk, no exit": "pipe:head -c 20000 /dev/urandom; sleep 1000",
+              "http trickles": f"http://127.0.0.1:{server.server_port}/whole.tar",
+              "gzip bomb (4 GiB member)": str(tmp / "bomb.tar.gz")}
+    columns = ["reads", "longest s", "shard_timeout", "samples kept", "hangs"]
+    print(f"{'time fault (bound ' + format(bound_s, 'g') + ' s)':32s}" + "".join(f"{c:>14s}" for c in columns))
+    clean = True
+    for name, url in faults.items():
+        longest, timed_out, kept, hangs = 0.0, 0, 0, 0
+        for _ in range(rounds):
+            counters = Counters()
+            started = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, bound_s + 3.0)
+            try:
+                kept += sum(1 for _ in read_shard(url, 0, counters, retries=1, retry_delay_s=0.0,
+                                                  max_member_bytes=MEMBER_CAP, timeout_s=bound_s))
+            except Hang:
+                hangs += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            longest = max(longest, time.perf_counter() - started)
+            timed_out += counters.counts.get("shard_timeout", 0)
+        clean &= hangs == 0
+        print(f"{name:32s}{rounds:14d}{longest:14.2f}{timed_out:14d}{kept:14d}{hangs:14d}")
+    server.shutdown()
+    server.server_close()
+    return clean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutations", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout-s", type=float, default=5.0, help="per mutant; a read still running is a hang")
+    parser.add_argument("--time-faults", type=int, default=4, metavar="ROUNDS",
+                        help="rounds of each fault of time (stalled pipes, trickling HTTP, a compression bomb); 0: none")
+    parser.add_argument("--read-bound-s", type=float, default=1.0,
+                        help="read_shard's timeout_s for the faults of time (loader.shard_read_timeout_s)")
     args = parser.parse_args()
     logging.getLogger("data_pipeline").setLevel(logging.ERROR)  # every mutant's skip notice would drown the table
     rng = random.Random(args.seed)
@@ -320,7 +407,12 @@ def main() -> None:
           f"seed {args.seed}, member cap {MEMBER_CAP} bytes")
     for failure in failures[:10]:
         print(failure)
-    if total["hangs"] or total["uncaught"]:
+    clean = True
+    if args.time_faults:
+        print()
+        with tempfile.TemporaryDirectory() as tmp:
+            clean = time_faults(args.time_faults, args.read_bound_s, next(iter(shards.values())), Path(tmp))
+    if total["hangs"] or total["uncaught"] or not clean:
         sys.exit(1)
 
 
