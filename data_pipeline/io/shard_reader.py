@@ -140,21 +140,28 @@ def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
                 pass
 
 
-def failure_reason(error: BaseException) -> str:
-    """The counter a shard that raised `error` is skipped under."""
+def _cut_short_file(error: BaseException, url: str | None) -> bool:
+    """A local file that ends where its headers say more follows: its bytes are damaged (a
+    network or a pipe may cut a stream short; a file read again ends at the same place)."""
+    return (isinstance(error, EOFError) and url is not None
+            and not url.startswith(("pipe:", "http://", "https://")))
+
+
+def failure_reason(error: BaseException, url: str | None = None) -> str:
+    """The counter a shard (URL) that raised `error` is skipped under."""
     if isinstance(error, ShardTimeout):
         return "shard_timeout"
     if isinstance(error, NotATarError):
         return "shard_not_tar"
-    if isinstance(error, TarFormatError):
+    if isinstance(error, TarFormatError) or _cut_short_file(error, url):
         return "shard_corrupt"
     return "shard_unreadable"
 
 
-def is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException, url: str | None = None) -> bool:
     """Worth reading again: the stream failed, not its bytes (nor its time: a shard that took
     its whole bound is not read again)."""
-    return not isinstance(error, (TarFormatError, ShardTimeout))
+    return not isinstance(error, (TarFormatError, ShardTimeout)) and not _cut_short_file(error, url)
 
 
 def read_shard(url: str, start: int, counters: Counters, retries: int = 2, retry_delay_s: float = 1.0,
@@ -197,11 +204,11 @@ def read_shard(url: str, start: int, counters: Counters, retries: int = 2, retry
             return
         except READ_ERRORS as exn:
             failures += 1
-            if not is_transient(exn) or failures > retries:
+            if not is_transient(exn, url) or failures > retries:
                 commit(COUNT_NOTHING - 1)
-                reason = failure_reason(exn)
+                reason = failure_reason(exn, url)
                 counters.add(reason)
-                after = f" after {failures} attempts" if is_transient(exn) else ""
+                after = f" after {failures} attempts" if is_transient(exn, url) else ""
                 log.warning("skipping %s %s%s (%s: %s)", "the rest of shard" if next_index else "shard", url, after,
                             reason, exn)
                 return
@@ -230,4 +237,4 @@ def checked_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     try:
         yield from raw_samples(url, max_member_bytes, _refuse, timeout_s)
     except READ_ERRORS as exn:
-        raise ShardDamaged(failure_reason(exn), f"{type(exn).__name__}: {exn}") from None
+        raise ShardDamaged(failure_reason(exn, url), f"{type(exn).__name__}: {exn}") from None

@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from .. import schema
 from .images import store_image
 from .records import MediaError, Rejection, Sample
@@ -75,11 +76,19 @@ def _read(path: str) -> bytes:
     except OSError as error:
         raise MediaError(f"cannot open file: {error.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise MediaError("not a regular file")
-        chunks = []
+        # The loader skips a member larger than its cap unread: a bigger file is no sample, and
+        # reading it whole (a sparse 20 GB file) would take the builder's memory first.
+        if info.st_size > DEFAULT_MAX_MEMBER_BYTES:
+            raise MediaError(f"file of {info.st_size} bytes, above the loader's member cap ({DEFAULT_MAX_MEMBER_BYTES})")
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 22):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > DEFAULT_MAX_MEMBER_BYTES:  # a file that grows while it is read
+                raise MediaError(f"file grew above the loader's member cap ({DEFAULT_MAX_MEMBER_BYTES}) while read")
         return b"".join(chunks)
     except OSError as error:
         raise MediaError(f"cannot read file: {error.strerror}") from None

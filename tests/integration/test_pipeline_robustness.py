@@ -78,8 +78,9 @@ def test_bad_samples_are_counted_and_good_ones_all_arrive(demo_tokenizer, plante
         counters.update(stream.counters.as_dict())
     assert set(keys) == good_keys and max(keys.values()) == 1
     expected = Counter(PLANTED.values())
-    # The cut shard and the missing one: retried once (shard_retries 1), then skipped.
-    expected.update({"shard_retry": 2, "shard_unreadable": 2})
+    # The missing one (a pipe that fails): retried once (shard_retries 1), then skipped; the cut
+    # file is damaged and skipped at once.
+    expected.update({"shard_retry": 1, "shard_unreadable": 1, "shard_corrupt": 1})
     assert counters == expected
 
 
@@ -91,7 +92,7 @@ def test_counters_reach_the_trainer_through_workers(demo_tokenizer, planted_corp
         next(loader)
     skipped = loader.stats()["skipped"]["planted"]
     loader.close()
-    for reason in [*PLANTED.values(), "shard_retry", "shard_unreadable"]:
+    for reason in [*PLANTED.values(), "shard_retry", "shard_unreadable", "shard_corrupt"]:
         assert skipped.get(reason, 0) >= 1, (reason, skipped)
 
 

@@ -158,6 +158,10 @@ def test_bad_inputs_are_named(folder, demo_corpus, tmp_path):
         predictor.embed_images([3])
     with pytest.raises(ModelFolderError, match="not a model folder"):
         X2VLMPredictor(tmp_path)
+    with open(tmp_path / "huge.jpg", "wb") as file:
+        file.truncate(40 * 2**30)  # sparse
+    with pytest.raises(InputError, match=f"{tmp_path / 'huge.jpg'}: larger than 512 MiB; not an image to read"):
+        predictor.embed_images([tmp_path / "huge.jpg"])
 
 
 def test_a_card_cannot_size_the_texts_beyond_the_model(folder, tmp_path):

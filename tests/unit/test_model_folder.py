@@ -120,6 +120,15 @@ def test_reading_refuses_what_is_not_a_whole_model_folder(tiny, demo_tokenizer, 
     (linked / TOKENIZER_DIR).symlink_to(demo_tokenizer, target_is_directory=True)
     with pytest.raises(ModelFolderError, match="tokenizer: leads outside the model folder"):
         load_model_folder(linked)
+    # A file of the tokenizer that is a link out of the folder.
+    shutil.rmtree(linked)
+    shutil.copytree(out, linked)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((linked / TOKENIZER_DIR / "tokenizer.json").read_text())
+    (linked / TOKENIZER_DIR / "tokenizer.json").unlink()
+    (linked / TOKENIZER_DIR / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(ModelFolderError, match=r"tokenizer/tokenizer\.json: leads outside the model folder"):
+        load_model_folder(linked)
 
     # A card of another format, and weights of another shape.
     (old / CARD_FILE).write_text(json.dumps({"format": "something-else"}))

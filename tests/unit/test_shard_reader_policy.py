@@ -137,10 +137,15 @@ def test_skipped_members_are_counted_once_across_retries_and_resumes(tmp_path):
     whole = open(write_tar(tmp_path / "w.tar", members), "rb").read()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(whole[:10 * 1024 + 300])  # 11 members of 1024 bytes: into the last one's header
+    # A stream cut short (a pipe, a network) is read again.
     counters = Counters()
-    got = [i for i, _ in read_shard(str(cut), 0, counters, retries=1, retry_delay_s=0)]
+    got = [i for i, _ in read_shard(f"pipe:cat {cut}", 0, counters, retries=1, retry_delay_s=0)]
     assert got == [0, 1, 2, 3]  # e's last member is cut off, and with it sample e
     assert counters.as_dict() == {"member_duplicate": 1, "shard_retry": 1, "shard_unreadable": 1}
+    # A local file that ends early is damaged: reading it again gives the same end.
+    counters = Counters()
+    assert [i for i, _ in read_shard(str(cut), 0, counters, retries=1, retry_delay_s=0)] == [0, 1, 2, 3]
+    assert counters.as_dict() == {"member_duplicate": 1, "shard_corrupt": 1}
     # Resuming after sample b: its repeated member was counted by the first reading.
     counters = Counters()
     whole_path = str(tmp_path / "w.tar")

@@ -91,6 +91,19 @@ def test_no_file_outside_the_media_root_reaches_a_shard(demo_corpus, media, tmp_
     assert [r["origin"] for r in strict_rejected(out)][0] == f"{tmp_path / 'a.jsonl'}:2"
 
 
+def test_a_media_file_above_the_loaders_cap_is_rejected_unread(media, tmp_path):
+    from data_pipeline.io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
+
+    with open(media / "huge.jpg", "wb") as file:
+        file.truncate(40 * 2**30)  # sparse: 40 GB that take no disk, and would take the memory
+    out = tmp_path / "out"
+    lines = [{"image": "1.jpg", "caption": "kept"}, {"image": "huge.jpg", "caption": "too large"}]
+    assert build(out, [("jsonl", write_jsonl(tmp_path / "a.jsonl", lines))], media, "--prefix", "p") == 0
+    assert [s["__key__"] for s in read_back(out)] == ["p_1"]
+    assert reasons(out) == [("sample", f"file of {40 * 2**30} bytes, above the loader's member cap "
+                                       f"({DEFAULT_MAX_MEMBER_BYTES})")]
+
+
 # JSON lines ----------------------------------------------------------------------------
 
 def test_malformed_json_lines_become_rejections_and_the_good_samples_are_kept(media, tmp_path):

@@ -328,6 +328,8 @@ def load_model_folder(path: str | Path) -> ModelFolder:
     tokenizer = _inside(path / TOKENIZER_DIR, path)
     if not tokenizer.is_dir():
         raise ModelFolderError(f"{path / TOKENIZER_DIR}: not a directory")
+    for file in tokenizer.rglob("*"):  # the tokenizer reads every file of its folder it knows
+        _inside(file, path)
     weights = read_folder_weights(path)
     check_weights(weights, config, str(path / WEIGHTS_FILE))
     model = create_model(config, load_pretrained=False)

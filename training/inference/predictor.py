@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.config import ConfigError, build
+from data_pipeline.io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from data_pipeline.media.image_decode import open_image, to_uint8_pixels
 from data_pipeline.skips import BadSample
 from data_pipeline.spec import TextSpec
@@ -84,7 +85,13 @@ def image_bytes(image: ImageInput, index: int = 0) -> bytes:
         path = Path(image)
         if not path.is_file():
             raise InputError(f"{path}: not a file")
-        return path.read_bytes()
+        # At most the loader's member cap: a huge file (a sparse 20 GB one) is no image, and
+        # reading it whole would take the machine's memory first.
+        with path.open("rb") as file:
+            data = file.read(DEFAULT_MAX_MEMBER_BYTES + 1)
+        if len(data) > DEFAULT_MAX_MEMBER_BYTES:
+            raise InputError(f"{path}: larger than {DEFAULT_MAX_MEMBER_BYTES >> 20} MiB; not an image to read")
+        return data
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, Image.Image):
