@@ -18,7 +18,7 @@ from pathlib import Path
 # Only what --help needs is imported here; the rest (torch with it) once the arguments are read.
 from data_pipeline.config import ConfigError
 from data_pipeline.logging_setup import configure_logging
-from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
+from training.runtime.command_line import DeviceError, add_device_options, at_least, output_file, resolve_device
 
 
 class UsageError(ValueError):
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="give up on a shard not read within this many seconds, counted as shard_timeout "
                              "(default: the loader's, loader.shard_read_timeout_s)")
     add_device_options(parser)
-    parser.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    parser.add_argument("--out", type=output_file, help="write the metrics to this JSON file")
     parser.add_argument("--grounding-png", type=Path, help="also draw the first 8 region queries with their boxes")
     return parser.parse_args(argv)
 

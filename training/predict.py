@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from data_pipeline.schema import IMAGE_EXTENSIONS
-from training.runtime.command_line import DeviceError, add_device_options, at_least, resolve_device
+from training.runtime.command_line import DeviceError, add_device_options, at_least, output_file, resolve_device
 
 # torch, Pillow and the model load inside the functions that need them: `--help` and a wrong
 # argument answer at once.
@@ -58,12 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="a .jsonl file of {\"image\": PATH, \"text\": TEXT} lines, or else lines of PATH<TAB>TEXT "
                             "(blank lines and lines starting with # are skipped); relative paths are taken from the "
                             "file's folder")
-    score.add_argument("--out", type=Path, help="write the scores to this TSV file instead of printing them")
+    score.add_argument("--out", type=output_file, help="write the scores to this TSV file instead of printing them")
 
     ground = command("ground", "the box of a phrase in an image, printed and drawn into a PNG")
     ground.add_argument("image", type=Path, help="an image file")
     ground.add_argument("text", help="the phrase to ground")
-    ground.add_argument("--out", type=Path, help="the PNG with the box drawn (default: IMAGE_STEM.ground.png here)")
+    ground.add_argument("--out", type=output_file, help="the PNG with the box drawn (default: IMAGE_STEM.ground.png here)")
 
     caption = command("caption", "a caption of each image, from the causal decoder")
     caption.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     caption.add_argument("--max-len", type=at_least(1), default=30, help="most tokens per caption (30)")
     caption.add_argument("--prompt", default="", help="text every caption starts with, left out of the output "
                                                       "(e.g. 'a picture of'; default none)")
-    caption.add_argument("--out", type=Path, help="write the captions to this JSON file instead of printing them")
+    caption.add_argument("--out", type=output_file, help="write the captions to this JSON file instead of printing them")
     caption.add_argument("--force", action="store_true",
                          help="caption even with a model whose card says its training never ran the captioning loss "
                               "(its captions are then not words)")

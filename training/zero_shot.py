@@ -22,7 +22,7 @@ from pathlib import Path
 from data_pipeline.logging_setup import configure_logging
 from training.evaluation.prompt_templates import DEFAULT_TEMPLATES
 from training.inference.precisions import DTYPE_NAMES
-from training.runtime.command_line import add_device_options, at_least
+from training.runtime.command_line import add_device_options, at_least, output_file
 
 PROG = "x2vlm-zero-shot"
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="images per model call (64)")
     add_device_options(parser)
     parser.add_argument("--precision", choices=sorted(DTYPE_NAMES), help="bf16 on a GPU, fp32 on the CPU by default")
-    parser.add_argument("--out", type=Path, metavar="JSON", help="write the figures (and per-class top-1) here")
+    parser.add_argument("--out", type=output_file, metavar="JSON", help="write the figures (and per-class top-1) here")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="a progress bar (default: when stderr is a terminal)")

@@ -2,8 +2,10 @@
 `max_tokens`, and mask for MLM."""
 from __future__ import annotations
 
+import json
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
@@ -35,10 +37,26 @@ def word_start_rule(tokenizer):
     return lambda token, i: i == 0 or token.startswith(("Ġ", "▁")) or is_cjk_piece(token)
 
 
+def load_tokenizer(directory: str):
+    """The tokenizer saved in DIRECTORY, by transformers' own classes only: a tokenizer_config.json
+    that names custom code (`auto_map`) is refused, since loading it would run code from the
+    folder or fetch it from the hub (and with no network the error names a made-up hub address)."""
+    config_path = Path(directory) / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"text.tokenizer: {config_path}: unreadable ({error})") from None
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ConfigError(f"text.tokenizer: {config_path} names custom tokenizer code (auto_map: "
+                          f"{json.dumps(config['auto_map'])[:120]}); only transformers' own tokenizer classes are "
+                          f"loaded: save the tokenizer as one (e.g. PreTrainedTokenizerFast) without auto_map")
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+
+
 class TextEncoder:
     def __init__(self, spec: TextSpec):
         self.spec = spec
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+        self.tokenizer = load_tokenizer(spec.tokenizer)
         t = self.tokenizer
         if not t.is_fast:
             raise ConfigError(f"text.tokenizer: {spec.tokenizer} has no fast (tokenizers) version; the loader needs one")

@@ -271,6 +271,10 @@ def test_cli_errors_name_the_bad_input(eval_shards, demo_tokenizer, tmp_path, ca
     assert "x2vlm-eval: eval image_text shards ['pipe:sleep 100000']...: no usable sample (skipped: " \
            "{'shard_timeout': 1})" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--model-config", "tiny", *args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"argument --out: {tmp_path} is a folder; give a file name inside it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         eval_main(["--help"])
     assert exit_info.value.code == 0
     assert "--itm-top-k" in capsys.readouterr().out

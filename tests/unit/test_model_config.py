@@ -80,3 +80,12 @@ def test_loss_weights_not_given_default_to_one():
     assert weights["video"] == {"itc": 1.0, "itm": 1.0, "mlm": 0.25, "itc_cons": 0.0}
     # An optional term (image/lm, captioning; <kind>/itc_cons, ITC consistency) is off unless given.
     assert weights["image"] == {"itc": 1.0, "itm": 1.0, "mlm": 1.0, "mim": 1.0, "lm": 0.0, "itc_cons": 0.0}
+
+
+def test_a_timm_argument_the_tower_does_not_take_is_a_config_error():
+    from training.model import create_model
+
+    config = _tiny()
+    config["vision"]["timm_kwargs"]["no_such_argument"] = 1
+    with pytest.raises(ConfigError, match=r"^vision\.timm_kwargs: timm's .* refuses them: .*no_such_argument"):
+        create_model(model_config_from_dict(config), load_pretrained=False)

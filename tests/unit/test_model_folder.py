@@ -130,6 +130,18 @@ def test_reading_refuses_what_is_not_a_whole_model_folder(tiny, demo_tokenizer, 
     with pytest.raises(ModelFolderError, match=r"tokenizer/tokenizer\.json: leads outside the model folder"):
         load_model_folder(linked)
 
+    # A card whose fields have the wrong types.
+    card = json.loads((out / CARD_FILE).read_text())
+    for number, (field, value, problem) in enumerate((
+            ("metrics", [1, 2], "'metrics' must be an object or null, got list"),
+            ("steps", "many", "'steps' must be a whole number or null, got str"),
+            ("metrics", {"image/img_r1": "high"}, "metrics.image/img_r1: must be a number"))):
+        mistyped = tmp_path / f"mistyped_{number}"
+        shutil.copytree(out, mistyped)
+        (mistyped / CARD_FILE).write_text(json.dumps({**card, field: value}))
+        with pytest.raises(ModelFolderError, match=f"card.json: {problem}"):
+            load_model_folder(mistyped)
+
     # A card of another format, and weights of another shape.
     (old / CARD_FILE).write_text(json.dumps({"format": "something-else"}))
     shutil.copytree(out / TOKENIZER_DIR, old / TOKENIZER_DIR)

@@ -144,3 +144,19 @@ def test_encoder_tokenises_as_the_transformers_tokenizer(demo_tokenizer, tmp_pat
             n = int(out["text_mask"].sum())
             assert out["text_ids"][1:n - 1].tolist() == expected, (path, text)
             assert out["text_ids"][0] == encoder.cls_id and out["text_ids"][n - 1] == encoder.sep_id
+
+
+def test_a_tokenizer_that_names_custom_code_is_refused(demo_tokenizer, tmp_path):
+    import json
+    import shutil
+
+    from data_pipeline.config import ConfigError
+
+    custom = tmp_path / "custom"
+    shutil.copytree(demo_tokenizer, custom)
+    config = json.loads((custom / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["someone/repo--tok.MyTokenizer", None]}
+    (custom / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"^text\.tokenizer: .*tokenizer_config\.json names custom tokenizer code "
+                                          r"\(auto_map: .*only transformers' own tokenizer classes are loaded"):
+        TextEncoder(TextSpec(tokenizer=str(custom)))

@@ -101,11 +101,13 @@ def check_model_matches_data(model, data_spec, source: str) -> None:
         raise ConfigError(f"{source}: data 'patch_size' {data_spec.patch_size} gives a {data_grid}x{data_grid} patch "
                           f"grid but the vision tower has {model.vision.grid_size}x{model.vision.grid_size}; the "
                           f"region patch masks would not fit the vision tokens")
-    from transformers import AutoTokenizer
-
+    from data_pipeline.text.encoder import load_tokenizer
     from training.model.text import tokenizer_problem
 
-    tokenizer = AutoTokenizer.from_pretrained(data_spec.text.tokenizer)
+    try:
+        tokenizer = load_tokenizer(data_spec.text.tokenizer)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: data.{error}") from None
     tokens = len(tokenizer)
     if tokens > model.config.text.vocab_size:
         raise ConfigError(f"{source}: the tokenizer {data_spec.text.tokenizer} has {tokens} tokens but the model's "

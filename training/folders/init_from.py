@@ -138,7 +138,6 @@ def tokenizer_differs(path: str | Path, tokenizer: str | Path) -> bool:
     folder_tokenizer = Path(path) / TOKENIZER_DIR
     if not folder_tokenizer.is_dir():
         return False
-    from transformers import AutoTokenizer
+    from data_pipeline.text.encoder import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder_tokenizer)).get_vocab() != \
-        AutoTokenizer.from_pretrained(str(tokenizer)).get_vocab()
+    return load_tokenizer(str(folder_tokenizer)).get_vocab() != load_tokenizer(str(tokenizer)).get_vocab()

@@ -61,6 +61,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# The types of the card's fields, checked on reading: a mistyped card is refused in one line.
+_CARD_TYPES = {"steps": int, "data": dict, "metrics": dict, "project_version": str, "created": str, "model": dict,
+               "training": dict, "figures": list}
+_CARD_TYPE_NAMES = {"steps": "a whole number", "project_version": "a string", "created": "a string",
+                    "figures": "a list", "data": "an object", "metrics": "an object", "model": "an object",
+                    "training": "an object"}
+
+
 @dataclasses.dataclass
 class ModelCard:
     # Where the weights came from: {"kind": "checkpoint" | "training run" | "official checkpoint" |
@@ -91,6 +99,15 @@ class ModelCard:
         fields = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data.get("source"), dict):
             raise ModelFolderError(f"{where}: 'source' must be an object")
+        for name, kinds in _CARD_TYPES.items():
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ModelFolderError(f"{where}: '{name}' must be {_CARD_TYPE_NAMES[name]} or null, "
+                                       f"got {type(value).__name__}")
+        metrics = data.get("metrics") or {}
+        bad = [key for key, value in metrics.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
+        if bad:
+            raise ModelFolderError(f"{where}: metrics.{bad[0]}: must be a number")
         return cls(**{k: v for k, v in data.items() if k in fields})
 
     def readme(self) -> str:
@@ -191,10 +208,12 @@ def check_weights(weights: dict[str, torch.Tensor], config: ModelConfig, where: 
 
 
 def _check_tokenizer(directory: Path, vocab_size: int, where: str) -> None:
-    from transformers import AutoTokenizer
+    from data_pipeline.text.encoder import load_tokenizer
 
     try:
-        tokens = len(AutoTokenizer.from_pretrained(str(directory)))
+        tokens = len(load_tokenizer(str(directory)))
+    except ConfigError as error:
+        raise ModelFolderError(f"{where}: {str(error).removeprefix('text.tokenizer: ')}") from None
     except (OSError, ValueError) as error:
         raise ModelFolderError(f"{where}: not a tokenizer folder AutoTokenizer can read ({error})") from None
     if tokens > vocab_size:

@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from data_pipeline.config import ConfigError
 from training.model.checkpoint_files import read_state_dict
 from training.model.kept_patches import enable_kept_patches, kept_patch_features, supports_kept_patches
 from training.model.model_config import VisionConfig
@@ -22,14 +23,17 @@ from training.model.preprocessing import normalise
 class VisionTower(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.trunk = timm.create_model(
-            config.name,
-            pretrained=False,
-            num_classes=0,
-            img_size=config.image_size,
-            drop_path_rate=config.drop_path_rate,
-            **config.timm_kwargs,
-        )
+        try:
+            self.trunk = timm.create_model(
+                config.name,
+                pretrained=False,
+                num_classes=0,
+                img_size=config.image_size,
+                drop_path_rate=config.drop_path_rate,
+                **config.timm_kwargs,
+            )
+        except TypeError as error:  # an argument the timm model does not take
+            raise ConfigError(f"vision.timm_kwargs: timm's {config.name} refuses them: {error}") from None
         self.width = self.trunk.num_features
         self.num_prefix_tokens = getattr(self.trunk, "num_prefix_tokens", 0)
         stride = self.trunk.feature_info[-1]["reduction"]

@@ -4,6 +4,7 @@ argument errors answer before the model libraries load."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DEVICE_HELP = ("where the model runs: cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
 THREADS_HELP = ("CPU threads for the model's computation (default: torch's, one per core). On a machine other "
@@ -25,6 +26,17 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
     return parse
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file to write, refused (exit 2, one line) when it names a folder or
+    lies in a folder that is not there."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name inside it")
+    if path.parent != Path("") and path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is not a folder")
+    return path
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
