@@ -190,8 +190,11 @@ def finetune_preset(data_root: Path, directory: Path, task: str) -> Path:
     preset = yaml.safe_load((REPO_ROOT / f"configs/finetune/{task}_demo.yaml").read_text())
     preset["deepspeed"] = str(REPO_ROOT / "configs/deepspeed" / Path(preset["deepspeed"]).name)
     preset["data"]["root"] = str(data_root)
-    for held_out in preset["eval"]["sets"]:
+    for held_out in preset["eval"].get("sets", []):
         held_out["shards"] = [str(data_root / pattern) for pattern in held_out["shards"]]
+    for key in ("image_shards", "region_shards", "video_shards"):
+        if key in preset["eval"]:
+            preset["eval"][key] = [str(data_root / pattern) for pattern in preset["eval"][key]]
     preset["run"]["output_dir"] = str(directory / "out")
     preset["logging"]["every_steps"] = 1
     path = directory / f"{task}.yaml"

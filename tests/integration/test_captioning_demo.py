@@ -22,7 +22,7 @@ from training.folders.model_folder import load_model_folder
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")  # data_pipeline/demo_corpus/scenes.py
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 _NAMED = re.compile(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
-HELD_OUT = "demo_images_eval"
+HELD_OUT = "image"  # the demo pre-training's held-out image set, by its name there
 
 
 def named_shapes(text: str) -> set[tuple[str, str]]:

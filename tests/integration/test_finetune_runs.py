@@ -65,7 +65,7 @@ def reached(out: Path, step: int) -> bool:
 
 
 def test_retrieval_finetuning_beats_the_zero_shot_figure(trained_demo, tmp_path, capsys):
-    metric = "demo_images_eval/img_r1"
+    metric = "image/img_r1"
     config = preset_for_test(trained_demo, tmp_path, "retrieval")
     ranks = start(trained_demo, config, "retrieval", "--resume", "none")
     codes = ranks.wait(600)
@@ -77,7 +77,7 @@ def test_retrieval_finetuning_beats_the_zero_shot_figure(trained_demo, tmp_path,
     assert before == zero_shot(trained_demo, "image/img_r1")  # the run measured the export's zero-shot figure
     line = re.search(r"\[finetune\] retrieval, held-out before -> after \d+ steps: .*", output).group(0)
     with capsys.disabled():  # the figures belong in every test log
-        print(f"\n{line} (chance {1 / rows(out, 'eval')[0]['demo_images_eval/images']:.4f})", file=sys.stderr)
+        print(f"\n{line} (chance {1 / rows(out, 'eval')[0]['image/images']:.4f})", file=sys.stderr)
     assert f"{metric} {before:.4f} -> {after:.4f}" in line
     assert after > before
     check_export(out, "retrieval", metric, before, after)
@@ -98,7 +98,7 @@ def test_retrieval_finetuning_beats_the_zero_shot_figure(trained_demo, tmp_path,
 
 def test_grounding_finetuning_beats_the_starting_accuracy_and_resumes_bitwise_after_sigkill(
         trained_demo, tmp_path, capsys):
-    metric = "demo_refcoco_val/grounding_acc"
+    metric = "region/grounding_acc"
     config = preset_for_test(trained_demo, tmp_path, "grounding")
     out = tmp_path / "out"
     every = ("--set", "checkpoint.every_steps=8")
@@ -121,7 +121,7 @@ def test_grounding_finetuning_beats_the_starting_accuracy_and_resumes_bitwise_af
     assert before == zero_shot(trained_demo, "region/grounding_acc")
     line = re.search(r"\[finetune\] grounding, held-out before -> after \d+ steps: .*", output).group(0)
     with capsys.disabled():
-        print(f"\n{line} (centre-box baseline {rows(out, 'eval')[0]['demo_refcoco_val/centre_baseline_acc']:.4f}); "
+        print(f"\n{line} (centre-box baseline {rows(out, 'eval')[0]['region/centre_baseline_acc']:.4f}); "
               f"killed after step {max(killed)}, resumed from step {start_step}, steps {repeated} repeated bitwise",
               file=sys.stderr)
     assert f"{metric} {before:.4f} -> {after:.4f}" in line

@@ -83,7 +83,7 @@ def test_a_task_needs_weights_a_held_out_set_of_its_kind_and_an_evaluation(model
     config = load_preset(preset, "grounding", model_folder, "model.init_from=null")
     with pytest.raises(ConfigError, match=r"^model\.init_from: not set"):
         task.check(config)
-    config = load_preset(preset, "grounding", model_folder,
+    config = load_preset(preset, "grounding", model_folder, "eval.region_shards=[]",
                          'eval.sets=[{name: held_out_images, kind: image_text, shards: ["x/*.tar"]}]')
     with pytest.raises(ConfigError, match=r"^eval\.sets: no held-out region set"):
         task.check(config)
@@ -110,9 +110,8 @@ def test_captioning_turns_on_the_decoder_alone_and_reports_cider_and_bleu(model_
         "image": ["lm"], "region": [], "video": []}
     preset = REPO_ROOT / "configs/finetune/captioning_demo.yaml"
     config = load_preset(preset, "captioning", model_folder)
-    metrics = {"demo_images_eval/cider": 1.25, "demo_images_eval/bleu4": 0.25, "demo_images_eval/img_r1": 0.5,
-               "demo_images_eval/constant_cider": 0.5}
-    assert task.figures(metrics, config) == {"demo_images_eval/cider": 1.25, "demo_images_eval/bleu4": 0.25}
+    metrics = {"image/cider": 1.25, "image/bleu4": 0.25, "image/img_r1": 0.5, "image/constant_cider": 0.5}
+    assert task.figures(metrics, config) == {"image/cider": 1.25, "image/bleu4": 0.25}
     with pytest.raises(ConfigError, match=r"^eval\.captioning: the captioning task needs True"):
         task.check(load_preset(preset, "captioning", model_folder, "eval.captioning=false"))
 
