@@ -40,6 +40,9 @@ class SampleMeta:
     info: dict
     captions: list[str]
     regions: list[Region] = field(default_factory=list)
+    # Region entries left out as malformed (`bad_region`, `bad_box`): they cost only themselves,
+    # and nothing to a corpus that reads the sample for its captions.
+    dropped: list[str] = field(default_factory=list)
 
     def seconds(self, name: str) -> float | None:
         """A clip bound (`start` / `end`) when the json gives it as a finite number."""
@@ -124,21 +127,23 @@ def parse_meta(sample: dict) -> SampleMeta:
     raw_regions = info.get("regions") or []
     if not isinstance(raw_regions, list):
         raise BadSample("bad_region", "regions is not a list")
-    regions = []
+    regions, dropped = [], []
     for entry in raw_regions:
         if not isinstance(entry, dict):
-            raise BadSample("bad_region", "region is not an object")
+            dropped.append("bad_region")
+            continue
         box = entry.get("box")
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
-            raise BadSample("bad_box", f"{box!r}")
+            dropped.append("bad_box")
+            continue
         raw_texts = entry.get("captions")
         texts = [t.strip() for t in raw_texts if isinstance(t, str) and t.strip()] if isinstance(raw_texts, list) else []
         if not texts and _text(entry.get("label")):
             texts = [_text(entry["label"])]
         if texts:
             regions.append(Region(tuple(float(v) for v in box), texts))
-    return SampleMeta(key, info, captions, regions)
+    return SampleMeta(key, info, captions, regions, dropped)
 
 
 def checked_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float]:

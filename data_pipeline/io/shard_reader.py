@@ -53,8 +53,11 @@ def open_shard(url: str):
     if url.startswith("pipe:"):
         # webdataset's pipe, started in a session of its own: the deadline ends the shell and
         # every process it started (`cat X; sleep N` leaves `sleep` holding the pipe open).
+        # ignore_errors: webdataset would raise on the first read after the command ended,
+        # throwing away the bytes that read returned (the whole of a small shard); the exit
+        # status is checked at the close instead (`_check_exit`), after every sample is out.
         return Pipe(url[len("pipe:"):], mode="rb", shell=True, bufsize=8192, ignore_status=[141],
-                    start_new_session=True)
+                    ignore_errors=True, start_new_session=True)
     return gopen(url, "rb")
 
 
@@ -108,6 +111,16 @@ class _Deadline:
             pass  # already gone
 
 
+class PipeFailed(OSError):
+    """A `pipe:` command that exited with an error status (after its output was read)."""
+
+
+def _check_exit(stream) -> None:
+    process = getattr(getattr(stream, "stream", stream), "proc", None)  # a Pipe, perhaps under a _Deadline
+    if process is not None and process.returncode not in (0, 141, None):  # 141: SIGPIPE, the reader left early
+        raise PipeFailed(f"the pipe command exited with status {process.returncode}")
+
+
 def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
                 on_skip: SkipReport = ignore_skips, timeout_s: float | None = DEFAULT_READ_TIMEOUT_S
                 ) -> Iterator[dict]:
@@ -128,7 +141,8 @@ def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     finally:
         if finished:
             try:
-                stream.close()  # a pipe reports its command's failure here
+                stream.close()
+                _check_exit(stream)  # a pipe reports its command's failure here
             except READ_ERRORS:
                 if isinstance(stream, _Deadline) and stream.expired:
                     raise stream.error() from None

@@ -89,9 +89,14 @@ class RegionTransform(SampleTransform):
     def _training(self, sample: dict, meta: SampleMeta, rng: random.Random) -> dict:
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         width, height = image.size
-        regions = [(checked_box(r.box, width, height), r.texts) for r in meta.regions]
+        regions, dropped = [], list(meta.dropped)
+        for region in meta.regions:  # a box outside the image costs only its region
+            try:
+                regions.append((checked_box(region.box, width, height), region.texts))
+            except BadSample as bad:
+                dropped.append(bad.reason)
         if not regions:
-            raise BadSample("no_region")
+            raise BadSample("no_region", dropped=dropped)
         target = rng.randrange(len(regions))
         crop = crop_containing(regions[target][0], width, height, rng, self.options.crop_min_side)
         mode = self.options.flip
@@ -133,6 +138,7 @@ class RegionTransform(SampleTransform):
             # What was drawn, for logs and checks; not batched.
             "crop": crop,
             "flipped": flip,
+            "skipped": dropped,
             "texts": texts,
         }
 
@@ -140,7 +146,7 @@ class RegionTransform(SampleTransform):
         image = open_image(media_of(sample, IMAGE_EXTENSIONS))
         width, height = image.size
         res = self.res
-        texts, encodings, boxes, masks, dropped = [], [], [], [], []
+        texts, encodings, boxes, masks, dropped = [], [], [], [], list(meta.dropped)
         for region in meta.regions:
             try:
                 x, y, w, h = checked_box(region.box, width, height)

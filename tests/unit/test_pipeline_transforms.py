@@ -198,11 +198,19 @@ def test_region_sample_without_valid_box_is_bad(text):
     from data_pipeline.skips import BadSample
     transform = RegionTransform(64, 16, RegionOptions(), text)
     image = Image.new("RGB", (100, 80), GREY)
-    for box in ([90, 10, 30, 20], [10, 10, 0, 5], [-5, 0, 10, 10]):
+    for box in ([90, 10, 30, 20], [10, 10, 0, 5], [-5, 0, 10, 10], [1, 2, "x", 4]):
         with pytest.raises(BadSample) as info:
             transform(image_sample("bad", image, ["x"], [{"box": box, "captions": ["y"], "label": None}]),
                       random.Random(0))
-        assert info.value.reason == "bad_box"
+        assert (info.value.reason, list(info.value.dropped)) == ("no_region", ["bad_box"])
+    # A bad box or a malformed entry beside good regions costs only itself, counted; a corpus
+    # reading the sample for its captions does not see it.
+    sample = image_sample("mixed", image, ["x"], [{"box": [10, 10, 20, 20], "captions": ["good"], "label": None},
+                                                  {"box": [90, 10, 30, 20], "captions": ["outside"], "label": None},
+                                                  "not a region"])
+    out = transform(sample, random.Random(0))
+    assert out["texts"] == ["x", "good"] and sorted(out["skipped"]) == ["bad_box", "bad_region"]
+    assert ImageTextTransform(64, ImageTextOptions(), text)(sample, random.Random(0))["key"] == "mixed"
     # A region without captions speaks through its label (coco instances).
     out = transform(image_sample("lab", image, [], [{"box": [10, 10, 20, 20], "captions": [], "label": "circle"}]),
                     random.Random(0))

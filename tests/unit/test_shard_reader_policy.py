@@ -162,3 +162,12 @@ def test_the_tools_reader_refuses_what_the_loader_would_skip(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"PAR1" * 300)
     with pytest.raises(ShardDamaged, match="shard_not_tar"):
         list(checked_samples(str(tmp_path / "x.parquet")))
+
+
+def test_a_pipe_that_fails_after_its_output_keeps_the_samples_it_sent(tmp_path):
+    shard = write_tar(tmp_path / "a.tar", sample_members(["a", "b", "c", "d"]))
+    counters = Counters()
+    got = [sample["__key__"] for _, sample in read_shard(f"pipe:cat {shard}; exit 3", 0, counters, retries=1,
+                                                         retry_delay_s=0)]
+    assert got == ["a", "b", "c", "d"]  # each once: the retry starts after the samples delivered
+    assert counters.as_dict() == {"shard_retry": 1, "shard_unreadable": 1}
