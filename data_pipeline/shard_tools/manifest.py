@@ -46,5 +46,22 @@ def write_rejected(output: Path, rejected: list[dict]) -> None:
 
 
 def load_manifest(directory: Path) -> dict | None:
+    """DIRECTORY's manifest, None where there is none; a ValueError naming what is wrong where it
+    is not one this project writes (its shard entries are what verify compares against)."""
     path = directory / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list):
+        raise ValueError("no 'shards' list")
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or not isinstance(entry.get("sha256"), str) \
+                or not all(isinstance(entry.get(f), int) and not isinstance(entry.get(f), bool) and entry[f] >= 0
+                           for f in ("samples", "bytes")):
+            raise ValueError(f"shards[{i}] is not a {{name, samples, bytes, sha256}} entry")
+    return manifest

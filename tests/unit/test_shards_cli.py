@@ -90,6 +90,11 @@ def test_verify_passes_a_good_build_and_names_each_corrupt_shard(capsys, small_b
     assert f"CORRUPT {copy / 'ev-000002.tar'}: 3000 bytes, the manifest says {manifest['shards'][2]['bytes']}" in out
     assert f"CORRUPT {copy / 'ev-000003.tar'}: listed in manifest.json but missing" in out
     assert "CORRUPT " + str(copy / "ev-000000.tar") not in out
+    # A manifest this project did not write (entries without their fields): one line, exit 1.
+    (copy / "manifest.json").write_text(json.dumps({"shards": [{"name": "ev-000000.tar"}]}))
+    assert main(["verify", str(copy)]) == 1
+    assert f"CORRUPT {copy / 'manifest.json'}: unreadable manifest (ValueError: shards[0] is not a " \
+           "{name, samples, bytes, sha256} entry)" in capsys.readouterr().out
     # Without a manifest the tar structure itself is checked.
     (copy / "manifest.json").unlink()
     assert main(["verify", str(copy / "ev-00000[02].tar")]) == 1
