@@ -73,6 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     return train(args.config, overrides, args.resume)
 
 
+def check_output_dir(path: Path, key: str) -> None:
+    """The output folder exists or can be made, and takes a file: a read-only mount or a path
+    through a file is refused before anything starts (not a traceback at the first write)."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key}: {path}: cannot write there ({error.strerror or error})") from None
+
+
 def build_trainer(config: RunConfig, resume: str | None) -> Trainer:
     """The trainer of a checked run config, with the extensions it turns on."""
     return Trainer(config, resume, enabled_extensions(config))
@@ -96,6 +109,7 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
             check_resume(resume, "--resume")
         else:
             check_resume(config.checkpoint.resume, f"{config.source}: checkpoint.resume")
+        check_output_dir(Path(config.run.output_dir), f"{config.source}: run.output_dir")
         trainer = (make_trainer or build_trainer)(config, resume)
         return trainer.run()
     except (ConfigError, LockHeld) as error:

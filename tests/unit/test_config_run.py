@@ -237,6 +237,15 @@ def test_report_to_names_the_reporters_and_wandb_needs_its_package(tmp_path, mon
     load_run_config(run)  # without wandb in report_to, the package is not looked for
 
 
+def test_an_output_folder_that_cannot_be_written_stops_before_anything_starts(tmp_path, capsys):
+    run = write_configs(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert pretrain.main(["--config", str(run), "--set", f"run.output_dir={tmp_path / 'a_file' / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"x2vlm-pretrain: {run}: run.output_dir: {tmp_path / 'a_file' / 'out'}: cannot write there " \
+                  f"(Not a directory)\n"
+
+
 def test_bad_resume_flag_is_a_configuration_error(tmp_path, capsys):
     run = write_configs(tmp_path)
     assert pretrain.main(["--config", str(run), "--resume", str(tmp_path / "nowhere")]) == 2
