@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import random
+import traceback
 from collections import Counter, defaultdict, deque
+from pathlib import Path
 from typing import Callable, Iterator
 
 from ..io.shard_reader import COUNT_NOTHING, read_shard
@@ -83,6 +85,18 @@ def epoch_shard_ids(shards: int, seed: int, corpus: str, epoch: int, slot: int, 
     order = list(range(shards))
     random.Random(f"{seed}/{corpus}/shards/{epoch}").shuffle(order)
     return order[slot::slots]
+
+
+def failure_site(error: BaseException) -> str:
+    """Where in the data pipeline ERROR was raised, as `module.function` (`transforms.region._training`):
+    the counter of an unforeseen failure says which step of which transform met the sample."""
+    package = Path(__file__).resolve().parents[1]
+    site = "unknown"
+    for frame in traceback.extract_tb(error.__traceback__):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(package):
+            site = ".".join(path.relative_to(package).with_suffix("").parts + (frame.name,))
+    return site
 
 
 class CorpusStream:
@@ -227,8 +241,10 @@ class CorpusStream:
                 log.debug("corpus %s: skipped %s: %s", self.corpus.name, key, bad)
                 continue
             except Exception as exn:  # an unforeseen failure of one sample must not stop the run
-                self._skip(f"error_{type(exn).__name__}")
-                log.warning("corpus %s: skipped %s: %s: %s", self.corpus.name, key, type(exn).__name__, exn)
+                where = failure_site(exn)
+                self._skip(f"error_{type(exn).__name__}@{where}")
+                log.warning("corpus %s: skipped %s: %s in %s: %s (members: %s)", self.corpus.name, key,
+                            type(exn).__name__, where, exn, ", ".join(sorted(k for k in raw if not k.startswith("__"))))
                 continue
             self.window.add(None)
             for reason in item.pop("skipped", ()):  # texts or boxes dropped from a kept sample

@@ -326,3 +326,13 @@ def test_collate_lists_masked_positions_first_and_bounds_rows_per_kind():
 
     assert rows_per_batch([corpus("image_text", 16), corpus("image_text", 12)]) == 16
     assert rows_per_batch([corpus("region", 8, 4), corpus("region", 6)]) == 36  # 6 images x 6 texts
+
+
+def test_an_unforeseen_failure_is_counted_by_where_it_happened():
+    from data_pipeline.loader.stream import failure_site
+    from data_pipeline.schema import checked_box
+
+    with pytest.raises(TypeError) as info:
+        checked_box((0.0, 0.0, "wide", 1.0), 10, 10)  # what parse_meta would have refused
+    assert failure_site(info.value) == "schema.checked_box"
+    assert failure_site(ValueError("raised outside the pipeline")) == "unknown"
