@@ -10,6 +10,7 @@ turn it is.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -35,8 +36,9 @@ def build_transform(corpus: CorpusSpec, spec: DataSpec):
 
 class CorpusDataset(IterableDataset):
     def __init__(self, corpus: CorpusSpec, urls: list[str], spec: DataSpec, rank: int, world_size: int,
-                 resume_states: list[dict | None], worker_offset: int, features=None):
+                 resume_states: list[dict | None], worker_offset: int, features=None, reading=None):
         self.corpus, self.urls, self.spec = corpus, urls, spec
+        self.reading = reading  # shared with the loader: the index of the shard each worker reads
         self.features = features
         self.rank, self.world_size = rank, world_size
         self.resume_states = resume_states
@@ -48,6 +50,9 @@ class CorpusDataset(IterableDataset):
         logical = (physical + self.worker_offset) % count
         stream = CorpusStream(self.corpus, self.urls, self.spec, self.rank, self.world_size, logical, count,
                               build_transform(self.corpus, self.spec), features=self.features)
+        if self.reading is not None:
+            index = {url: i for i, url in enumerate(self.urls)}
+            stream.on_open = lambda url: self.reading.__setitem__(logical, index.get(url, -1))
         state = self.resume_states[logical]
         if state is not None:
             stream.load_state_dict(state)
@@ -74,12 +79,16 @@ class CorpusLoader:
         self.batches = 0
         self.states: list[dict | None] = [None] * self.workers
         self.features = None  # grouping's {sample key: feature}; see set_features
+        # Which shard each worker is reading (an index into urls, -1: none yet), written by the
+        # workers into shared memory: a stuck worker cannot say so itself.
+        self._reading = multiprocessing.get_context("fork").Array("i", [-1] * self.workers, lock=False)
         self._loader = None
         self._iterator = None
 
     def _start(self) -> None:
         dataset = CorpusDataset(self.corpus, self.urls, self.spec, self.rank, self.world_size,
-                                copy.deepcopy(self.states), self.batches % self.workers, self.features)
+                                copy.deepcopy(self.states), self.batches % self.workers, self.features,
+                                self._reading if self.num_workers > 0 else None)
         options = {}
         if self.num_workers > 0:
             options = {"prefetch_factor": self.spec.loader.prefetch_factor, "multiprocessing_context": "fork",
@@ -107,10 +116,13 @@ class CorpusLoader:
             if "timed out" not in str(exn):  # torch's words for its `timeout`; other errors name themselves
                 raise
             skipped = self.skipped()
+            worker = self.batches % self.workers
+            index = self._reading[worker]
+            shard = f"reading {self.urls[index]}" if 0 <= index < len(self.urls) else "before its first shard"
             self.close()
             raise WorkerTimeout(
                 f"corpus {self.corpus.name}: no batch from its loader workers (rank {self.rank}, worker "
-                f"{self.batches % self.workers}'s turn) within loader.worker_timeout_s = "
+                f"{worker}'s turn, {shard}) within loader.worker_timeout_s = "
                 f"{self.spec.loader.worker_timeout_s:g} s: a worker is stuck reading a shard or decoding a "
                 f"sample; skipped so far: {skipped or 'nothing'}") from None
         worker = batch.pop("_worker")

@@ -113,6 +113,9 @@ class CorpusStream:
                 f"corpus {corpus.name}: {len(urls)} shards for {world_size} ranks x {num_workers} workers; every "
                 f"worker needs at least one shard per epoch (write more, smaller shards or use fewer workers)")
         self.corpus, self.urls, self.spec = corpus, urls, spec
+        # Told the URL of every shard as it is opened (the loader notes which shard each worker
+        # reads, to name it when a worker is stuck).
+        self.on_open: Callable[[str], None] | None = None
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
         self.slot, self.slots = rank * num_workers + worker, slots
         self.transform = transform
@@ -154,6 +157,8 @@ class CorpusStream:
         return [(i, 0, ()) for i in self.shard_ids(epoch)]
 
     def _read(self, url: str, start: int, count_from: int | None = None):
+        if self.on_open is not None:
+            self.on_open(url)
         loader = self.spec.loader
         return read_shard(url, start, self.counters, loader.shard_retries, loader.retry_delay_s,
                           loader.max_member_bytes, count_from, loader.shard_read_timeout_s or None)

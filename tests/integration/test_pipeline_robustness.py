@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tarfile
 import time
 from collections import Counter
@@ -221,7 +222,10 @@ def test_a_stuck_worker_is_reported_naming_the_corpus(demo_tokenizer, pipeline_s
     spec = data_spec(demo_tokenizer, [{"name": "coco", "kind": "image_text", "shards": urls, "batch_size": 2}],
                      loader={"num_workers": 1, "worker_timeout_s": 0.5})
     loader = CorpusLoader(spec.corpora[0], spec, 0, 1, num_workers=1)
-    with pytest.raises(WorkerTimeout, match=r"^corpus coco: no batch from its loader workers .* within "
+    # The message names the shard the stuck worker was reading (the epoch's first, in its shuffled order).
+    shards = "|".join(map(re.escape, urls))
+    with pytest.raises(WorkerTimeout, match=rf"^corpus coco: no batch from its loader workers \(rank 0, worker 0's "
+                                            rf"turn, reading ({shards})\) within "
                                             r"loader.worker_timeout_s = 0.5 s"):
         loader.next_batch()
     loader.close()
