@@ -102,11 +102,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from training.evaluation.captioning import CaptioningSettings
     from training.evaluation.eval_sets import eval_data_spec
     from training.evaluation.evaluator import evaluate
-    from data_pipeline.spec import TextSpec
     from data_pipeline.transforms import VideoTextOptions
 
-    args.max_tokens = args.max_tokens or TextSpec.max_tokens
-    args.video_frames = args.video_frames or VideoTextOptions.frames
+    frames = args.video_frames or VideoTextOptions.frames  # the text length left None takes the spec's default
     if not (args.image_shards or args.region_shards or args.video_shards):
         raise UsageError("nothing to evaluate: give --image-shards, --region-shards and/or --video-shards")
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
@@ -121,14 +119,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.image_res is not None and args.image_res != built_for and not dynamic:
         raise UsageError(f"--image-res {args.image_res}: the model was built for {built_for} px inputs "
                          f"(vision.image_size; set vision.timm_kwargs.dynamic_img_size for other sizes)")
-    if args.video_shards and args.video_frames > model.config.vision.max_frames:
-        raise UsageError(f"--video-frames {args.video_frames}: the model takes at most {model.config.vision.max_frames} "
+    if args.video_shards and frames > model.config.vision.max_frames:
+        raise UsageError(f"--video-frames {frames}: the model takes at most {model.config.vision.max_frames} "
                          f"frames (vision.max_frames)")
     sets = [("image", "image_text", args.image_shards), ("region", "region", args.region_shards),
             ("video", "video_text", args.video_shards)]
     spec = eval_data_spec(
         tokenizer, args.image_res or model.config.vision.image_size, patch_size_of(model), sets,
-        batch_size=args.batch_size, max_tokens=args.max_tokens, options={"video_text": {"frames": args.video_frames}},
+        batch_size=args.batch_size, max_tokens=args.max_tokens, options={"video_text": {"frames": frames}},
         shard_read_timeout_s=args.shard_timeout)
     if args.captioning and not args.image_shards:
         raise UsageError("--captioning needs --image-shards")

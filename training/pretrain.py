@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -130,8 +131,6 @@ def train(config_path: Path, overrides: list[str], resume: str | None, prog: str
     except RuntimeError as error:
         if not is_collective_failure(error):
             raise
-        import os
-
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         print(f"{prog}: rank {rank}: a collective failed ({str(error).strip().splitlines()[-1][:200]}) after waiting up "
               f"to guard.collective_timeout_s={config.guard.collective_timeout_s:g} s; least recently heard from: "

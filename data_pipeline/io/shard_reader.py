@@ -72,8 +72,8 @@ class _Deadline:
     `pipe:` command that sends nothing (killed; webdataset's close would wait two hours for it,
     even after a whole tar) and an HTTP socket (shut down)."""
 
-    def __init__(self, stream, seconds: float, url: str):
-        self.stream, self.seconds, self.url = stream, seconds, url
+    def __init__(self, stream, seconds: float):
+        self.stream, self.seconds = stream, seconds
         self.expires = time.monotonic() + seconds
         self.timer = threading.Timer(seconds, self._end_stream)
         self.timer.daemon = True
@@ -129,7 +129,7 @@ def raw_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     one not read within TIMEOUT_S (None: no bound) ShardTimeout."""
     stream = open_shard(url)
     if timeout_s:
-        stream = _Deadline(stream, timeout_s, url)
+        stream = _Deadline(stream, timeout_s)
     finished = False
     try:
         yield from group_samples(tar_members(stream, max_member_bytes, on_skip), url, on_skip)

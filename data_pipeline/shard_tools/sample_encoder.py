@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from .. import schema
+from ..io.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from .images import store_image
 from .records import MediaError, Rejection, Sample
 from .validate import clean_captions, clean_regions, clip_problem

@@ -366,7 +366,7 @@ def check_sections(config: RunConfig) -> tuple["ModelConfig", "DataSpec"]:
 
 def _check_across_sections(model: "ModelConfig", data: "DataSpec") -> None:
     offset = model.text.position_offset
-    if data.text.max_tokens + offset > model.text.max_position_embeddings:
+    if data.text.max_tokens > model.text.token_positions:
         raise ConfigError(f"data.text.max_tokens: {data.text.max_tokens} exceeds the model's "
                           f"text.max_position_embeddings ({model.text.max_position_embeddings})"
                           + (f" less the {model.text.kind} position offset (text.pad_token_id + 1 = {offset})"

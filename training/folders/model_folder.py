@@ -62,11 +62,9 @@ def _now() -> str:
 
 
 # The types of the card's fields, checked on reading: a mistyped card is refused in one line.
-_CARD_TYPES = {"steps": int, "data": dict, "metrics": dict, "project_version": str, "created": str, "model": dict,
-               "training": dict, "figures": list}
-_CARD_TYPE_NAMES = {"steps": "a whole number", "project_version": "a string", "created": "a string",
-                    "figures": "a list", "data": "an object", "metrics": "an object", "model": "an object",
-                    "training": "an object"}
+_CARD_TYPES = {"steps": (int, "a whole number"), "data": (dict, "an object"), "metrics": (dict, "an object"),
+               "project_version": (str, "a string"), "created": (str, "a string"), "model": (dict, "an object"),
+               "training": (dict, "an object"), "figures": (list, "a list")}
 
 
 @dataclasses.dataclass
@@ -99,11 +97,10 @@ class ModelCard:
         fields = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data.get("source"), dict):
             raise ModelFolderError(f"{where}: 'source' must be an object")
-        for name, kinds in _CARD_TYPES.items():
+        for name, (kind, described) in _CARD_TYPES.items():
             value = data.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                raise ModelFolderError(f"{where}: '{name}' must be {_CARD_TYPE_NAMES[name]} or null, "
-                                       f"got {type(value).__name__}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+                raise ModelFolderError(f"{where}: '{name}' must be {described} or null, got {type(value).__name__}")
         metrics = data.get("metrics") or {}
         bad = [key for key, value in metrics.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
         if bad:

@@ -134,8 +134,7 @@ class X2VLMPredictor:
             spec = build(TextSpec, {k: v for k, v in settings.items() if v is not None}, where)
         except ConfigError as error:
             raise ModelFolderError(str(error)) from None
-        text = loaded.config.text
-        positions = text.max_position_embeddings - text.position_offset
+        positions = loaded.config.text.token_positions
         if spec.max_tokens > positions:  # and a card that says 10^9 would pad every text to it
             raise ModelFolderError(f"{where}.max_tokens: {spec.max_tokens} exceeds the model's {positions} text "
                                    f"positions (text.max_position_embeddings)")

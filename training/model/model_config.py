@@ -87,6 +87,11 @@ class TextConfig:
         padding pad_token_id (transformers' create_position_ids_from_input_ids); BERT from 0."""
         return self.pad_token_id + 1 if self.kind in ("roberta", "xlm-roberta") else 0
 
+    @property
+    def token_positions(self) -> int:
+        """The most tokens a text may have: the position embeddings less the position offset."""
+        return self.max_position_embeddings - self.position_offset
+
     def check(self, where: str) -> None:
         if not 0 < self.fusion_start < self.num_layers:
             raise ConfigError(f"{subkey(where, 'fusion_start')}: must lie between 1 and text.num_layers - 1 "
